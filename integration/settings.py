@@ -1,0 +1,221 @@
+"""Every setting of the bridge, read from the environment in one place.
+
+Start-up fails fast: a missing or malformed setting raises `SettingsError` whose message is one
+line naming the variable, so a Heroku release or a `revor-bridge` command stops with a clear
+reason instead of failing later in a worker. Secret values are wrapped in `Secret` so that no
+repr, log line or error message can show them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REVOR_DEFAULT_BASE_URL = "https://revor.ai/api/v1"
+HUBSPOT_DEFAULT_API_BASE_URL = "https://api.hubapi.com"
+# Used when REVOR_API_KEY is unset: the bridge talks to the local Revor sandbox, never to Revor.
+SANDBOX_API_KEY = "sk-revor-sandbox"
+SANDBOX_DEFAULT_BASE_URL = "http://127.0.0.1:8765/api/v1"
+
+_GENERIC_PREFIX = "GENERIC_WEBHOOK_SECRET_"
+_ORG_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
+_GENERIC_NAME = re.compile(r"^[A-Z0-9_]{1,64}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and says what was expected."""
+
+
+class Secret:
+    """A string that never shows itself in repr, str, f-strings or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    revor_api_key: Secret | None = None
+    revor_base_url: str = SANDBOX_DEFAULT_BASE_URL
+    revor_connect_timeout: float = 5.0
+    revor_read_timeout: float = 30.0
+    rules_file: Path | None = None
+    hubspot_client_secret: Secret | None = None
+    hubspot_access_token: Secret | None = None
+    hubspot_api_base_url: str = HUBSPOT_DEFAULT_API_BASE_URL
+    hubspot_webhook_url: str | None = None
+    salesforce_org_ids: tuple[str, ...] = ()
+    pipedrive_webhook_user: str | None = None
+    pipedrive_webhook_password: Secret | None = None
+    generic_webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
+    admin_token: Secret | None = None
+    port: int = 8000
+    web_concurrency: int = 2
+    data_dir: Path = Path(".revor-bridge")
+    log_level: str = "INFO"
+
+    @property
+    def uses_sandbox(self) -> bool:
+        """True when no real Revor key is configured: every Revor call goes to the sandbox."""
+        return self.revor_api_key is None
+
+    @property
+    def effective_revor_key(self) -> Secret:
+        return self.revor_api_key or Secret(SANDBOX_API_KEY)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        api_key = env.secret("REVOR_API_KEY", pattern=r"^sk-revor-\S+$", expected="a key starting with 'sk-revor-'")
+        base_default = REVOR_DEFAULT_BASE_URL if api_key else SANDBOX_DEFAULT_BASE_URL
+        pd_user = env.text("PIPEDRIVE_WEBHOOK_USER")
+        pd_password = env.secret("PIPEDRIVE_WEBHOOK_PASSWORD")
+        if bool(pd_user) != bool(pd_password):
+            missing = "PIPEDRIVE_WEBHOOK_PASSWORD" if pd_user else "PIPEDRIVE_WEBHOOK_USER"
+            raise SettingsError(f"{missing}: missing (PIPEDRIVE_WEBHOOK_USER and _PASSWORD go together)")
+        admin = env.secret("ADMIN_TOKEN")
+        if admin and len(admin.get()) < 16:
+            raise SettingsError("ADMIN_TOKEN: malformed, expected at least 16 characters")
+        return cls(
+            redis_url=env.url("REDIS_URL", schemes=("redis", "rediss", "unix")),
+            revor_api_key=api_key,
+            revor_base_url=(env.url("REVOR_BASE_URL", schemes=("http", "https")) or base_default).rstrip("/"),
+            revor_connect_timeout=env.number("REVOR_CONNECT_TIMEOUT", 5.0, low=0.1, high=120),
+            revor_read_timeout=env.number("REVOR_READ_TIMEOUT", 30.0, low=0.1, high=300),
+            rules_file=env.path("RULES_FILE"),
+            hubspot_client_secret=env.secret("HUBSPOT_CLIENT_SECRET"),
+            hubspot_access_token=env.secret("HUBSPOT_ACCESS_TOKEN"),
+            hubspot_api_base_url=(
+                env.url("HUBSPOT_API_BASE_URL", schemes=("http", "https")) or HUBSPOT_DEFAULT_API_BASE_URL
+            ).rstrip("/"),
+            hubspot_webhook_url=env.url("HUBSPOT_WEBHOOK_URL", schemes=("http", "https")),
+            salesforce_org_ids=env.org_ids("SALESFORCE_ORG_IDS"),
+            pipedrive_webhook_user=pd_user,
+            pipedrive_webhook_password=pd_password,
+            generic_webhook_secrets=env.generic_secrets(),
+            admin_token=admin,
+            port=int(env.number("PORT", 8000, low=1, high=65535, integer=True)),
+            web_concurrency=int(env.number("WEB_CONCURRENCY", 2, low=1, high=64, integer=True)),
+            data_dir=env.path("BRIDGE_DATA_DIR", must_exist=False) or Path(".revor-bridge"),
+            log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        )
+
+
+class _Env:
+    """Typed readers over an environment mapping; each raises SettingsError naming the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def secret(self, name: str, pattern: str | None = None, expected: str = "") -> Secret | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if pattern and not re.match(pattern, value):
+            raise SettingsError(f"{name}: malformed, expected {expected}")
+        return Secret(value)
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+            raise SettingsError(f"{name}: malformed, expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float, integer: bool = False) -> float:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value) if integer else float(value)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise SettingsError(f"{name}: malformed, expected {kind} from {low:g} to {high:g}") from None
+        if not low <= number <= high:
+            raise SettingsError(f"{name}: out of range, expected {low:g} to {high:g}")
+        return number
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.upper() not in choices:
+            raise SettingsError(f"{name}: malformed, expected one of {', '.join(choices)}")
+        return value.upper()
+
+    def path(self, name: str, must_exist: bool = True) -> Path | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if must_exist and not path.is_file():
+            raise SettingsError(f"{name}: no such file: {value}")
+        return path
+
+    def org_ids(self, name: str) -> tuple[str, ...]:
+        value = self.text(name)
+        if value is None:
+            return ()
+        ids = tuple(part.strip() for part in value.split(",") if part.strip())
+        for org_id in ids:
+            if not _ORG_ID.match(org_id):
+                raise SettingsError(f"{name}: malformed id {org_id!r}, expected 15 or 18 letters and digits")
+        return ids
+
+    def generic_secrets(self) -> dict[str, Secret]:
+        secrets: dict[str, Secret] = {}
+        for key in sorted(self.environ):
+            if not key.startswith(_GENERIC_PREFIX):
+                continue
+            name = key[len(_GENERIC_PREFIX):]
+            if not _GENERIC_NAME.match(name):
+                raise SettingsError(f"{key}: malformed name, expected letters, digits and _ after the prefix")
+            value = self.text(key)
+            if value is None:
+                raise SettingsError(f"{key}: empty, expected a whsec_ secret or a token")
+            if value.startswith("whsec_"):
+                try:
+                    decoded = base64.b64decode(value.removeprefix("whsec_") + "==", validate=True)
+                except (binascii.Error, ValueError):
+                    decoded = b""
+                if len(decoded) < 16:
+                    raise SettingsError(f"{key}: malformed, expected whsec_ followed by base64 of 16+ bytes")
+            elif len(value) < 16:
+                raise SettingsError(f"{key}: malformed, expected a whsec_ secret or a token of 16+ characters")
+            # URL segments are lower case (`/webhooks/generic/zapier`), variables upper case.
+            secrets[name.lower()] = Secret(value)
+        return secrets

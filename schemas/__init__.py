@@ -1,0 +1,1 @@
+"""marshmallow schemas: one per payload the bridge sends or receives."""
