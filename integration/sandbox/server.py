@@ -34,7 +34,8 @@ class SandboxServer:
         return self.url + "/api/v1"
 
     def start(self) -> SandboxServer:
-        self.thread = threading.Thread(target=self.server.serve_forever, name="revor-sandbox", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="revor-sandbox", daemon=True)
         self.thread.start()
         return self
 

@@ -1,0 +1,5 @@
+"""`python -m integration` is `revor-bridge`."""
+
+from integration.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The long-running processes (`sandbox`, `web`, `worker`) and the release check (`check`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+import click
+import redis
+
+from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, cli, load_settings
+from integration.revor import RevorClient, RevorError
+from integration.settings import Settings
+from integration.storage import RedisUnavailable, connect, resolve_redis_url
+
+QUEUES = ("high", "default", "low")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--time-scale", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+              help="Sandbox seconds per real second: 60 makes a 180 s pacing interval pass in 3 s.")
+@click.option("--rate-limit", type=click.IntRange(min=0), default=600, show_default=True,
+              help="Requests per window per key before 429 (0 = unlimited).")
+@click.option("--rate-window-ms", type=click.IntRange(min=1), default=60_000, show_default=True)
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of POSTs answered 503.")
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of new dispatches whose connection drops after the task was created.")
+@click.option("--latency-ms", type=click.IntRange(min=0), default=0, help="Added to every request.")
+@click.option("--job-failure-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of jobs that fail.")
+@click.option("--seed", type=int, default=None, help="Seed for the fault dice, for repeatable runs.")
+@click.option("--verbose", is_flag=True, help="Log every request.")
+def sandbox(host: str, port: int, time_scale: float, rate_limit: int, rate_window_ms: int, error_rate: float,
+            drop_rate: float, latency_ms: int, job_failure_rate: float, seed: int | None, verbose: bool) -> None:
+    """Run the local Revor sandbox (API under /api/v1, controls under /_sandbox)."""
+    from integration.sandbox.core import Faults
+    from integration.sandbox.server import SandboxServer
+
+    faults = Faults(error_rate=error_rate, drop_rate=drop_rate, latency_ms=latency_ms,
+                    job_failure_rate=job_failure_rate, rate_limit=rate_limit, rate_window_ms=rate_window_ms,
+                    time_scale=time_scale)
+    try:
+        server = SandboxServer(host, port, faults=faults, seed=seed, quiet=not verbose)
+    except OSError as exc:
+        click.echo(f"revor-bridge: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    click.echo(f"Revor sandbox listening on {server.api_url}  (API key: sk-revor-sandbox)", err=True)
+    click.echo(f"  use it with: REVOR_BASE_URL={server.api_url}  (leave REVOR_API_KEY unset)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+def redis_settings(settings: Settings) -> Settings:
+    """Settings whose redis_url is set: REDIS_URL, or the embedded server (started or reused)."""
+    try:
+        url, embedded = resolve_redis_url(settings.redis_url, settings.data_dir)
+    except RedisUnavailable as exc:
+        click.echo(f"revor-bridge: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    if embedded:
+        click.echo(f"(REDIS_URL is unset: embedded Redis at {url}, data in {embedded.folder})", err=True)
+    return replace(settings, redis_url=url)
+
+
+@cli.command()
+def web() -> None:
+    """Run the web process (gunicorn on $PORT with $WEB_CONCURRENCY workers)."""
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    settings = redis_settings(load_settings())
+    os.environ["REDIS_URL"] = settings.redis_url or ""
+    sys.argv = ["gunicorn", "integration.web:create_app()", "--bind", f"0.0.0.0:{settings.port}",
+                "--workers", str(settings.web_concurrency), "--access-logfile", "-", "--timeout", "30"]
+    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty (for scripts and tests).")
+def worker(burst: bool) -> None:
+    """Run an RQ worker with its scheduler on the high, default and low queues."""
+    from rq import Queue
+    from rq.worker import HerokuWorker
+
+    settings = redis_settings(load_settings())
+    connection = connect(settings.redis_url or "")
+    queues = [Queue(name, connection=connection, serializer="json") for name in QUEUES]
+    HerokuWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
+
+
+@cli.command()
+def check() -> None:
+    """Validate settings, reach Redis and Revor; used as the Heroku release phase."""
+    settings = load_settings()
+    click.echo("settings: ok")
+    failed = False
+    if settings.redis_url:
+        try:
+            connect(settings.redis_url).ping()
+            click.echo("redis: ok")
+        except redis.RedisError as exc:
+            click.echo(f"redis: unreachable ({type(exc).__name__})")
+            failed = True
+    else:
+        click.echo("redis: REDIS_URL unset; local commands use the embedded server")
+    try:
+        with RevorClient.from_settings(settings) as client:
+            accounts = client.list_accounts().data
+        where = "sandbox" if settings.uses_sandbox else "Revor"
+        sendable = sum(1 for a in accounts if a["can_send"])
+        click.echo(f"revor: ok ({where}, {len(accounts)} accounts, {sendable} can send)")
+    except RevorError as error:
+        click.echo(f"revor: {error}")
+        failed = True
+    sys.exit(EXIT_FINAL if failed else 0)

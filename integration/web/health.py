@@ -1,0 +1,23 @@
+"""Liveness and readiness, for the Heroku router and load balancers."""
+
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    return jsonify(status="ok")
+
+
+@health.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    try:
+        current_app.extensions["revor_bridge.redis"].ping()
+    except redis.RedisError as exc:
+        return jsonify(status="unavailable", redis=f"unreachable ({type(exc).__name__})"), 503
+    return jsonify(status="ready", redis="ok")
