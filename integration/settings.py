@@ -153,7 +153,8 @@ class _Env:
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
-            raise SettingsError(f"{name}: malformed, expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            starts = " or ".join(s + "://" for s in schemes)
+            raise SettingsError(f"{name}: malformed, expected a URL starting with {starts}")
         return value
 
     def number(self, name: str, default: float, low: float, high: float, integer: bool = False) -> float:

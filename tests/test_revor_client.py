@@ -164,7 +164,8 @@ def test_sandbox_rejects_non_json(client, sandbox):
 
 
 LOCAL_INVALID = [
-    ({**EMAIL, "recipient": {"name": "Alex"}}, {"recipient": {"address": ["Missing data for required field (email)."]}}),
+    ({**EMAIL, "recipient": {"name": "Alex"}},
+     {"recipient": {"address": ["Missing data for required field (email)."]}}),
     ({**EMAIL, "recipient": {"address": "not-an-email"}}, {"recipient": {"address": ["Not a valid email address."]}}),
     ({**EMAIL, "content": {"text": "x"}}, {"content": {"subject": ["Missing data for required field (email)."]}}),
     ({**EMAIL, "content": {"subject": "x"}}, {"content": {"text": ["Email needs text or html."]}}),

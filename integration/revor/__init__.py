@@ -1,6 +1,6 @@
 """Talking to the Revor API: the HTTP client and its typed errors."""
 
-from integration.revor.client import RateLimit, RevorClient, RevorResponse, RetryPolicy
+from integration.revor.client import RateLimit, RetryPolicy, RevorClient, RevorResponse
 from integration.revor.errors import (
     RevorConnectionError,
     RevorError,

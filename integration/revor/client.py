@@ -306,7 +306,8 @@ def _read_capped(response: requests.Response) -> bytes:
         for chunk in response.iter_content(65536):
             size += len(chunk)
             if size > MAX_RESPONSE_BYTES:
-                raise RevorProtocolError(f"response larger than {MAX_RESPONSE_BYTES} bytes", status=response.status_code)
+                raise RevorProtocolError(f"response larger than {MAX_RESPONSE_BYTES} bytes",
+                                         status=response.status_code)
             chunks.append(chunk)
     finally:
         response.close()

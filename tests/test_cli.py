@@ -1,0 +1,134 @@
+"""The `revor-bridge` commands as a user runs them: real processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import cli_env, free_port, revor_bridge, wait_for_port
+
+
+@pytest.fixture
+def sandbox_process() -> Iterator[str]:
+    """`revor-bridge sandbox` in its own process; yields its API base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "integration", "sandbox", "--port", str(port),
+                             "--time-scale", "1"], env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}/api/v1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_send_then_job_wait_reaches_succeeded(sandbox_process, tmp_path):
+    env = cli_env(REVOR_BASE_URL=sandbox_process)
+    sent = revor_bridge("send", "--account", "connect_account_sandbox_email", "--channel", "email",
+                        "--to", "alex@example.com", "--name", "Alex", "--subject", "Hello", "--text", "Hi Alex",
+                        "--interval", "180", env=env, cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.strip()
+    assert job_id.startswith("job_")
+    assert "using the Revor sandbox" in sent.stderr
+    waited = revor_bridge("job", job_id, "--wait", "--timeout", "30", env=env, cwd=tmp_path)
+    assert waited.returncode == 0, waited.stderr
+    lines = waited.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{job_id}  queued") and "succeeded" in lines[-1]
+    shown = revor_bridge("job", job_id, "--json", env=env, cwd=tmp_path)
+    assert json.loads(shown.stdout)["status"] == "succeeded"
+
+
+def test_accounts_lists_sandbox_accounts(sandbox_process, tmp_path):
+    env = cli_env(REVOR_BASE_URL=sandbox_process)
+    listed = revor_bridge("accounts", "--json", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 4
+    sendable = revor_bridge("accounts", "--channel", "linkedin", "--sendable", env=env, cwd=tmp_path)
+    assert sendable.stdout.split()[0] == "connect_account_sandbox_linkedin"
+
+
+def test_send_json_and_repeat_with_the_same_key(sandbox_process, tmp_path):
+    env = cli_env(REVOR_BASE_URL=sandbox_process)
+    args = ("send", "--account", "connect_account_sandbox_whatsapp", "--channel", "whatsapp",
+            "--to", "+14155552671", "--text", "Hi", "--idempotency-key", "cli-repeat-1", "--json")
+    first = json.loads(revor_bridge(*args, env=env, cwd=tmp_path).stdout)
+    second = json.loads(revor_bridge(*args, env=env, cwd=tmp_path).stdout)
+    assert first["ok"] and first["job"]["id"] == second["job"]["id"]
+    changed = revor_bridge(*[a if a != "Hi" else "Hello" for a in args], env=env, cwd=tmp_path)
+    assert changed.returncode == 1
+    assert json.loads(changed.stdout)["code"] == "idempotency_conflict"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("send", "--account", "a", "--channel", "email", "--to", "x@example.com", "--text", "t"), 2,
+         "invalid dispatch: --subject: Missing data for required field (email)."),
+        (("send", "--account", "a", "--channel", "whatsapp", "--to", "555", "--text", "t"), 2,
+         "invalid dispatch: --to: Not an E.164 phone number"),
+        (("send", "--account", "a", "--channel", "fax", "--to", "x", "--text", "t"), 2,
+         "Invalid value for '--channel'"),
+        (("send", "--account", "a", "--channel", "email", "--to", "x@example.com", "--subject", "s",
+          "--text", "t", "--interval", "30"), 2, "Invalid value for '--interval'"),
+        (("send", "--account", "a", "--channel", "email", "--to", "x@example.com", "--subject", "s",
+          "--text", "t", "--idempotency-key", "has spaces"), 2, "Invalid value for --idempotency-key"),
+        (("send", "--account", "connect_account_nope", "--channel", "email", "--to", "x@example.com",
+          "--subject", "s", "--text", "t"), 1, "HTTP 404 code=account_not_found"),
+        (("job", "job_does_not_exist"), 1, "HTTP 404 code=external_api_job_not_found"),
+        (("job", "../../etc/passwd"), 2, "Invalid value for JOB_ID"),
+    ],
+)
+def test_wrong_input_gets_a_clear_error_and_exit_code(sandbox_process, tmp_path, args, code, message):
+    result = revor_bridge(*args, env=cli_env(REVOR_BASE_URL=sandbox_process), cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_setting_stops_with_one_line(tmp_path):
+    result = revor_bridge("accounts", env=cli_env(REVOR_API_KEY="not-a-key"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("revor-bridge: configuration error: REVOR_API_KEY: malformed, "
+                                     "expected a key starting with 'sk-revor-'")
+
+
+def test_env_file_is_read_but_the_environment_wins(tmp_path, sandbox_process):
+    (tmp_path / ".env").write_text(f"REVOR_BASE_URL={sandbox_process}\nPORT=abc\n")
+    broken = revor_bridge("accounts", env=cli_env(), cwd=tmp_path)
+    assert broken.returncode == 2 and "PORT: malformed" in broken.stderr
+    fixed = revor_bridge("accounts", "--json", env=cli_env(PORT="8001"), cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_unreachable_revor_exits_3(tmp_path):
+    result = revor_bridge("accounts", env=cli_env(REVOR_BASE_URL=f"http://127.0.0.1:{free_port()}/api/v1"),
+                          cwd=tmp_path, timeout=120)
+    assert result.returncode == 3
+    assert "connection failed" in result.stderr
+
+
+def test_check_reports_each_part(sandbox_process, redis_url, tmp_path):
+    result = revor_bridge("check", env=cli_env(REVOR_BASE_URL=sandbox_process, REDIS_URL=redis_url), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["settings: ok", "redis: ok", "revor: ok (sandbox, 4 accounts, 3 can send)"]
+
+
+def test_demo_sends_one_dispatch_per_channel_to_succeeded(tmp_path):
+    result = revor_bridge("demo", env=cli_env(BRIDGE_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '{"email": "succeeded", "linkedin": "succeeded", "whatsapp": "succeeded"}' in result.stdout
+    assert "embedded Redis listening at redis://127.0.0.1:" in result.stdout
+    assert (tmp_path / "data" / "demo" / "redis").is_dir()
+
+
+def test_help_for_every_command(tmp_path):
+    for command in ("sandbox", "accounts", "send", "job", "web", "worker", "check", "demo"):
+        result = revor_bridge(command, "--help", env=cli_env(), cwd=tmp_path)
+        assert result.returncode == 0 and "Usage: revor-bridge" in result.stdout, command

@@ -1,0 +1,96 @@
+"""Settings: read from the environment, fail fast with one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from integration.settings import (
+    REVOR_DEFAULT_BASE_URL,
+    SANDBOX_API_KEY,
+    SANDBOX_DEFAULT_BASE_URL,
+    Secret,
+    Settings,
+    SettingsError,
+)
+
+
+def test_defaults_point_at_the_sandbox_never_at_revor():
+    settings = Settings.from_env({})
+    assert settings.uses_sandbox
+    assert settings.revor_base_url == SANDBOX_DEFAULT_BASE_URL
+    assert settings.effective_revor_key.get() == SANDBOX_API_KEY
+    assert settings.redis_url is None
+    assert settings.port == 8000 and settings.web_concurrency == 2
+
+
+def test_a_real_key_defaults_to_the_real_base_url():
+    settings = Settings.from_env({"REVOR_API_KEY": "sk-revor-abc123"})
+    assert not settings.uses_sandbox
+    assert settings.revor_base_url == REVOR_DEFAULT_BASE_URL
+
+
+def test_full_configuration(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\n")
+    settings = Settings.from_env({
+        "REDIS_URL": "rediss://:pw@redis.example.com:6380",
+        "REVOR_API_KEY": "sk-revor-abc", "REVOR_BASE_URL": "http://127.0.0.1:9999/api/v1/",
+        "RULES_FILE": str(rules), "HUBSPOT_CLIENT_SECRET": "hs-secret", "HUBSPOT_ACCESS_TOKEN": "pat-1",
+        "HUBSPOT_API_BASE_URL": "http://127.0.0.1:9000", "HUBSPOT_WEBHOOK_URL": "https://hooks.example.com/hs",
+        "SALESFORCE_ORG_IDS": "00D5e000000Fxq2, 00D5e000000Fxq2EAC",
+        "PIPEDRIVE_WEBHOOK_USER": "pd-hook", "PIPEDRIVE_WEBHOOK_PASSWORD": "fixture-pass-123",
+        "GENERIC_WEBHOOK_SECRET_ZAPIER": "a-long-enough-token-123",
+        "GENERIC_WEBHOOK_SECRET_SVIX": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "ADMIN_TOKEN": "0123456789abcdef", "PORT": "5050", "WEB_CONCURRENCY": "4",
+    })
+    assert settings.revor_base_url == "http://127.0.0.1:9999/api/v1"
+    assert settings.rules_file == rules
+    assert settings.salesforce_org_ids == ("00D5e000000Fxq2", "00D5e000000Fxq2EAC")
+    assert set(settings.generic_webhook_secrets) == {"zapier", "svix"}
+    assert settings.port == 5050 and settings.web_concurrency == 4
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REVOR_API_KEY": "abc"}, "REVOR_API_KEY: malformed, expected a key starting with 'sk-revor-'"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL: malformed, expected a URL starting with redis://"),
+        ({"REVOR_BASE_URL": "revor.ai/api"}, "REVOR_BASE_URL: malformed"),
+        ({"HUBSPOT_WEBHOOK_URL": "ftp://x"}, "HUBSPOT_WEBHOOK_URL: malformed"),
+        ({"RULES_FILE": "/nonexistent/rules.yaml"}, "RULES_FILE: no such file: /nonexistent/rules.yaml"),
+        ({"SALESFORCE_ORG_IDS": "00D5e000000Fxq2E"}, "SALESFORCE_ORG_IDS: malformed id '00D5e000000Fxq2E'"),
+        ({"PIPEDRIVE_WEBHOOK_USER": "u"}, "PIPEDRIVE_WEBHOOK_PASSWORD: missing"),
+        ({"PIPEDRIVE_WEBHOOK_PASSWORD": "p"}, "PIPEDRIVE_WEBHOOK_USER: missing"),
+        ({"GENERIC_WEBHOOK_SECRET_ZAP": "whsec_!!!"}, "GENERIC_WEBHOOK_SECRET_ZAP: malformed"),
+        ({"GENERIC_WEBHOOK_SECRET_ZAP": "short"}, "GENERIC_WEBHOOK_SECRET_ZAP: malformed"),
+        ({"GENERIC_WEBHOOK_SECRET_zap-1": "a-long-enough-token-123"}, "GENERIC_WEBHOOK_SECRET_zap-1: malformed name"),
+        ({"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN: malformed, expected at least 16 characters"),
+        ({"PORT": "http"}, "PORT: malformed, expected a whole number from 1 to 65535"),
+        ({"PORT": "70000"}, "PORT: out of range"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY: out of range"),
+        ({"REVOR_READ_TIMEOUT": "soon"}, "REVOR_READ_TIMEOUT: malformed, expected a number"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL: malformed, expected one of"),
+    ],
+)
+def test_malformed_settings_name_the_variable(env, message):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_secrets_never_show():
+    settings = Settings.from_env({"REVOR_API_KEY": "sk-revor-topsecret", "HUBSPOT_CLIENT_SECRET": "hs-topsecret",
+                                  "ADMIN_TOKEN": "admin-topsecret-123", "PIPEDRIVE_WEBHOOK_USER": "u",
+                                  "PIPEDRIVE_WEBHOOK_PASSWORD": "pd-topsecret",
+                                  "GENERIC_WEBHOOK_SECRET_Z": "generic-topsecret-1"})
+    shown = repr(settings) + str(settings) + f"{settings}"
+    assert "topsecret" not in shown
+    assert settings.revor_api_key.get() == "sk-revor-topsecret"
+    assert str(Secret("x")) == "Secret('***')"
+
+
+def test_a_malformed_secret_is_not_echoed_in_the_error():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"REVOR_API_KEY": "my-real-password"})
+    assert "my-real-password" not in str(caught.value)
