@@ -132,3 +132,22 @@ def test_help_for_every_command(tmp_path):
     for command in ("sandbox", "accounts", "send", "job", "web", "worker", "check", "demo"):
         result = revor_bridge(command, "--help", env=cli_env(), cwd=tmp_path)
         assert result.returncode == 0 and "Usage: revor-bridge" in result.stdout, command
+
+
+def test_web_serves_health_and_worker_runs_a_burst(redis_url, tmp_path):
+    import requests
+
+    port = free_port()
+    env = cli_env(REDIS_URL=redis_url, PORT=str(port), WEB_CONCURRENCY="1")
+    web = subprocess.Popen([sys.executable, "-m", "integration", "web"], env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, timeout=30)
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json() == {"status": "ready",
+                                                                                     "redis": "ok"}
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    assert web.returncode == 0
+    burst = revor_bridge("worker", "--burst", env=env, cwd=tmp_path)
+    assert burst.returncode == 0, burst.stderr
