@@ -24,6 +24,7 @@ SANDBOX_API_KEY = "sk-revor-sandbox"
 SANDBOX_DEFAULT_BASE_URL = "http://127.0.0.1:8765/api/v1"
 
 _GENERIC_PREFIX = "GENERIC_WEBHOOK_SECRET_"
+_GENERIC_ID_PREFIX = "GENERIC_WEBHOOK_EVENT_ID_FIELD_"
 _ORG_ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
 _GENERIC_NAME = re.compile(r"^[A-Z0-9_]{1,64}$")
 
@@ -71,6 +72,7 @@ class Settings:
     pipedrive_webhook_user: str | None = None
     pipedrive_webhook_password: Secret | None = None
     generic_webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
+    generic_event_id_fields: Mapping[str, str] = field(default_factory=dict)
     admin_token: Secret | None = None
     port: int = 8000
     web_concurrency: int = 2
@@ -116,6 +118,7 @@ class Settings:
             pipedrive_webhook_user=pd_user,
             pipedrive_webhook_password=pd_password,
             generic_webhook_secrets=env.generic_secrets(),
+            generic_event_id_fields=env.generic_event_id_fields(),
             admin_token=admin,
             port=int(env.number("PORT", 8000, low=1, high=65535, integer=True)),
             web_concurrency=int(env.number("WEB_CONCURRENCY", 2, low=1, high=64, integer=True)),
@@ -196,6 +199,18 @@ class _Env:
             if not _ORG_ID.match(org_id):
                 raise SettingsError(f"{name}: malformed id {org_id!r}, expected 15 or 18 letters and digits")
         return ids
+
+    def generic_event_id_fields(self) -> dict[str, str]:
+        """Which body field holds the event id, per generic hook (default `event_id`)."""
+        found: dict[str, str] = {}
+        for key in sorted(self.environ):
+            if not key.startswith(_GENERIC_ID_PREFIX):
+                continue
+            name, value = key[len(_GENERIC_ID_PREFIX):], self.text(key)
+            if not _GENERIC_NAME.match(name) or not value or not re.match(r"^[A-Za-z0-9_.-]{1,100}$", value):
+                raise SettingsError(f"{key}: malformed, expected a field name such as event_id or data.id")
+            found[name.lower()] = value
+        return found
 
     def generic_secrets(self) -> dict[str, Secret]:
         secrets: dict[str, Secret] = {}

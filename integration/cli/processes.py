@@ -85,8 +85,12 @@ def worker(burst: bool) -> None:
     from rq import Queue
     from rq.worker import HerokuWorker
 
+    from integration.jobs.context import JobContext, install
+
     settings = redis_settings(load_settings())
-    connection = connect(settings.redis_url or "")
+    context = JobContext.build(settings)
+    install(context)  # jobs run with these settings and clients, like flask-rq's app context
+    connection = context.redis
     queues = [Queue(name, connection=connection, serializer="json") for name in QUEUES]
     HerokuWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
 

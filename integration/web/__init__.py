@@ -2,24 +2,58 @@
 
 from __future__ import annotations
 
-from flask import Flask
+import logging
+import time
+from collections.abc import Callable
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from rq import Queue
+from werkzeug.exceptions import HTTPException
 
 from integration.settings import Settings
 from integration.storage import connect
 
+MAX_BODY_BYTES = 512 * 1024  # HubSpot's 100-event batches are ~40 kB; Standard Webhooks advise < 20 kB
+log = logging.getLogger(__name__)
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the web app. Settings are read here, not at import, so tests can pass their own."""
+
+def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.time) -> Flask:
+    """Build the web app. Settings are read here, not at import, so tests can pass their own.
+
+    `clock` is what signature windows are checked against; tests pass a fixed one to verify the
+    fixtures' recorded signatures.
+    """
     settings = settings or Settings.from_env()
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL: missing (revor-bridge web sets it to the embedded server when unset)")
-    app = Flask("revor_bridge")
-    app.config["MAX_CONTENT_LENGTH"] = 512 * 1024
+    app = Flask("revor_bridge", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # redis-py connects lazily: nothing is contacted until a request needs Redis. RQ needs bytes.
+    connection = connect(settings.redis_url)
     app.extensions["revor_bridge.settings"] = settings
-    # redis-py opens connections lazily: nothing is contacted until a request needs Redis.
-    app.extensions["revor_bridge.redis"] = connect(settings.redis_url)
+    app.extensions["revor_bridge.redis"] = connection
+    app.extensions["revor_bridge.queue"] = Queue("default", connection=connection, serializer="json")
+    app.extensions["revor_bridge.clock"] = clock
 
+    from integration.inbound.routes import webhooks
     from integration.web.health import health
+    from integration.web.status_api import status_api
 
     app.register_blueprint(health)
+    app.register_blueprint(webhooks)
+    app.register_blueprint(status_api)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        code = exc.code or 500
+        return jsonify(error={"code": codes.get(code, "http_error"), "message": exc.description}), code
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> ResponseReturnValue:
+        # A bug, not the sender's fault: log it (no body, no headers) and ask for a retry.
+        log.exception("unexpected error handling a request")
+        return jsonify(error={"code": "internal_error", "message": "unexpected error; retry later"}), 503
+
     return app

@@ -1,0 +1,1 @@
+"""Hydration: reading from a CRM the context its webhook did not carry (HubSpot sends only ids)."""

@@ -1,0 +1,155 @@
+"""`/webhooks/*`: one route per source. Verify, parse, store, then answer.
+
+The order never changes: the raw body is read first (capped by MAX_CONTENT_LENGTH), the
+sender is authenticated over those exact bytes before anything is parsed, the events are stored
+with their dedupe keys and enqueued in one Redis transaction, and only then does the sender get
+its 2xx (or Salesforce its Ack). Redis down is 503 so that every sender retries later.
+
+Answers follow what each sender does with them (crm-webhooks.md): a HubSpot app batch that
+verified but holds events the bridge does not handle still gets 200, because HubSpot retries
+every 4xx for a day.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from integration.inbound import generic, hubspot, pipedrive, salesforce
+from integration.inbound.errors import InboundError, malformed, not_configured
+from integration.inbound.normalize import InboundEvent
+from integration.inbound.store import StoreResult, delivery_record, store
+from integration.settings import Settings
+
+log = logging.getLogger(__name__)
+webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+JSON_TYPES = ("application/json",)
+XML_TYPES = ("text/xml", "application/xml", "application/soap+xml")
+
+
+def _settings() -> Settings:
+    return current_app.extensions["revor_bridge.settings"]
+
+
+def _now() -> float:
+    return current_app.extensions["revor_bridge.clock"]()
+
+
+def _raw_body() -> bytes:
+    try:
+        return request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        raise InboundError(413, "body_too_large", f"the body is larger than {limit} bytes") from None
+
+
+def _require_type(allowed: tuple[str, ...]) -> None:
+    mimetype = request.mimetype or ""
+    if mimetype not in allowed and not (allowed == JSON_TYPES and mimetype.endswith("+json")):
+        raise InboundError(415, "unsupported_media_type",
+                           f"Content-Type must be {' or '.join(allowed)} (got {mimetype or 'none'})")
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise malformed("the body is not UTF-8") from None
+    except ValueError as exc:
+        raise malformed(f"the body is not valid JSON ({exc})") from None
+
+
+def _store(source: str, raw: bytes, events: list[InboundEvent], skipped: list[dict[str, Any]]) -> StoreResult:
+    record = delivery_record(source, request.method, request.path, request.query_string.decode("latin-1"),
+                             request.headers, raw, events, skipped)
+    try:
+        return store(current_app.extensions["revor_bridge.redis"], current_app.extensions["revor_bridge.queue"],
+                     source, events, record)
+    except redis.RedisError as exc:
+        log.error("inbound %s: storage unavailable (%s); answered 503", source, type(exc).__name__)
+        raise InboundError(503, "storage_unavailable", "events could not be stored; retry later") from None
+
+
+def _accepted(result: StoreResult, skipped: list[dict[str, Any]]) -> Response:
+    body = {"ok": True, "delivery_id": result.delivery_id, **result.counts, "skipped": len(skipped)}
+    return jsonify(body)
+
+
+@webhooks.post("/hubspot")
+def hubspot_webhook() -> Response:
+    settings = _settings()
+    if settings.hubspot_client_secret is None:
+        raise not_configured("HUBSPOT_CLIENT_SECRET")
+    raw = _raw_body()
+    url = hubspot.signing_url(settings.hubspot_webhook_url, _received_url(), request.query_string.decode("latin-1"))
+    hubspot.verify(settings.hubspot_client_secret.get(), request.method, url, raw, request.headers,
+                   int(_now() * 1000))
+    _require_type(JSON_TYPES)
+    events, skipped = hubspot.parse(_json(raw), request.args.to_dict())
+    if skipped:
+        log.info("hubspot: %d event(s) of a verified batch skipped: %s", len(skipped),
+                 "; ".join(s["reason"] for s in skipped[:5]))
+    return _accepted(_store("hubspot", raw, events, skipped), skipped)
+
+
+@webhooks.post("/salesforce")
+def salesforce_webhook() -> Response:
+    settings = _settings()
+    if not settings.salesforce_org_ids:
+        raise not_configured("SALESFORCE_ORG_IDS")
+    raw = _raw_body()
+    _require_type(XML_TYPES)
+    events, skipped = salesforce.parse(raw, settings.salesforce_org_ids)
+    try:
+        _store("salesforce", raw, events, skipped)
+    except InboundError as error:
+        return Response(salesforce.soap_fault(error.message), status=error.status, mimetype="text/xml")
+    return Response(salesforce.ACK, status=200, mimetype="text/xml")
+
+
+@webhooks.post("/pipedrive")
+def pipedrive_webhook() -> Response:
+    settings = _settings()
+    if not (settings.pipedrive_webhook_user and settings.pipedrive_webhook_password):
+        raise not_configured("PIPEDRIVE_WEBHOOK_USER")
+    pipedrive.check_auth(request.headers.get("Authorization"), settings.pipedrive_webhook_user,
+                         settings.pipedrive_webhook_password.get())
+    raw = _raw_body()
+    _require_type(JSON_TYPES)
+    event = pipedrive.parse(_json(raw))
+    return _accepted(_store("pipedrive", raw, [event], []), [])
+
+
+@webhooks.post("/generic/<name>")
+def generic_webhook(name: str) -> Response:
+    hook = name.lower()
+    secret = _settings().generic_webhook_secrets.get(generic.setting_name(hook))
+    if not generic.HOOK_NAME.match(hook) or secret is None:
+        raise InboundError(404, "unknown_hook", "no such hook: set GENERIC_WEBHOOK_SECRET_<NAME> to create it")
+    raw = _raw_body()
+    signed_id = generic.authenticate(secret.get(), raw, request.headers, _now())
+    _require_type(JSON_TYPES)
+    id_field = _settings().generic_event_id_fields.get(generic.setting_name(hook))
+    event = generic.parse(hook, _json(raw), raw, signed_id, id_field)
+    return _accepted(_store(f"generic:{hook}", raw, [event], []), [])
+
+
+def _received_url() -> str:
+    """The URL as this server received it, query string undecoded (for HubSpot v2/v3)."""
+    query = request.query_string.decode("latin-1")
+    return request.host_url.rstrip("/") + request.script_root + request.path + (f"?{query}" if query else "")
+
+
+@webhooks.errorhandler(InboundError)
+def inbound_error(error: InboundError) -> tuple[Response, int]:
+    if error.status >= 500:
+        log.warning("inbound %s: %s", request.path, error.message)
+    else:
+        log.info("inbound %s refused (%d %s): %s", request.path, error.status, error.code, error.message)
+    return jsonify(error.as_json()), error.status

@@ -1,0 +1,136 @@
+"""Jobs for stored inbound events: fan a delivery out, then process (hydrate) each event.
+
+`fan_out` runs once per delivery and gives each *new* event its own job with an id derived from
+the event, so a re-run (RQ retry, a worker killed mid-way) cannot queue an event twice.
+`process_event` is idempotent: it does nothing for an event already processed, and its only
+writes are to the event's own record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from rq import Retry
+from rq.exceptions import DuplicateJobError
+
+from integration.hydrate.hubspot import HubSpotClient, HubSpotError, association_ids, properties_of
+from integration.inbound.hubspot import context_for
+from integration.inbound.store import TTL_SECONDS, job_id_for
+from integration.jobs.context import job_context
+
+log = logging.getLogger(__name__)
+PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
+DONE = {"processed", "failed", "skipped"}
+MAX_INLINE_WAIT = 10.0
+
+
+def fan_out(delivery_key: str) -> int:
+    ctx = job_context()
+    queued = 0
+    for raw_key in ctx.redis.lrange(f"{delivery_key}:new", 0, -1):
+        key = raw_key.decode()
+        try:
+            ctx.queue.enqueue_call("integration.jobs.inbound.process_event", args=(key,), job_id=job_id_for(key),
+                                   unique=True, retry=PROCESS_RETRY, result_ttl=3600, failure_ttl=TTL_SECONDS)
+            queued += 1
+        except DuplicateJobError:
+            pass
+    return queued
+
+
+def process_event(key: str) -> str:
+    ctx = job_context()
+    stored = ctx.redis.hgetall(key)
+    if not stored:
+        log.warning("event %s expired before it was processed", key)
+        return "expired"
+    status = stored[b"status"].decode()
+    if status in DONE:
+        return status
+    event = json.loads(stored[b"event"])
+    if stored.get(b"stale") == b"1":
+        return _finish(key, "skipped", reason="stale: a newer event for this object was already received")
+    context: dict[str, Any] | None = None
+    if event["source"] == "hubspot" and event.get("hydrate"):
+        if ctx.hubspot is None:
+            return _finish(key, "processed", reason="not hydrated: HUBSPOT_ACCESS_TOKEN is unset")
+        try:
+            context = _with_rate_limit_waits(lambda: hydrate_hubspot(ctx.hubspot, event))
+        except HubSpotError as error:
+            if error.retryable:
+                raise  # RQ retries on PROCESS_RETRY's schedule
+            return _finish(key, "failed", reason=f"hydration failed: {error}")
+    return _finish(key, "processed", context=context)
+
+
+def _finish(key: str, status: str, reason: str | None = None, context: dict[str, Any] | None = None) -> str:
+    fields: dict[str, Any] = {"status": status, "processed_at": f"{time.time():.3f}"}
+    if reason:
+        fields["reason"] = reason
+    if context is not None:
+        fields["context"] = json.dumps(context)
+    job_context().redis.hset(key, mapping=fields)
+    return status
+
+
+def _with_rate_limit_waits(call: Any, attempts: int = 3) -> Any:
+    """Short 429 waits are served in the job; long ones go back to RQ's retry schedule."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except HubSpotError as error:
+            short = error.retryable and error.wait is not None and error.wait <= MAX_INLINE_WAIT
+            if not short or attempt == attempts - 1:
+                raise
+            time.sleep(error.wait)
+    raise AssertionError("unreachable")
+
+
+def hydrate_hubspot(client: HubSpotClient, event: dict[str, Any]) -> dict[str, Any]:
+    """The deal, contact, company and owner around a HubSpot event, as flat context maps."""
+    object_type, object_id = event["object"]["type"], event["object"]["id"]
+    context: dict[str, Any] = {}
+    contact_ids: list[str] = []
+    company_ids: list[str] = []
+    extra = event.get("_extra") or {}
+    if object_type == "deal":
+        deal = client.get_deal(object_id)
+        props = properties_of(deal)
+        context["deal"] = context_for("deal", object_id, props)
+        contact_ids = association_ids(deal, "contacts") or list(extra.get("associated_contact_ids") or [])
+        company_ids = association_ids(deal, "companies") or list(extra.get("associated_company_ids") or [])
+        owner_id = props.get("hubspot_owner_id")
+        if owner_id:
+            context["owner"] = _owner(client, str(owner_id))
+    elif object_type == "contact":
+        contact = client.get_contact(object_id)
+        context["contact"] = context_for("contact", object_id, properties_of(contact))
+        company_ids = association_ids(contact, "companies")
+    elif object_type == "company":
+        context["company"] = context_for("company", object_id, properties_of(client.get_company(object_id)))
+    if contact_ids:
+        by_id = {str(c.get("id")): c for c in client.read_contacts(contact_ids)}
+        contacts = [context_for("contact", cid, properties_of(by_id[cid])) for cid in contact_ids if cid in by_id]
+        if contacts:
+            context["contact"] = contacts[0]
+            context["contacts"] = contacts
+    if company_ids and "company" not in context:
+        context["company"] = context_for("company", company_ids[0],
+                                         properties_of(client.get_company(company_ids[0])))
+    return context
+
+
+def _owner(client: HubSpotClient, owner_id: str) -> dict[str, Any] | None:
+    """Owners need their own scope; a missing one leaves the owner out rather than failing."""
+    try:
+        owner = client.get_owner(owner_id)
+    except HubSpotError as error:
+        if error.retryable:
+            raise
+        return {"id": owner_id}
+    props = {k: owner.get(k) for k in ("email", "firstName", "lastName") if owner.get(k) is not None}
+    return context_for("owner", owner_id, {**props, "first_name": props.get("firstName"),
+                                           "last_name": props.get("lastName")})
