@@ -113,3 +113,72 @@ def revor_bridge(*args: str, env: dict[str, str], timeout: float = 60, cwd: Path
                  ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "integration", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# ---- the bridge's web app over real HTTP ---------------------------------------------------
+
+FIXTURE_NOW = 1767268801.0  # one second after the fixtures' HubSpot v3 timestamp
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
+def bridge_settings(server_url: str, **overrides: object):
+    from integration.settings import Secret, Settings
+    from tests.servers import signatures
+
+    secrets = signatures()["secrets"]
+    values = dict(
+        redis_url=f"{server_url}/1",
+        hubspot_client_secret=Secret(secrets["hubspot_client_secret"]),
+        hubspot_webhook_url=secrets["hubspot_app_target_url"],
+        salesforce_org_ids=(secrets["salesforce_expected_organization_id"],),
+        pipedrive_webhook_user=secrets["pipedrive_http_auth_user"],
+        pipedrive_webhook_password=Secret(secrets["pipedrive_http_auth_password"]),
+        generic_webhook_secrets={"zapier": Secret(secrets["zapier_shared_header"]["X-Hook-Token"]),
+                                 "standard": Secret(secrets["standard_webhooks_secret"])},
+        admin_token=Secret(ADMIN_TOKEN),
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Bridge:
+    """The web app on a loopback port, with its clock and settings at hand."""
+
+    def __init__(self, server, clock, settings) -> None:
+        self.server, self.clock, self.settings = server, clock, settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> requests.Response:
+        return requests.post(self.url + path, data=body, headers=headers, timeout=10)
+
+    def event(self, source: str, event_id: str) -> requests.Response:
+        return requests.get(f"{self.url}/api/v1/events/{source}/{event_id}",
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+
+
+@pytest.fixture
+def make_bridge(redis_url, redis_db):
+    """Start bridges with settings overrides; each serves real HTTP on 127.0.0.1."""
+    from integration.web import create_app
+    from tests.servers import Clock, ThreadServer
+
+    started = []
+
+    def start(**overrides: object) -> Bridge:
+        clock = Clock(FIXTURE_NOW)
+        settings = bridge_settings(redis_url, **overrides)
+        server = ThreadServer(create_app(settings, clock=clock)).__enter__()
+        started.append(server)
+        return Bridge(server, clock, settings)
+
+    yield start
+    for server in started:
+        server.__exit__()
+
+
+@pytest.fixture
+def bridge(make_bridge) -> Bridge:
+    return make_bridge()

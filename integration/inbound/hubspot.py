@@ -36,6 +36,7 @@ OBJECT_TYPE_IDS = {"0-1": "contact", "0-2": "company", "0-3": "deal", "0-5": "ti
 ACTIONS = {"creation": "created", "deletion": "deleted", "privacyDeletion": "deleted",
            "propertyChange": "updated", "merge": "updated", "restore": "updated",
            "associationChange": "updated"}
+CLASSIC_OBJECTS = {"contact", "company", "deal", "ticket", "product", "line_item"}
 STAGE_PROPERTIES = {"deal": "dealstage"}
 HYDRATED = {"deal", "contact", "company"}
 
@@ -143,8 +144,10 @@ def _app_event(data: dict[str, Any]) -> InboundEvent | None:
     if prefix == "object":
         type_id = data.get("objectTypeId") or ""
         object_type = OBJECT_TYPE_IDS.get(type_id) or "custom_" + re.sub(r"[^a-z0-9]", "_", type_id.lower())
-    else:
+    elif prefix.lower() in CLASSIC_OBJECTS:
         object_type = prefix.lower()
+    else:
+        return None  # conversation.*, privacy and other hub events carry no CRM record
     if action not in ACTIONS or not re.match(r"^[a-z][a-z0-9_]*$", object_type or ""):
         return None
     kind = ACTIONS[action]

@@ -1,0 +1,113 @@
+"""Real HTTP servers on 127.0.0.1 for tests: the bridge's web app and a HubSpot API stand-in."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.serving import make_server
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+class ThreadServer:
+    """Any WSGI app on a free loopback port, served by threads, stopped at exit."""
+
+    def __init__(self, app: Callable) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+class Clock:
+    """A settable clock for signature windows; the fixtures were signed around 2026-01-01T12:00Z."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def signatures() -> dict[str, Any]:
+    return json.loads((FIXTURES / "signatures.json").read_text())
+
+
+def hubspot_standin(token: str) -> tuple[Flask, dict[str, Any]]:
+    """A local stand-in for the HubSpot CRM API, serving the hydration fixture.
+
+    `state["fail_next"]` holds (status, headers) answers to give before the real ones, so tests
+    can inject 429s; `state["calls"]` records every request.
+    """
+    data = json.loads(fixture_bytes("hubspot-crm-deal-with-contacts.json"))
+    deal = data["response"]
+    contacts = {c["id"]: c for c in data["follow_up_response"]["results"]}
+    state: dict[str, Any] = {"calls": [], "fail_next": [], "deals": {deal["id"]: deal}}
+    app = Flask("hubspot_standin")
+
+    @app.before_request
+    def check() -> Response | None:
+        state["calls"].append({"method": request.method, "path": request.path, "args": request.args.to_dict(),
+                               "auth": request.headers.get("Authorization")})
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return Response(json.dumps({"status": "error", "category": "INVALID_AUTHENTICATION"}), 401,
+                            mimetype="application/json")
+        if state["fail_next"]:
+            status, headers = state["fail_next"].pop(0)
+            return Response(json.dumps({"status": "error", "policyName": "TEN_SECONDLY_ROLLING"}), status,
+                            headers=headers, mimetype="application/json")
+        return None
+
+    @app.get("/crm/v3/objects/deals/<deal_id>")
+    def get_deal(deal_id: str) -> Response:
+        found = state["deals"].get(deal_id)
+        if found is None:
+            return Response(json.dumps({"status": "error", "category": "OBJECT_NOT_FOUND"}), 404,
+                            mimetype="application/json")
+        return Response(json.dumps(found), mimetype="application/json")
+
+    @app.post("/crm/v3/objects/contacts/batch/read")
+    def batch_read() -> Response:
+        ids = [i["id"] for i in request.get_json()["inputs"]]
+        results = [contacts[i] for i in ids if i in contacts]
+        return Response(json.dumps({"status": "COMPLETE", "results": results}), mimetype="application/json")
+
+    @app.get("/crm/v3/objects/contacts/<contact_id>")
+    def get_contact(contact_id: str) -> Response:
+        if contact_id not in contacts:
+            return Response("{}", 404, mimetype="application/json")
+        return Response(json.dumps(contacts[contact_id]), mimetype="application/json")
+
+    @app.get("/crm/v3/objects/companies/<company_id>")
+    def get_company(company_id: str) -> Response:
+        return Response(json.dumps({"id": company_id, "properties": {"name": "Northwind Traders",
+                                                                     "domain": "northwind.example.com"}}),
+                        mimetype="application/json")
+
+    @app.get("/crm/v3/owners/<owner_id>")
+    def get_owner(owner_id: str) -> Response:
+        return Response(json.dumps({"id": owner_id, "email": "rep.one@example.com", "firstName": "Rep",
+                                    "lastName": "One"}), mimetype="application/json")
+
+    return app, state
