@@ -15,3 +15,13 @@ def test_revor_client_benchmark_prints_a_ratio():
     ratio_line = result.stdout.strip().splitlines()[-1]
     assert ratio_line.startswith("ratio client/bare")
     assert float(ratio_line.split(":")[1]) > 0
+
+
+def test_ingest_benchmark_stores_every_event_and_prints_a_ratio():
+    result = subprocess.run([sys.executable, "benchmarks/ingest_generic.py", "--requests", "40", "--rounds", "1",
+                             "--workers", "1", "--clients", "2"],
+                            cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert "events stored by the bridge: 140 of 140 sent" in lines
+    assert lines[-1].startswith("ratio bridge/bare") and float(lines[-1].split(":")[1].split()[0]) > 0

@@ -181,3 +181,11 @@ def test_standard_webhooks_with_the_package_signing(bridge):
                "webhook-timestamp": str(int(bridge.clock.now)), "webhook-signature": f"v1,bm90LWl0 {signature}"}
     assert bridge.post("/webhooks/generic/standard", body.encode(), headers).status_code == 200
     assert bridge.event("generic:standard", "msg_pkg_1").json()["event"]["type"] == "contact.created"
+
+
+def test_configured_event_id_field(make_bridge):
+    bridge = make_bridge(generic_event_id_fields={"zapier": "meta.run_id"})
+    headers = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
+    body = json.dumps({"event": "deal.updated", "deal__id": "9", "meta": {"run_id": "run-42"}}).encode()
+    assert bridge.post("/webhooks/generic/zapier", body, headers).status_code == 200
+    assert bridge.event("generic:zapier", "run-42").json()["event"]["deal"]["id"] == "9"

@@ -94,3 +94,10 @@ def test_a_malformed_secret_is_not_echoed_in_the_error():
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"REVOR_API_KEY": "my-real-password"})
     assert "my-real-password" not in str(caught.value)
+
+
+def test_generic_event_id_fields():
+    settings = Settings.from_env({"GENERIC_WEBHOOK_EVENT_ID_FIELD_ZAPIER": "meta.run_id"})
+    assert settings.generic_event_id_fields == {"zapier": "meta.run_id"}
+    with pytest.raises(SettingsError, match="GENERIC_WEBHOOK_EVENT_ID_FIELD_ZAPIER: malformed"):
+        Settings.from_env({"GENERIC_WEBHOOK_EVENT_ID_FIELD_ZAPIER": "a b"})
