@@ -117,7 +117,8 @@ def test_unreachable_revor_exits_3(tmp_path):
 def test_check_reports_each_part(sandbox_process, redis_url, tmp_path):
     result = revor_bridge("check", env=cli_env(REVOR_BASE_URL=sandbox_process, REDIS_URL=redis_url), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == ["settings: ok", "redis: ok", "revor: ok (sandbox, 4 accounts, 3 can send)"]
+    assert result.stdout.splitlines() == ["settings: ok", "rules: RULES_FILE unset; no rules will match", "redis: ok",
+                                          "revor: ok (sandbox, 4 accounts, 3 can send)"]
 
 
 def test_demo_sends_one_dispatch_per_channel_to_succeeded(tmp_path):

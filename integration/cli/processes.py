@@ -71,7 +71,11 @@ def web() -> None:
     """Run the web process (gunicorn on $PORT with $WEB_CONCURRENCY workers)."""
     from gunicorn.app.wsgiapp import WSGIApplication
 
+    from integration.cli.rules import rules_or_exit
+
     settings = redis_settings(load_settings())
+    if settings.rules_file:
+        rules_or_exit(settings)  # refuse to start on an invalid rules file, with every problem listed
     os.environ["REDIS_URL"] = settings.redis_url or ""
     sys.argv = ["gunicorn", "integration.web:create_app()", "--bind", f"0.0.0.0:{settings.port}",
                 "--workers", str(settings.web_concurrency), "--access-logfile", "-", "--timeout", "30"]
@@ -85,9 +89,12 @@ def worker(burst: bool) -> None:
     from rq import Queue
     from rq.worker import HerokuWorker
 
+    from integration.cli.rules import rules_or_exit
     from integration.jobs.context import JobContext, install
 
     settings = redis_settings(load_settings())
+    if settings.rules_file:
+        rules_or_exit(settings)
     context = JobContext.build(settings)
     install(context)  # jobs run with these settings and clients, like flask-rq's app context
     connection = context.redis
@@ -97,10 +104,18 @@ def worker(burst: bool) -> None:
 
 @cli.command()
 def check() -> None:
-    """Validate settings, reach Redis and Revor; used as the Heroku release phase."""
+    """Validate settings and rules, reach Redis and Revor, check each rule's account; the release phase."""
+    from integration.cli.rules import rules_or_exit
+
     settings = load_settings()
     click.echo("settings: ok")
     failed = False
+    ruleset = None
+    if settings.rules_file:
+        ruleset = rules_or_exit(settings)
+        click.echo(f"rules: ok ({len(ruleset.rules)} rules in {settings.rules_file})")
+    else:
+        click.echo("rules: RULES_FILE unset; no rules will match")
     if settings.redis_url:
         try:
             connect(settings.redis_url).ping()
@@ -118,5 +133,31 @@ def check() -> None:
         click.echo(f"revor: ok ({where}, {len(accounts)} accounts, {sendable} can send)")
     except RevorError as error:
         click.echo(f"revor: {error}")
-        failed = True
+        sys.exit(EXIT_FINAL)
+    if ruleset is not None:
+        failed = _check_rule_accounts(ruleset, accounts) or failed
     sys.exit(EXIT_FINAL if failed else 0)
+
+
+def _check_rule_accounts(ruleset: object, accounts: list[dict]) -> bool:
+    """Each rule's account exists, matches its channel and can send; a status other than ok warns."""
+    by_id = {a["account_id"]: a for a in accounts}
+    failed = False
+    for rule in ruleset.rules:  # type: ignore[attr-defined]
+        spec = rule.dispatch
+        account = by_id.get(spec.account_id)
+        if account is None:
+            click.echo(f"rule {rule.name!r}: account {spec.account_id} does not exist for this key")
+            failed = True
+        elif account["channel"] != spec.channel:
+            click.echo(f"rule {rule.name!r}: account {spec.account_id} is {account['channel']}, "
+                       f"the rule sends {spec.channel}")
+            failed = True
+        elif not account["can_send"]:
+            click.echo(f"rule {rule.name!r}: account {spec.account_id} cannot send (status {account['status']}); "
+                       f"reconnect it at https://revor.ai/console/connect")
+            failed = True
+        else:
+            warning = f" (warning: status {account['status']})" if account.get("status") not in ("ok", None) else ""
+            click.echo(f"rule {rule.name!r}: account ok{warning}")
+    return failed

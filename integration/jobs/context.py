@@ -13,6 +13,7 @@ import redis
 from rq import Queue
 
 from integration.hydrate.hubspot import HubSpotClient
+from integration.rules.loader import RuleSet, load_rules
 from integration.settings import Settings
 from integration.storage import connect
 
@@ -23,6 +24,7 @@ class JobContext:
     redis: redis.Redis
     queue: Queue
     hubspot: HubSpotClient | None
+    rules: RuleSet | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> JobContext:
@@ -32,7 +34,8 @@ class JobContext:
         hubspot = None
         if settings.hubspot_access_token is not None:
             hubspot = HubSpotClient(settings.hubspot_api_base_url, settings.hubspot_access_token.get())
-        return cls(settings, connection, Queue("default", connection=connection, serializer="json"), hubspot)
+        rules = load_rules(settings.rules_file) if settings.rules_file else None
+        return cls(settings, connection, Queue("default", connection=connection, serializer="json"), hubspot, rules)
 
 
 _current: JobContext | None = None

@@ -11,6 +11,7 @@ from flask.typing import ResponseReturnValue
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 
+from integration.rules.loader import load_rules
 from integration.settings import Settings
 from integration.storage import connect
 
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     app.extensions["revor_bridge.redis"] = connection
     app.extensions["revor_bridge.queue"] = Queue("default", connection=connection, serializer="json")
     app.extensions["revor_bridge.clock"] = clock
+    # An invalid rules file stops start-up here (RulesError names every problem).
+    app.extensions["revor_bridge.rules"] = load_rules(settings.rules_file) if settings.rules_file else None
 
     from integration.inbound.routes import webhooks
     from integration.web.health import health

@@ -20,4 +20,6 @@ def readyz() -> ResponseReturnValue:
         current_app.extensions["revor_bridge.redis"].ping()
     except redis.RedisError as exc:
         return jsonify(status="unavailable", redis=f"unreachable ({type(exc).__name__})"), 503
-    return jsonify(status="ready", redis="ok")
+    rules = current_app.extensions.get("revor_bridge.rules")
+    loaded = f"{len(rules.rules)} rules from {rules.path}" if rules else "no RULES_FILE"
+    return jsonify(status="ready", redis="ok", rules=loaded)

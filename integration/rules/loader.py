@@ -1,0 +1,258 @@
+"""Load the rules file: YAML, `${VAR}` from the environment, the schema, compiled templates.
+
+Every problem is collected and reported at once, each naming the rule, the field and the YAML
+line, so `revor-bridge check` shows a user everything to fix in one go. Web and worker refuse to
+start on any of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import TemplateSyntaxError
+from marshmallow import ValidationError
+
+from integration.rules.templates import Template
+from schemas.rules import RulesFileSchema
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 reads `on:` (a destination's states) as True."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+class RulesError(ValueError):
+    """The rules file is unusable; `problems` lists each as one line naming rule, field and line."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass
+class CompiledDispatch:
+    account_id: str
+    channel: str
+    recipient: dict[str, Template]
+    content: dict[str, Template]
+    metadata: dict[str, Template]
+    attachments: list[dict[str, str]]
+    interval: list[int]
+
+
+@dataclass
+class CompiledRule:
+    name: str
+    index: int
+    when: dict[str, Any]
+    if_template: Template | None
+    dispatch: CompiledDispatch
+    once_per: Template | None
+    suppress_if: Template | None
+    writeback: list[str]
+    enabled: bool
+
+
+@dataclass
+class RuleSet:
+    path: str
+    rules: list[CompiledRule]
+    accounts: dict[str, str]
+    defaults: dict[str, Any]
+    destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    destination_bodies: dict[str, Template] = field(default_factory=dict)
+
+    def account_names(self) -> dict[str, str]:
+        """connect account id -> the name the file gives it (for messages)."""
+        return {v: k for k, v in self.accounts.items()}
+
+
+def _line_map(text: str) -> dict[tuple[Any, ...], int]:
+    """Each YAML path -> its 1-based line, from the composed node tree."""
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                walk(value, (*path, key.value))
+                lines.setdefault((*path, key.value), key.start_mark.line + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    root = yaml.compose(text, Loader=_Yaml12Loader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _flatten(messages: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    if isinstance(messages, dict):
+        return [pair for key, value in messages.items() for pair in _flatten(value, (*path, key))]
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [(path, " ".join(messages))]
+    if isinstance(messages, list):
+        return [pair for index, value in enumerate(messages) for pair in _flatten(value, (*path, index))]
+    return [(path, str(messages))]
+
+
+class _Reporter:
+    def __init__(self, data: Any, lines: dict[tuple[Any, ...], int]) -> None:
+        self.data, self.lines = data, lines
+        self.problems: list[str] = []
+
+    def add(self, path: tuple[Any, ...], message: str, extra_lines: int = 0) -> None:
+        where = ""
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        if probe in self.lines:
+            where = f" (line {self.lines[probe] + extra_lines})"
+        self.problems.append(f"{self._describe(path)}: {message}{where}")
+
+    def _describe(self, path: tuple[Any, ...]) -> str:
+        if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+            rules = self.data.get("rules") if isinstance(self.data, dict) else None
+            name = None
+            if isinstance(rules, list) and path[1] < len(rules) and isinstance(rules[path[1]], dict):
+                name = rules[path[1]].get("name")
+            label = f"rule {name!r}" if isinstance(name, str) else f"rules[{path[1]}]"
+            rest = ".".join(str(p) for p in path[2:])
+            return f"{label} {rest}" if rest else label
+        return ".".join(str(p) for p in path) or "file"
+
+
+def _substitute(value: Any, environ: Mapping[str, str], path: tuple[Any, ...], report: _Reporter) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, environ, (*path, k), report) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, environ, (*path, i), report) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            report.add(path, f"${{{name}}} is not set in the environment")
+            return ""
+
+        return ENV_REF.sub(replace, value)
+    return value
+
+
+def load_rules(path: Path | str, environ: Mapping[str, str] | None = None) -> RuleSet:
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RulesError(path, [f"cannot read the file ({exc.strerror})"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise RulesError(path, [f"the file is larger than {MAX_FILE_BYTES} bytes"])
+    try:
+        text = raw.decode("utf-8")
+        data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        lines = _line_map(text)
+    except UnicodeDecodeError:
+        raise RulesError(path, ["the file is not UTF-8"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise RulesError(path, [f"not valid YAML: {getattr(exc, 'problem', exc)}{where}"]) from None
+    if not isinstance(data, dict):
+        raise RulesError(path, ["expected a mapping with version, accounts, defaults, rules, destinations"])
+    report = _Reporter(data, lines)
+    data = _substitute(data, environ, (), report)
+    try:
+        clean = RulesFileSchema().load(data)
+    except ValidationError as exc:
+        for field_path, message in _flatten(exc.messages_dict):
+            report.add(field_path, message)
+        raise RulesError(path, report.problems) from None
+    if report.problems:
+        raise RulesError(path, report.problems)
+    ruleset = _compile(clean, path, report)
+    if report.problems:
+        raise RulesError(path, report.problems)
+    return ruleset
+
+
+def _template(source: str | None, where: tuple[Any, ...], report: _Reporter, html: bool = False) -> Template | None:
+    if source is None:
+        return None
+    try:
+        return Template(source, html=html)
+    except TemplateSyntaxError as exc:
+        report.add(where, f"template error: {exc.message}", extra_lines=max(0, (exc.lineno or 1) - 1))
+        return None
+
+
+def _compile(clean: dict[str, Any], path: Path, report: _Reporter) -> RuleSet:
+    defaults = clean["defaults"]
+    rules: list[CompiledRule] = []
+    for index, rule in enumerate(clean["rules"]):
+        base = ("rules", index)
+        spec = rule["dispatch"]
+        compiled = CompiledDispatch(
+            account_id=clean["accounts"].get(spec["account"], spec["account"]),
+            channel=spec["channel"],
+            recipient={k: _template(v, (*base, "dispatch", "recipient", k), report)
+                       for k, v in spec["recipient"].items()},
+            content={k: _template(v, (*base, "dispatch", "content", k), report, html=k == "html")
+                     for k, v in spec["content"].items()},
+            metadata={k: _template(v, (*base, "dispatch", "metadata", k), report) for k, v in spec["metadata"].items()},
+            attachments=_attachments(spec["attachments"], path.parent, defaults["attachment_max_bytes"],
+                                     (*base, "dispatch", "attachments"), report),
+            interval=spec["interval_seconds"] or defaults["interval_seconds"],
+        )
+        rules.append(CompiledRule(
+            name=rule["name"], index=index, when=rule["when"],
+            if_template=_template(rule["when"]["if_"], (*base, "when", "if"), report),
+            dispatch=compiled,
+            once_per=_template(rule["once_per"], (*base, "once_per"), report),
+            suppress_if=_template(rule["suppress_if"], (*base, "suppress_if"), report),
+            writeback=rule["writeback"], enabled=rule["enabled"],
+        ))
+    bodies = {}
+    for name, destination in clean["destinations"].items():
+        body = _template(destination["body"], ("destinations", name, "body"), report)
+        if body is not None:
+            bodies[name] = body
+    return RuleSet(str(path), rules, clean["accounts"], defaults, clean["destinations"], bodies)
+
+
+def _attachments(specs: list[dict[str, Any]], folder: Path, limit: int, where: tuple[Any, ...],
+                 report: _Reporter) -> list[dict[str, str]]:
+    loaded = []
+    for index, spec in enumerate(specs):
+        file = (folder / spec["file"]).resolve()
+        if not file.is_file():
+            report.add((*where, index, "file"), f"no such file: {spec['file']}")
+            continue
+        size = file.stat().st_size
+        if size > limit:
+            report.add((*where, index, "file"), f"{spec['file']} is {size} bytes, over the {limit}-byte limit")
+            continue
+        loaded.append({"filename": spec["filename"] or file.name,
+                       "contentBase64": base64.b64encode(file.read_bytes()).decode()})
+    return loaded

@@ -1,0 +1,219 @@
+"""The rules file (DESIGN.md "The rules file"), strictly: unknown keys RAISE so typos are caught.
+
+Template strings are only checked for type here; `integration/rules/loader.py` compiles each
+one and reports syntax errors with the rule and field, and the YAML line where possible.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from schemas.revor import CHANNEL_RECIPIENT, CHANNELS, MAX_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS
+
+RULE_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                            error="Use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+SOURCE = re.compile(r"^(hubspot|salesforce|pipedrive|generic:[a-z0-9_-]{1,64})$")
+EVENT_TYPE = re.compile(r"^([a-z][a-z0-9_]*|\*)\.(created|updated|stage_changed|deleted|\*)$")
+OPERATORS = {"exists", "eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "changed_from", "changed_to"}
+STATES = ("accepted", "scheduled", "running", "succeeded", "failed", "cancelled", "rejected", "invalid", "skipped")
+
+
+class Interval(fields.Field):
+    """`interval_seconds`: a fixed int, or `[low, high]` for a random draw per dispatch."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[int]:
+        def check(number: Any) -> int:
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise ValidationError("Expected whole seconds.")
+            if not MIN_INTERVAL_SECONDS <= number <= MAX_INTERVAL_SECONDS:
+                raise ValidationError(f"Expected {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS} seconds "
+                                      f"(Revor's pacing limits).")
+            return number
+
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise ValidationError("Expected [low, high].")
+            low, high = check(value[0]), check(value[1])
+            if low > high:
+                raise ValidationError("Expected low <= high.")
+            return [low, high]
+        fixed = check(value)
+        return [fixed, fixed]
+
+
+class Names(fields.Field):
+    """A list of names; a single name is accepted as a list of one."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ValidationError("Expected a name or a list of names.")
+        return items
+
+
+class Condition(fields.Field):
+    """One `match` entry: a value (equality), a list (any of) or an operator mapping."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = set(value) - OPERATORS
+            if unknown or not value:
+                raise ValidationError(f"Unknown operator(s) {sorted(unknown)}; use {sorted(OPERATORS)}."
+                                      if unknown else "Expected at least one operator.")
+            if "exists" in value and not isinstance(value["exists"], bool):
+                raise ValidationError("exists takes true or false.")
+            for op in ("gt", "gte", "lt", "lte"):
+                if op in value and (isinstance(value[op], bool) or not isinstance(value[op], int | float)):
+                    raise ValidationError(f"{op} takes a number.")
+            for op in ("in", "not_in"):
+                if op in value and not isinstance(value[op], list):
+                    raise ValidationError(f"{op} takes a list.")
+            return value
+        if isinstance(value, list):
+            if not value or any(isinstance(v, dict | list) for v in value):
+                raise ValidationError("A list means any of these values: give plain values.")
+            return value
+        if isinstance(value, dict | list) or value is None:
+            raise ValidationError("Expected a value, a list of values or an operator mapping.")
+        return value
+
+
+class WhenSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    source = Names(required=True)
+    type = Names(load_default=["*.*"])
+    match = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$|^account$",
+                                                                    error="Use a dotted path like deal.dealstage.")),
+                        values=Condition(), load_default=dict)
+    if_ = fields.String(data_key="if", load_default=None)
+
+    @validates_schema
+    def _names(self, data: dict[str, Any], **_: Any) -> None:
+        for source in data.get("source", []):
+            if not SOURCE.match(source):
+                raise ValidationError(f"Unknown source {source!r}: use hubspot, salesforce, pipedrive or "
+                                      f"generic:<name>.", "source")
+        for kind in data.get("type", []):
+            if not EVENT_TYPE.match(kind):
+                raise ValidationError(f"Unknown type {kind!r}: use <object>.created|updated|stage_changed|deleted "
+                                      f"(* allowed).", "type")
+
+
+class AttachmentSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    file = fields.String(required=True)
+    filename = fields.String(load_default=None)
+
+
+class DispatchSpecSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    account = fields.String(required=True, validate=validate.Length(min=1))
+    channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    recipient = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    content = fields.Dict(keys=fields.String(validate=validate.OneOf(["subject", "text", "html"])),
+                          values=fields.String(), required=True)
+    attachments = fields.List(fields.Nested(AttachmentSchema), load_default=list)
+    metadata = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=40)), values=fields.String(),
+                           load_default=dict)
+    interval_seconds = Interval(load_default=None)
+
+    @validates_schema(skip_on_field_errors=True)
+    def _per_channel(self, data: dict[str, Any], **_: Any) -> None:
+        channel = data["channel"]
+        allowed = {CHANNEL_RECIPIENT[channel]} | ({"name"} if channel == "email" else set())
+        errors: dict[str, Any] = {}
+        extra = set(data["recipient"]) - allowed
+        if extra:
+            errors["recipient"] = [f"{channel} takes {sorted(allowed)}, not {sorted(extra)}."]
+        elif CHANNEL_RECIPIENT[channel] not in data["recipient"]:
+            errors["recipient"] = [f"{channel} needs recipient.{CHANNEL_RECIPIENT[channel]}."]
+        content = data["content"]
+        if channel == "email":
+            if "subject" not in content or not ({"text", "html"} & set(content)):
+                errors["content"] = ["email needs subject and text or html."]
+        else:
+            if {"subject", "html"} & set(content):
+                errors["content"] = [f"{channel} takes only text (and attachments)."]
+            elif "text" not in content and not data["attachments"]:
+                errors["content"] = [f"{channel} needs text or an attachment."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class RuleSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=RULE_NAME)
+    when = fields.Nested(WhenSchema, required=True)
+    dispatch = fields.Nested(DispatchSpecSchema, required=True)
+    once_per = fields.String(load_default=None)
+    suppress_if = fields.String(load_default=None)
+    writeback = Names(load_default=list)
+    enabled = fields.Boolean(load_default=True)
+
+
+class DestinationSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    secret = fields.String(required=True, validate=validate.Regexp(r"^whsec_[A-Za-z0-9+/=]{20,}$",
+                                                                   error="Expected a whsec_ secret."))
+    on = fields.List(fields.String(validate=validate.OneOf(STATES)), load_default=lambda: list(STATES))
+    body = fields.String(load_default=None, allow_none=True)
+
+
+class DefaultsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    interval_seconds = Interval(load_default=lambda: [180, 360])
+    linkedin_text_limit = fields.Integer(load_default=200, validate=validate.Range(min=1, max=8000))
+    once_per_days = fields.Integer(load_default=365, validate=validate.Range(min=1, max=3650))
+    attachment_max_bytes = fields.Integer(load_default=5 * 1024 * 1024, validate=validate.Range(min=1))
+    template_max_chars = fields.Integer(load_default=20_000, validate=validate.Range(min=100, max=1_000_000))
+
+
+class RulesFileSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    version = fields.Integer(required=True, validate=validate.Equal(1, error="Only version 1 exists."))
+    accounts = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$")),
+                           values=fields.String(validate=validate.Regexp(r"^connect_account_[A-Za-z0-9_-]+$",
+                                                                         error="Expected a connect_account_ id.")),
+                           load_default=dict)
+    defaults = fields.Nested(DefaultsSchema, load_default=lambda: DefaultsSchema().load({}))
+    rules = fields.List(fields.Nested(RuleSchema), required=True)
+    destinations = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$")),
+                               values=fields.Nested(DestinationSchema), load_default=dict)
+
+    @validates_schema(skip_on_field_errors=True)
+    def _references(self, data: dict[str, Any], **_: Any) -> None:
+        errors: dict[int, Any] = {}
+        seen: set[str] = set()
+        for index, rule in enumerate(data["rules"]):
+            problems: dict[str, Any] = {}
+            if rule["name"] in seen:
+                problems["name"] = [f"Another rule is already named {rule['name']!r}."]
+            seen.add(rule["name"])
+            account = rule["dispatch"]["account"]
+            if account not in data["accounts"] and not account.startswith("connect_account_"):
+                problems["dispatch"] = {"account": [f"{account!r} is not in accounts and not a connect_account_ id."]}
+            missing = [d for d in rule["writeback"] if d not in data["destinations"]]
+            if missing:
+                problems["writeback"] = [f"Unknown destination(s) {missing}."]
+            if problems:
+                errors[index] = problems
+        if errors:
+            raise ValidationError({"rules": errors})
