@@ -144,8 +144,8 @@ def test_web_serves_health_and_worker_runs_a_burst(redis_url, tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_port(port, timeout=30)
-        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json() == {"status": "ready",
-                                                                                     "redis": "ok"}
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json() == {
+            "status": "ready", "redis": "ok", "rules": "no RULES_FILE"}
     finally:
         web.terminate()
         web.wait(timeout=30)

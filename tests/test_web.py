@@ -11,7 +11,7 @@ def test_readyz_reports_redis(redis_url):
 
     up = create_app(Settings(redis_url=f"{redis_url}/1")).test_client()
     assert up.get("/healthz").json == {"status": "ok"}
-    assert up.get("/readyz").json == {"status": "ready", "redis": "ok"}
+    assert up.get("/readyz").json == {"status": "ready", "redis": "ok", "rules": "no RULES_FILE"}
     down = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")).test_client()
     answer = down.get("/readyz")
     assert answer.status_code == 503
