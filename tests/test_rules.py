@@ -1,0 +1,351 @@
+"""The rules file, matching, sandboxed templates and dispatch building."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+
+import pytest
+
+from integration.rules.build import plan_event
+from integration.rules.guards import claim_once, is_suppressed, recipient_key, suppress, suppressed, unsuppress
+from integration.rules.loader import RulesError, load_rules
+from integration.rules.matching import check, evaluate
+from integration.rules.templates import RenderError, Template, clean_context
+
+EVENT = {
+    "source": "hubspot", "event_id": "e-1", "type": "deal.stage_changed",
+    "object": {"type": "deal", "id": "42"}, "occurred_at": "2026-01-01T12:00:00.000Z",
+    "properties": {"dealstage": "closedwon"}, "previous": {"dealstage": "qualifiedtobuy"}, "account": "24681357",
+    "deal": {"id": "42", "dealname": "Acme {{ 7*7 }} <b>", "dealstage": "closedwon", "amount": "12500",
+             "stage": "closedwon", "name": "Acme {{ 7*7 }} <b>"},
+    "contact": {"id": "7", "email": "Dana.Lee@Example.com", "firstname": "Dana", "lastname": "",
+                "phone": "+1 (415) 555-0123", "hs_linkedin_url": "https://www.linkedin.com/in/dana-lee/"},
+    "company": None, "owner": None,
+}
+VIEW = clean_context(EVENT)
+
+
+def write_rules(tmp_path, body: str, name: str = "rules.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+BASE = """\
+version: 1
+accounts:
+  sales-email: connect_account_sandbox_email
+  sdr-linkedin: connect_account_sandbox_linkedin
+  wa: connect_account_sandbox_whatsapp
+rules:
+"""
+
+
+def one_rule(tmp_path, rule: str, extra: str = ""):
+    return load_rules(write_rules(tmp_path, BASE + textwrap.indent(textwrap.dedent(rule), "  ") + extra),
+                      environ={})
+
+
+EMAIL_RULE = """\
+- name: r1
+  when: {source: hubspot, type: deal.stage_changed}
+  dispatch:
+    account: sales-email
+    channel: email
+    recipient: {address: "{{ contact.email }}", name: "{{ contact.firstname }}"}
+    content: {subject: "About {{ deal.name }}", text: "Hi {{ contact.firstname }}", html: "<p>{{ deal.name }}</p>"}
+"""
+
+
+# ---- matching -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("path", "condition", "holds"),
+    [
+        ("deal.dealstage", "closedwon", True), ("deal.dealstage", "closedlost", False),
+        ("deal.amount", 12500, True), ("deal.amount", "12500.0", True),
+        ("deal.dealstage", ["appointmentscheduled", "closedwon"], True), ("deal.dealstage", ["x", "y"], False),
+        ("contact.email", {"exists": True}, True), ("contact.lastname", {"exists": True}, False),
+        ("contact.lastname", {"exists": False}, True), ("contact.nope", {"exists": False}, True),
+        ("deal.amount", {"gt": 1000}, True), ("deal.amount", {"gt": 12500}, False),
+        ("deal.amount", {"gte": 12500}, True), ("deal.amount", {"lt": 12500}, False),
+        ("deal.amount", {"lte": 12500, "gte": 100}, True), ("deal.dealstage", {"gt": 1}, False),
+        ("deal.dealstage", {"in": ["closedwon"]}, True), ("deal.dealstage", {"not_in": ["closedwon"]}, False),
+        ("deal.dealstage", {"not_in": ["closedlost"]}, True),
+        ("deal.dealstage", {"eq": "closedwon"}, True), ("deal.dealstage", {"ne": "closedwon"}, False),
+        ("deal.dealstage", {"changed_to": "closedwon"}, True), ("deal.dealstage", {"changed_to": "closedlost"}, False),
+        ("deal.dealstage", {"changed_from": "qualifiedtobuy"}, True),
+        ("deal.dealstage", {"changed_from": "appointmentscheduled"}, False),
+        ("previous.dealstage", "qualifiedtobuy", True), ("object.type", "deal", True), ("account", 24681357, True),
+    ],
+)
+def test_each_matcher(path, condition, holds):
+    assert (check(VIEW, path, condition) is None) is holds
+
+
+def test_changed_to_needs_a_real_change():
+    view = clean_context({**EVENT, "previous": {"dealstage": "closedwon"}})
+    assert check(view, "deal.dealstage", {"changed_to": "closedwon"}) == "deal.dealstage was already 'closedwon'"
+
+
+def test_source_type_wildcards_and_if():
+    when = {"source": ["hubspot"], "type": ["deal.*"], "match": {}}
+    assert evaluate(when, None, VIEW).matched
+    assert not evaluate({**when, "type": ["contact.*"]}, None, VIEW).matched
+    assert evaluate({**when, "type": ["*.stage_changed"]}, None, VIEW).matched
+    assert evaluate(when, Template("{{ deal.amount | float > 1000 }}"), VIEW).matched
+    verdict = evaluate(when, Template("{{ deal.amount | float > 99999 }}"), VIEW)
+    assert not verdict.matched and verdict.reason.startswith("if is false")
+    broken = evaluate(when, Template("{{ deal.nothing > 1 }}"), VIEW)
+    assert not broken.matched and "deal.nothing has no value" in broken.reason
+    wrong_source = evaluate({**when, "source": ["salesforce"]}, None, VIEW)
+    assert wrong_source.reason == "source is hubspot, rule wants salesforce"
+
+
+# ---- templates -------------------------------------------------------------------------------
+
+def test_missing_and_blank_values_fail_instead_of_rendering_blank():
+    with pytest.raises(RenderError, match="contact.lastname has no value"):
+        Template("Hi {{ contact.firstname }} {{ contact.lastname }}").render(VIEW)
+    with pytest.raises(RenderError, match="company.name has no value"):
+        Template("{{ company.name }}").render(VIEW)
+    assert Template("Hi {{ contact.lastname | default('there') }}").render(VIEW) == "Hi there"
+
+
+def test_crm_values_are_data_never_templates():
+    assert Template("{{ deal.name }}").render(VIEW) == "Acme {{ 7*7 }} <b>"
+    assert Template("{{ deal.name }}", html=True).render(VIEW) == "Acme {{ 7*7 }} &lt;b&gt;"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ ''.__class__.__mro__ }}", "not allowed"),
+        ("{{ deal.__class__ }}", "not allowed"),
+        ("{{ contact.items() | list }}", None),
+        ("{% for i in range(999) %}{% for j in range(999) %}{% endfor %}{% endfor %}", "loops ran more than"),
+        ("{{ range(10**6) | list }}", "limited"),
+        ("{{ 'x' * 1000000 }}", "repeating text"),
+        ("{{ 'a'.ljust(10**8) }}", "numbers passed to functions are limited"),
+        ("{{ 9 ** 9999 }}", "exponents above 64"),
+        ("{{ deal.name | indent(100000) }}", "numbers passed to functions are limited"),
+        ("{% for x in range(900) %}{{ 'y' * 9000 }}{% endfor %}", "longer than"),
+        ("{{ config }}{{ settings }}", "'config' is undefined"),
+        ("{{ self.__init__.__globals__ }}", "not allowed"),
+        ("{{ lipsum.__globals__ }}", "undefined"),
+    ],
+)
+def test_hostile_templates_are_contained(source, message):
+    template = Template(source)
+    if message is None:
+        template.render(VIEW)  # reading the event is fine
+        return
+    with pytest.raises(RenderError) as caught:
+        template.render(VIEW)
+    assert message in str(caught.value)
+
+
+def test_filters_for_outreach_copy():
+    view = clean_context({**EVENT, "contact": {"id": "1", "name": "dr. dana lee", "email": "a@b.co"}})
+    assert Template("{{ contact.name | first_name | title }}").render(view) == "Dana"
+    assert Template("{{ 'Lee, Dana' | first_name }}").render(view) == "Dana"
+    assert Template("{{ contact.name | title }}").render(view) == "Dr. Dana Lee"
+    assert Template("{{ ('x' * 300) | truncate(200) }}").render(view) == "x" * 197 + "..."
+    assert Template("{{ contact.missing | default('friend') }}").render(view) == "friend"
+
+
+# ---- the rules file ---------------------------------------------------------------------------
+
+def test_the_example_rules_file_loads():
+    from integration.cli.rules import EXAMPLE_RULES
+
+    ruleset = load_rules(EXAMPLE_RULES, environ={})
+    assert {r.dispatch.channel for r in ruleset.rules} == {"email", "linkedin", "whatsapp"}
+    sources = {s for r in ruleset.rules for s in r.when["source"]}
+    assert {"hubspot", "salesforce", "pipedrive"} <= sources and any(s.startswith("generic:") for s in sources)
+    assert ruleset.destinations["crm-status"]["url"] == "http://127.0.0.1:8766/revor-status"
+    env = load_rules(EXAMPLE_RULES, environ={"CRM_STATUS_WEBHOOK_URL": "https://crm.example.com/hook"})
+    assert env.destinations["crm-status"]["url"] == "https://crm.example.com/hook"
+    assert env.destinations["crm-status"]["on"][0] == "accepted"  # `on:` is a key, not YAML 1.1's True
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch:\n      account: sales-email\n"
+                "      channel: sms\n      recipient: {address: x}\n      content: {text: x}\n",
+         "rule 'r1' dispatch.channel: Must be one of: email, linkedin, whatsapp. (line 11)"),
+        (BASE + "  - name: r1\n    when: {source: hubspot, tpye: deal.updated}\n    dispatch: {account: wa, "
+                "channel: whatsapp, recipient: {phone: x}, content: {text: x}}\n",
+         "rule 'r1' when.tpye: Unknown field. (line 8)"),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: nobody, "
+                "channel: whatsapp, recipient: {phone: x}, content: {text: x}}\n",
+         "rule 'r1' dispatch.account: 'nobody' is not in accounts and not a connect_account_ id."),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, "
+                "channel: whatsapp, recipient: {phone: x}, content: {text: 'Hi {{ contact.name '}}\n",
+         "rule 'r1' dispatch.content.text: template error: unexpected end of template"),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, "
+                "channel: whatsapp, recipient: {phone: '${PHONE_VAR}'}, content: {text: x}}\n",
+         "rule 'r1' dispatch.recipient.phone: ${PHONE_VAR} is not set in the environment"),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, "
+                "channel: whatsapp, recipient: {phone: x}, content: {text: x}}\n    writeback: [nowhere]\n",
+         "rule 'r1' writeback: Unknown destination(s) ['nowhere']."),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, "
+                "channel: whatsapp, recipient: {address: x}, content: {text: x}}\n",
+         "rule 'r1' dispatch.recipient: whatsapp takes ['phone'], not ['address']."),
+        (BASE + "  - name: r1\n    when: {source: hubspot, match: {deal.amount: {bigger: 3}}}\n    dispatch: "
+                "{account: wa, channel: whatsapp, recipient: {phone: x}, content: {text: x}}\n",
+         "Unknown operator(s) ['bigger']"),
+        (BASE + "  - name: r1\n    when: {source: hubspt}\n    dispatch: "
+                "{account: wa, channel: whatsapp, recipient: {phone: x}, content: {text: x}}\n",
+         "rule 'r1' when.source: Unknown source 'hubspt'"),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, channel: whatsapp, "
+                "recipient: {phone: x}, content: {text: x}, interval_seconds: [30, 90]}\n",
+         "rule 'r1' dispatch.interval_seconds: Expected 60 to 86400 seconds"),
+        ("version: 2\nrules: []\n", "version: Only version 1 exists. (line 1)"),
+        ("version: 1\nrules: [\n", "not valid YAML"),
+        (BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, channel: whatsapp, "
+                "recipient: {phone: x}, content: {text: x}}\n  - name: r1\n    when: {source: hubspot}\n"
+                "    dispatch: {account: wa, channel: whatsapp, recipient: {phone: x}, content: {text: x}}\n",
+         "rule 'r1' name: Another rule is already named 'r1'."),
+    ],
+)
+def test_rules_file_errors_name_rule_field_and_line(tmp_path, body, problem):
+    with pytest.raises(RulesError) as caught:
+        load_rules(write_rules(tmp_path, body), environ={})
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_template_syntax_error_line_inside_a_block(tmp_path):
+    body = BASE + ("  - name: r1\n    when: {source: hubspot}\n    dispatch:\n      account: wa\n"
+                   "      channel: whatsapp\n      recipient: {phone: x}\n      content:\n        text: |\n"
+                   "          line one\n          {% if %}\n")
+    with pytest.raises(RulesError) as caught:
+        load_rules(write_rules(tmp_path, body), environ={})
+    assert "rule 'r1' dispatch.content.text: template error" in caught.value.problems[0]
+    assert "(line 15)" in caught.value.problems[0]
+
+
+# ---- building dispatches ---------------------------------------------------------------------
+
+def test_email_dispatch_is_built_and_html_only_is_escaped(tmp_path):
+    ruleset = one_rule(tmp_path, EMAIL_RULE)
+    plan = plan_event(ruleset, EVENT, rng=random.Random(1))[0]
+    assert plan.status == "ready", plan.reason
+    payload = plan.payload
+    assert payload["recipient"] == {"address": "Dana.Lee@Example.com", "name": "Dana"}
+    assert payload["content"]["subject"] == "About Acme {{ 7*7 }} <b>"
+    assert payload["content"]["html"] == "<p>Acme {{ 7*7 }} &lt;b&gt;</p>"
+    assert payload["metadata"]["crm_object_id"] == "42" and payload["metadata"]["dispatch_id"] == plan.dispatch_id
+    assert 180 <= payload["min_channel_task_interval_seconds"] <= 360
+    assert plan.dispatch_id.startswith("dsp_") and len(plan.dispatch_id) <= 64
+    again = plan_event(ruleset, EVENT, rng=random.Random(2))[0]
+    assert again.dispatch_id == plan.dispatch_id  # same rule, source, event and recipient
+
+
+def test_missing_value_makes_the_dispatch_invalid(tmp_path):
+    rule = EMAIL_RULE.replace("Hi {{ contact.firstname }}", "Hi {{ contact.lastname }}")
+    plan = plan_event(one_rule(tmp_path, rule), EVENT)[0]
+    assert (plan.status, plan.reason) == ("invalid", "dispatch.content.text: contact.lastname has no value")
+    assert plan.body is None
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        (EMAIL_RULE.replace('"{{ contact.email }}"', '"{{ contact.firstname }}"'),
+         "recipient.address: Not a valid email address."),
+        ("""\
+- name: r1
+  when: {source: hubspot}
+  dispatch: {account: wa, channel: whatsapp, recipient: {phone: "0415 555 0123"}, content: {text: hi}}
+""", "recipient.phone: Not an E.164 phone number (+14155552671)."),
+        ("""\
+- name: r1
+  when: {source: hubspot}
+  dispatch: {account: sdr-linkedin, channel: linkedin, recipient: {profile_url: "https://www.linkedin.com/company/acme/"},
+             content: {text: hi}}
+""", "recipient.profile_url: Not a personal LinkedIn profile URL"),
+        ("""\
+- name: r1
+  when: {source: hubspot}
+  dispatch: {account: sdr-linkedin, channel: linkedin, recipient: {profile_url: "{{ contact.hs_linkedin_url }}"},
+             content: {text: "{{ 'x' * 201 }}"}}
+""", "LinkedIn text is 201 characters; invitation notes allow 200"),
+    ],
+)
+def test_rendered_payloads_that_break_revor_rules_are_invalid(tmp_path, rule, reason):
+    plan = plan_event(one_rule(tmp_path, rule), EVENT)[0]
+    assert plan.status == "invalid" and reason in plan.reason, plan.reason
+
+
+def test_whatsapp_phone_is_normalised_to_e164(tmp_path):
+    rule = """\
+- name: r1
+  when: {source: hubspot}
+  dispatch: {account: wa, channel: whatsapp, recipient: {phone: "{{ contact.phone }}"}, content: {text: hi}}
+"""
+    plan = plan_event(one_rule(tmp_path, rule), EVENT)[0]
+    assert plan.status == "ready" and plan.payload["recipient"] == {"phone": "+14155550123"}
+
+
+def test_random_intervals_stay_in_range(tmp_path):
+    ruleset = one_rule(tmp_path, EMAIL_RULE)
+    rng = random.Random(7)
+    draws = [plan_event(ruleset, EVENT, rng=rng)[0].payload["min_channel_task_interval_seconds"]
+             for _ in range(2000)]
+    assert min(draws) >= 180 and max(draws) <= 360
+    assert min(draws) <= 185 and max(draws) >= 355 and len(set(draws)) > 150  # really spread over the range
+    fixed = one_rule(tmp_path, EMAIL_RULE.replace("    content:", "    interval_seconds: 60\n    content:"))
+    assert {plan_event(fixed, EVENT)[0].payload["min_channel_task_interval_seconds"] for _ in range(50)} == {60}
+
+
+def test_suppress_if_skips(tmp_path):
+    rule = EMAIL_RULE + "  suppress_if: \"{{ deal.amount | float > 1000 }}\"\n"
+    plan = plan_event(one_rule(tmp_path, rule), EVENT)[0]
+    assert (plan.status, plan.reason) == ("skipped", "suppress_if is true")
+
+
+def test_attachments_from_files_with_a_size_limit(tmp_path):
+    (tmp_path / "menu.pdf").write_bytes(b"%PDF-1.4 tiny")
+    rule = """\
+- name: r1
+  when: {source: hubspot}
+  dispatch:
+    account: wa
+    channel: whatsapp
+    recipient: {phone: "+14155550123"}
+    content: {text: "menu attached"}
+    attachments: [{file: menu.pdf}]
+"""
+    plan = plan_event(one_rule(tmp_path, rule), EVENT)[0]
+    assert plan.payload["content"]["attachments"] == [{"filename": "menu.pdf", "contentBase64": "JVBERi0xLjQgdGlueQ=="}]
+    (tmp_path / "big.bin").write_bytes(b"0" * 2048)
+    with pytest.raises(RulesError, match="over the 1024-byte limit"):
+        one_rule(tmp_path, rule.replace("menu.pdf", "big.bin"), extra="defaults: {attachment_max_bytes: 1024}\n")
+    with pytest.raises(RulesError, match="no such file: nope.pdf"):
+        one_rule(tmp_path, rule.replace("menu.pdf", "nope.pdf"))
+
+
+# ---- once_per and suppression (real Redis) ---------------------------------------------------
+
+def test_once_per_claims(redis_db):
+    assert claim_once(redis_db, "r1", "42:dana", "dsp_a", days=365) is None
+    assert claim_once(redis_db, "r1", "42:dana", "dsp_a", days=365) is None  # the same dispatch again
+    assert claim_once(redis_db, "r1", "42:dana", "dsp_b", days=365) == "dsp_a"
+    assert claim_once(redis_db, "r2", "42:dana", "dsp_b", days=365) is None  # per rule
+    assert 364 * 86400 < redis_db.ttl("rb:once:r1:42:dana") <= 365 * 86400
+
+
+def test_suppression_list(redis_db):
+    keys = suppress(redis_db, ["Dana.Lee@Example.com", "+1 (415) 555-0123",
+                               "https://www.linkedin.com/in/Dana-Lee/?trk=x"])
+    assert keys == ["email:dana.lee@example.com", "phone:+14155550123", "linkedin:https://www.linkedin.com/in/dana-lee"]
+    assert is_suppressed(redis_db, recipient_key("email", " dana.lee@example.COM"))
+    assert is_suppressed(redis_db, recipient_key("whatsapp", "0014155550123"))
+    assert is_suppressed(redis_db, recipient_key("linkedin", "https://www.linkedin.com/in/dana-lee/"))
+    unsuppress(redis_db, ["dana.lee@example.com"])
+    assert suppressed(redis_db) == ["linkedin:https://www.linkedin.com/in/dana-lee", "phone:+14155550123"]
+    with pytest.raises(ValueError, match="not an email address"):
+        suppress(redis_db, ["hello"])
