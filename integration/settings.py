@@ -78,6 +78,10 @@ class Settings:
     web_concurrency: int = 2
     data_dir: Path = Path(".revor-bridge")
     log_level: str = "INFO"
+    revor_max_rps: float = 5.0
+    hubspot_max_rps: float = 8.0
+    tracking_horizon_seconds: int = 2 * 86400
+    lease_seconds: int = 30
 
     @property
     def uses_sandbox(self) -> bool:
@@ -124,6 +128,11 @@ class Settings:
             web_concurrency=int(env.number("WEB_CONCURRENCY", 2, low=1, high=64, integer=True)),
             data_dir=env.path("BRIDGE_DATA_DIR", must_exist=False) or Path(".revor-bridge"),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+            revor_max_rps=env.number("REVOR_MAX_RPS", 5.0, low=0.1, high=1000),
+            hubspot_max_rps=env.number("HUBSPOT_MAX_RPS", 8.0, low=0.1, high=1000),
+            tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=60, high=30 * 86400,
+                                                    integer=True)),
+            lease_seconds=int(env.number("BRIDGE_LEASE_SECONDS", 30, low=2, high=3600, integer=True)),
         )
 
 

@@ -99,7 +99,22 @@ def worker(burst: bool) -> None:
     install(context)  # jobs run with these settings and clients, like flask-rq's app context
     connection = context.redis
     queues = [Queue(name, connection=connection, serializer="json") for name in QUEUES]
-    HerokuWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
+    clock = None
+    if not burst:
+        import multiprocessing
+
+        from integration.jobs import clock as clock_module
+
+        # Started before the RQ worker, so no thread exists yet when it forks.
+        clock = multiprocessing.get_context("fork").Process(target=clock_module.run, args=(settings,),
+                                                            name="revor-bridge-clock", daemon=True)
+        clock.start()
+    try:
+        HerokuWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
+    finally:
+        if clock is not None:
+            clock.terminate()
+            clock.join(timeout=5)
 
 
 @cli.command()

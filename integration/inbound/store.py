@@ -70,6 +70,7 @@ for i = 0, tonumber(ARGV[5]) - 1 do
                'stale', stale, 'received_at', ARGV[4], 'duplicates', 0)
     redis.call('EXPIRE', key, ttl)
     redis.call('RPUSH', delivery .. ':new', key)
+    redis.call('ZADD', 'rb:lease:event', tonumber(ARGV[4]) + 60, key)
     redis.call('EXPIRE', delivery .. ':new', ttl)
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end

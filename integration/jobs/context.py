@@ -13,6 +13,7 @@ import redis
 from rq import Queue
 
 from integration.hydrate.hubspot import HubSpotClient
+from integration.revor.client import RevorClient
 from integration.rules.loader import RuleSet, load_rules
 from integration.settings import Settings
 from integration.storage import connect
@@ -25,6 +26,13 @@ class JobContext:
     queue: Queue
     hubspot: HubSpotClient | None
     rules: RuleSet | None = None
+    revor: RevorClient | None = None
+
+    def destinations(self) -> dict[str, list[str]]:
+        """Destination name -> the statuses it wants, from the rules file."""
+        if self.rules is None:
+            return {}
+        return {name: list(d["on"]) for name, d in self.rules.destinations.items()}
 
     @classmethod
     def build(cls, settings: Settings) -> JobContext:
@@ -35,7 +43,8 @@ class JobContext:
         if settings.hubspot_access_token is not None:
             hubspot = HubSpotClient(settings.hubspot_api_base_url, settings.hubspot_access_token.get())
         rules = load_rules(settings.rules_file) if settings.rules_file else None
-        return cls(settings, connection, Queue("default", connection=connection, serializer="json"), hubspot, rules)
+        return cls(settings, connection, Queue("default", connection=connection, serializer="json"), hubspot, rules,
+                   RevorClient.from_settings(settings))
 
 
 _current: JobContext | None = None

@@ -16,10 +16,13 @@ from typing import Any
 from rq import Retry
 from rq.exceptions import DuplicateJobError
 
+from integration.dispatches.limits import Limiter
 from integration.hydrate.hubspot import HubSpotClient, HubSpotError, association_ids, properties_of
 from integration.inbound.hubspot import context_for
 from integration.inbound.store import TTL_SECONDS, job_id_for
-from integration.jobs.context import job_context
+from integration.jobs import leases
+from integration.jobs.context import JobContext, job_context
+from integration.jobs.pipeline import create_dispatches
 
 log = logging.getLogger(__name__)
 PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
@@ -43,45 +46,74 @@ def fan_out(delivery_key: str) -> int:
 
 def process_event(key: str) -> str:
     ctx = job_context()
+    lock = leases.Lock(ctx.redis, f"event:{job_id_for(key)}", ctx.settings.lease_seconds)
+    if not lock.acquire():
+        return "busy"  # another run has it; the lease brings it back if that run dies
+    try:
+        return _process(ctx, key)
+    finally:
+        lock.release()
+
+
+def _process(ctx: JobContext, key: str) -> str:
     stored = ctx.redis.hgetall(key)
     if not stored:
+        leases.release(ctx.redis, leases.EVENT, key)
         log.warning("event %s expired before it was processed", key)
         return "expired"
     status = stored[b"status"].decode()
     if status in DONE:
+        leases.release(ctx.redis, leases.EVENT, key)
         return status
+    leases.hold(ctx.redis, leases.EVENT, key, ctx.settings.lease_seconds)
     event = json.loads(stored[b"event"])
     if stored.get(b"stale") == b"1":
-        return _finish(key, "skipped", reason="stale: a newer event for this object was already received")
+        return _finish(ctx, key, "skipped", reason="stale: a newer event for this object was already received")
     context: dict[str, Any] | None = None
+    reason = None
     if event["source"] == "hubspot" and event.get("hydrate"):
         if ctx.hubspot is None:
-            return _finish(key, "processed", reason="not hydrated: HUBSPOT_ACCESS_TOKEN is unset")
-        try:
-            context = _with_rate_limit_waits(lambda: hydrate_hubspot(ctx.hubspot, event))
-        except HubSpotError as error:
-            if error.retryable:
-                raise  # RQ retries on PROCESS_RETRY's schedule
-            return _finish(key, "failed", reason=f"hydration failed: {error}")
-    return _finish(key, "processed", context=context)
+            reason = "not hydrated: HUBSPOT_ACCESS_TOKEN is unset"
+        else:
+            try:
+                limiter = Limiter(ctx.redis, f"hubspot:{event.get('account') or 'default'}",
+                                  ctx.settings.hubspot_max_rps)
+                context = _with_rate_limit_waits(lambda: hydrate_hubspot(ctx.hubspot, event, limiter), limiter)
+            except HubSpotError as error:
+                if error.retryable:
+                    # RQ retries on PROCESS_RETRY's schedule; the lease covers the wait.
+                    leases.hold(ctx.redis, leases.EVENT, key, 3600)
+                    raise
+                return _finish(ctx, key, "failed", reason=f"hydration failed: {error}")
+    dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context)
+    if ctx.rules is None:
+        reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
+    return _finish(ctx, key, "processed", reason=reason, context=context, dispatches=dispatches)
 
 
-def _finish(key: str, status: str, reason: str | None = None, context: dict[str, Any] | None = None) -> str:
+def _finish(ctx: JobContext, key: str, status: str, reason: str | None = None,
+            context: dict[str, Any] | None = None, dispatches: list[str] | None = None) -> str:
     fields: dict[str, Any] = {"status": status, "processed_at": f"{time.time():.3f}"}
     if reason:
         fields["reason"] = reason
     if context is not None:
         fields["context"] = json.dumps(context)
-    job_context().redis.hset(key, mapping=fields)
+    if dispatches is not None:
+        fields["dispatches"] = json.dumps(dispatches)
+    ctx.redis.hset(key, mapping=fields)
+    leases.release(ctx.redis, leases.EVENT, key)
     return status
 
 
-def _with_rate_limit_waits(call: Any, attempts: int = 3) -> Any:
-    """Short 429 waits are served in the job; long ones go back to RQ's retry schedule."""
+def _with_rate_limit_waits(call: Any, limiter: Limiter, attempts: int = 3) -> Any:
+    """Short 429 waits are served in the job; long ones go back to RQ's retry schedule. Either
+    way the shared limiter is paused, so every worker slows down for this portal."""
     for attempt in range(attempts):
         try:
             return call()
         except HubSpotError as error:
+            if error.retryable and error.status == 429:
+                limiter.pause(error.wait or 10.0)
             short = error.retryable and error.wait is not None and error.wait <= MAX_INLINE_WAIT
             if not short or attempt == attempts - 1:
                 raise
@@ -89,8 +121,27 @@ def _with_rate_limit_waits(call: Any, attempts: int = 3) -> Any:
     raise AssertionError("unreachable")
 
 
-def hydrate_hubspot(client: HubSpotClient, event: dict[str, Any]) -> dict[str, Any]:
+class _Paced:
+    """A HubSpot client whose every call first takes a token from the shared per-portal limiter."""
+
+    def __init__(self, client: HubSpotClient, limiter: Limiter | None) -> None:
+        self.client, self.limiter = client, limiter
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def paced(*args: Any, **kwargs: Any) -> Any:
+            if self.limiter is not None and not self.limiter.acquire(max_wait=MAX_INLINE_WAIT):
+                raise HubSpotError("shared HubSpot rate limit: waiting", status=429, retryable=True,
+                                   wait=self.limiter.paused_for() or 1.0)
+            return method(*args, **kwargs)
+
+        return paced
+
+
+def hydrate_hubspot(client: HubSpotClient, event: dict[str, Any], limiter: Limiter | None = None) -> dict[str, Any]:
     """The deal, contact, company and owner around a HubSpot event, as flat context maps."""
+    client = _Paced(client, limiter)  # type: ignore[assignment]
     object_type, object_id = event["object"]["type"], event["object"]["id"]
     context: dict[str, Any] = {}
     contact_ids: list[str] = []

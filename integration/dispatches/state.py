@@ -1,0 +1,187 @@
+"""Dispatch records, their state machine and timeline, and the outbox of status messages.
+
+A dispatch lives in the hash `rb:dispatch:<id>` with the exact request body stored once (every
+retry resends those bytes under the same Idempotency-Key). States only move forward:
+
+    pending -> accepted -> scheduled -> running -> succeeded | failed | cancelled
+    (or straight to rejected, invalid, skipped)
+
+Each change is one Lua script run: it checks the expected `sequence` (so two writers cannot
+both move a dispatch), writes the fields, appends the timeline entry, moves the status index,
+and puts one status message per destination into that destination's outbox, due at once. So a
+state change and its write-backs are recorded together or not at all; delivery happens later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+PREFIX = "rb:dispatch:"
+ALL_INDEX = "rb:dispatches:all"
+STATUS_INDEX = "rb:dispatches:status:"
+RULE_INDEX = "rb:dispatches:rule:"
+DELIVERY_LEASES = "rb:lease:deliver"
+RANK = {"pending": 0, "accepted": 1, "scheduled": 2, "running": 3, "succeeded": 4, "failed": 4, "cancelled": 4,
+        "rejected": 4, "invalid": 4, "skipped": 4}
+TERMINAL = {s for s, r in RANK.items() if r == 4}
+RETRYABLE_END = {"failed", "rejected", "cancelled"}
+
+# ARGV: key, expected sequence ("" = create), new sequence, status, old status, now, fields json,
+#       timeline json, rule, then per message: outbox key, message key, message json, lease member
+TRANSITION = """
+local key = ARGV[1]
+local current = redis.call('HGET', key, 'sequence')
+if ARGV[2] == '' then
+  if current then return 0 end
+elseif current ~= ARGV[2] then
+  return 0
+end
+local fields = cjson.decode(ARGV[7])
+for name, value in pairs(fields) do redis.call('HSET', key, name, value) end
+redis.call('HSET', key, 'sequence', ARGV[3], 'status', ARGV[4], 'previous_status', ARGV[5],
+           'updated_at', ARGV[6])
+redis.call('RPUSH', key .. ':timeline', ARGV[8])
+if ARGV[5] ~= '' then redis.call('ZREM', 'rb:dispatches:status:' .. ARGV[5], string.sub(key, 13)) end
+redis.call('ZADD', 'rb:dispatches:status:' .. ARGV[4], ARGV[6], string.sub(key, 13))
+if ARGV[2] == '' then
+  redis.call('ZADD', 'rb:dispatches:all', ARGV[6], string.sub(key, 13))
+  redis.call('ZADD', 'rb:dispatches:rule:' .. ARGV[9], ARGV[6], string.sub(key, 13))
+end
+for i = 10, #ARGV, 4 do
+  redis.call('SET', ARGV[i + 1], ARGV[i + 2])
+  redis.call('RPUSH', ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', 'rb:lease:deliver', 'NX', ARGV[6], ARGV[i + 3])
+end
+return 1
+"""
+
+
+def iso_now(now: float | None = None) -> str:
+    moment = time.time() if now is None else now
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(moment * 1000) % 1000:03d}Z"
+
+
+def key_for(dispatch_id: str) -> str:
+    return PREFIX + dispatch_id
+
+
+def outbox_key(dispatch_id: str, destination: str) -> str:
+    return f"rb:outbox:{dispatch_id}:{destination}"
+
+
+def delivery_member(dispatch_id: str, destination: str) -> str:
+    return f"{dispatch_id}|{destination}"
+
+
+@dataclass
+class Destination:
+    name: str
+    statuses: list[str]
+
+
+def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:
+    raw = connection.hgetall(key_for(dispatch_id))
+    if not raw:
+        return None
+    record = {k.decode(): v.decode() for k, v in raw.items()}
+    for name in ("recipient", "crm", "result", "error", "writeback"):
+        if record.get(name):
+            record[name] = json.loads(record[name])
+    record["sequence"] = int(record.get("sequence", 0))
+    record["attempt"] = int(record.get("attempt", 0))
+    return record
+
+
+def timeline(connection: redis.Redis, dispatch_id: str) -> list[dict[str, Any]]:
+    return [json.loads(entry) for entry in connection.lrange(key_for(dispatch_id) + ":timeline", 0, -1)]
+
+
+def status_body(record: dict[str, Any], now: float) -> dict[str, Any]:
+    """DESIGN.md's default write-back body for the record's current state."""
+    recipient = record.get("recipient") or {}
+    return {
+        "type": f"dispatch.{record['status']}",
+        "timestamp": iso_now(now),
+        "data": {
+            "dispatch_id": record["id"], "sequence": record["sequence"], "status": record["status"],
+            "previous_status": record.get("previous_status") or None, "rule": record.get("rule"),
+            "channel": record.get("channel"), "revor_job_id": record.get("revor_job_id") or None,
+            "crm": record.get("crm") or {},
+            "recipient": {k: v for k, v in recipient.items() if k in ("address", "profile_url", "phone")},
+            "scheduled_at": record.get("scheduled_at") or None, "finished_at": record.get("finished_at") or None,
+            "result": record.get("result") or {}, "error": record.get("error") or None,
+            "reason": record.get("reason") or None,
+        },
+    }
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else str(v))
+            for k, v in fields.items()}
+
+
+def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: dict[str, Any] | None = None,
+               *, reason: str | None = None, request_id: str | None = None,
+               destinations: dict[str, list[str]] | None = None, create: dict[str, Any] | None = None,
+               force: bool = False, now: float | None = None) -> int | None:
+    """Move a dispatch to `status` (or create it there); the new sequence, or None if it was a no-op.
+
+    `destinations` maps destination name -> the statuses it wants. A move that is not forward is
+    a no-op (a late poll answer cannot move a dispatch back); `force` allows the one backward
+    move there is, an operator's retry of a failed dispatch.
+    """
+    fields = dict(fields or {})
+    if reason is not None:
+        fields["reason"] = reason
+    for _ in range(20):
+        moment = time.time() if now is None else now
+        current = load(connection, dispatch_id)
+        if current is None and create is None:
+            return None
+        if current is not None:
+            if create is not None:
+                return None
+            if not force and RANK[status] <= RANK.get(current["status"], 0):
+                return None
+        sequence = (current["sequence"] if current else 0) + 1
+        record = {**(current or {}), **(create or {}), **fields, "id": dispatch_id, "status": status,
+                  "previous_status": current["status"] if current else "", "sequence": sequence}
+        if create is not None:
+            record["created_at"] = iso_now(moment)
+        entry = {"at": iso_now(moment), "sequence": sequence, "status": status,
+                 "previous_status": record["previous_status"] or None, "reason": reason, "request_id": request_id}
+        argv: list[Any] = [key_for(dispatch_id), "" if current is None else str(current["sequence"]), sequence,
+                           status, record["previous_status"], f"{moment:.3f}",
+                           json.dumps(_encode({**fields, **(create or {}),
+                                               **({"created_at": record["created_at"]} if create else {}),
+                                               "id": dispatch_id})),
+                           json.dumps(entry), record.get("rule") or ""]
+        for name, wanted in (destinations or {}).items():
+            if status not in wanted:
+                continue
+            message_id = f"msg_{dispatch_id}_{sequence}_{name}"
+            message = {"id": message_id, "destination": name, "dispatch_id": dispatch_id, "sequence": sequence,
+                       "body": status_body(record, moment), "created_at": moment}
+            argv += [outbox_key(dispatch_id, name), f"rb:msg:{message_id}", json.dumps(message),
+                     delivery_member(dispatch_id, name)]
+        if connection.eval(TRANSITION, 0, *argv):
+            return sequence
+    raise RuntimeError(f"dispatch {dispatch_id}: could not record {status} (too many concurrent changes)")
+
+
+def list_ids(connection: redis.Redis, status: str | None = None, rule: str | None = None,
+             since: float | None = None, until: float | None = None, limit: int = 100) -> list[str]:
+    index = STATUS_INDEX + status if status else (RULE_INDEX + rule if rule else ALL_INDEX)
+    ids = connection.zrevrangebyscore(index, until if until is not None else "+inf",
+                                      since if since is not None else "-inf", start=0, num=limit * 4 if rule and status
+                                      else limit)
+    decoded = [i.decode() for i in ids]
+    if rule and status:
+        decoded = [i for i in decoded if connection.zscore(RULE_INDEX + rule, i) is not None][:limit]
+    return decoded

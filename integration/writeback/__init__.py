@@ -1,0 +1,1 @@
+"""Write-back: signed Standard Webhooks status messages to the rules' destinations."""
