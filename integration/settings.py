@@ -82,6 +82,7 @@ class Settings:
     hubspot_max_rps: float = 8.0
     tracking_horizon_seconds: int = 2 * 86400
     lease_seconds: int = 30
+    writeback_retry_scale: float = 1.0
 
     @property
     def uses_sandbox(self) -> bool:
@@ -133,6 +134,7 @@ class Settings:
             tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=60, high=30 * 86400,
                                                     integer=True)),
             lease_seconds=int(env.number("BRIDGE_LEASE_SECONDS", 30, low=2, high=3600, integer=True)),
+            writeback_retry_scale=env.number("WRITEBACK_RETRY_SCALE", 1.0, low=0.0001, high=100),
         )
 
 

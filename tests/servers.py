@@ -113,3 +113,33 @@ def hubspot_standin(token: str) -> tuple[Flask, dict[str, Any]]:
                                     "lastName": "One"}), mimetype="application/json")
 
     return app, state
+
+
+def writeback_receiver(secret: str) -> tuple[Flask, dict[str, Any]]:
+    """A CRM-side receiver that verifies Standard Webhooks signatures with the `standardwebhooks`
+    package and records every message. `state["fail"]` is a list of statuses to answer first."""
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    verifier = Webhook(secret)
+    state: dict[str, Any] = {"messages": [], "refused": 0, "fail": [], "attempts": 0}
+    lock = threading.Lock()
+    app = Flask("writeback_receiver")
+
+    @app.post("/status")
+    def receive() -> Response:
+        with lock:
+            state["attempts"] += 1
+            if state["fail"]:
+                status = state["fail"].pop(0)
+                return Response("{}", status, mimetype="application/json")
+        try:
+            body = verifier.verify(request.get_data(), dict(request.headers))
+        except WebhookVerificationError:
+            with lock:
+                state["refused"] += 1
+            return Response("{}", 401, mimetype="application/json")
+        with lock:
+            state["messages"].append({"id": request.headers["webhook-id"], "body": body})
+        return Response("{}", 200, mimetype="application/json")
+
+    return app, state

@@ -9,8 +9,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from integration.dispatches import state
 from integration.inbound.signatures import safe_equal
 from integration.inbound.store import load_event
+from integration.jobs import leases
 
 status_api = Blueprint("status_api", __name__, url_prefix="/api/v1")
 
@@ -32,3 +34,94 @@ def event(source: str, event_id: str) -> ResponseReturnValue:
     if found is None:
         return jsonify(error={"code": "not_found", "message": f"no event {event_id!r} from {source!r}"}), 404
     return jsonify(found)
+
+
+def _redis():
+    return current_app.extensions["revor_bridge.redis"]
+
+
+def _public(record: dict) -> dict:
+    """A dispatch as the API shows it: everything but the stored request body."""
+    return {k: v for k, v in record.items() if k not in ("body",)}
+
+
+@status_api.get("/dispatches")
+def list_dispatches() -> ResponseReturnValue:
+    status = request.args.get("status") or None
+    rule = request.args.get("rule") or None
+    if status is not None and status not in state.RANK:
+        return jsonify(error={"code": "bad_request", "message": f"status must be one of {sorted(state.RANK)}",
+                              "field": "status"}), 400
+    try:
+        since = float(request.args["since"]) if request.args.get("since") else None
+        until = float(request.args["until"]) if request.args.get("until") else None
+        limit = min(max(int(request.args.get("limit", 100)), 1), 1000)
+    except ValueError:
+        return jsonify(error={"code": "bad_request", "message": "since and until are epoch seconds, limit a "
+                                                                "whole number"}), 400
+    ids = state.list_ids(_redis(), status=status, rule=rule, since=since, until=until, limit=limit)
+    items = [_public(record) for record in (state.load(_redis(), i) for i in ids) if record is not None]
+    return jsonify(items=items, count=len(items))
+
+
+@status_api.get("/dispatches/<dispatch_id>")
+def one_dispatch(dispatch_id: str) -> ResponseReturnValue:
+    record = state.load(_redis(), dispatch_id)
+    if record is None:
+        return jsonify(error={"code": "not_found", "message": f"no dispatch {dispatch_id!r}"}), 404
+    return jsonify({**_public(record), "timeline": state.timeline(_redis(), dispatch_id)})
+
+
+@status_api.post("/dispatches/<dispatch_id>/retry")
+def retry_dispatch(dispatch_id: str) -> ResponseReturnValue:
+    """An operator's new attempt at a failed, rejected or cancelled dispatch: a new Revor action,
+    so a new Idempotency-Key (`<id>-r<attempt>`), as revor-api.md §12 advises."""
+    record = state.load(_redis(), dispatch_id)
+    if record is None:
+        return jsonify(error={"code": "not_found", "message": f"no dispatch {dispatch_id!r}"}), 404
+    if record["status"] not in state.RETRYABLE_END:
+        return jsonify(error={"code": "not_retryable", "message": f"a {record['status']} dispatch cannot be "
+                              f"retried; only {sorted(state.RETRYABLE_END)}"}), 409
+    attempt = record["attempt"] + 1
+    fields = {"attempt": attempt, "idempotency_key": f"{dispatch_id}-r{attempt}", "revor_job_id": "",
+              "error": "", "result": "", "scheduled_at": "", "finished_at": "", "polls": 0}
+    rules = current_app.extensions.get("revor_bridge.rules")
+    destinations = {n: list(d["on"]) for n, d in rules.destinations.items()} if rules else {}
+    state.transition(_redis(), dispatch_id, "pending", fields, reason=f"retried by an operator (attempt {attempt})",
+                     destinations=destinations, force=True)
+    leases.hold(_redis(), leases.SUBMIT, dispatch_id, 0)  # due now: the clock submits it within a second
+    return jsonify(_public(state.load(_redis(), dispatch_id) or {})), 202
+
+
+@status_api.get("/queues")
+def queues() -> ResponseReturnValue:
+    from rq import Queue
+
+    connection = _redis()
+    depths = {}
+    for name in ("high", "default", "low"):
+        queue = Queue(name, connection=connection, serializer="json")
+        depths[name] = {"queued": queue.count, "started": queue.started_job_registry.count,
+                        "scheduled": queue.scheduled_job_registry.count, "failed": queue.failed_job_registry.count}
+    tracked = connection.zcard(leases.TRACK)
+    return jsonify(queues=depths, tracked_dispatches=tracked,
+                   leases={"events": connection.zcard(leases.EVENT), "submits": connection.zcard(leases.SUBMIT),
+                           "deliveries": connection.zcard(leases.DELIVER)})
+
+
+@status_api.get("/failed-jobs")
+def failed_jobs() -> ResponseReturnValue:
+    from rq import Queue
+    from rq.job import Job
+
+    connection = _redis()
+    registry = Queue("default", connection=connection, serializer="json").failed_job_registry
+    items = []
+    for job_id in registry.get_job_ids(0, 99):
+        job = Job.fetch(job_id, connection=connection, serializer="json") if Job.exists(job_id, connection) else None
+        if job is not None:
+            info = job.latest_result()
+            items.append({"id": job_id, "function": job.func_name, "args": job.args,
+                          "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+                          "error": (info.exc_string or "").strip().splitlines()[-1:] if info else []})
+    return jsonify(items=items, count=registry.count)

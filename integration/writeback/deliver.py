@@ -52,7 +52,7 @@ def send(url: str, secret: str, message: dict[str, Any], session: requests.Sessi
 
 
 def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: dict[str, Any] | None,
-                   lease_seconds: float, session: requests.Session | None = None) -> str:
+                   lease_seconds: float, session: requests.Session | None = None, retry_scale: float = 1.0) -> str:
     """Send what the outbox holds, in order; returns what happened (for logs and tests)."""
     member = delivery_member(dispatch_id, destination)
     lock = leases.Lock(connection, f"deliver:{member}", lease_seconds)
@@ -82,7 +82,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             if status is not None and 200 <= status < 300:
                 connection.lpop(outbox)
                 continue
-            wait = RETRY_SCHEDULE[min(attempts - 1, len(RETRY_SCHEDULE) - 1)]
+            wait = RETRY_SCHEDULE[min(attempts - 1, len(RETRY_SCHEDULE) - 1)] * retry_scale
             if retry_after is not None and status in (429, 503):
                 wait = max(wait, retry_after)
             leases.hold(connection, leases.DELIVER, member, wait)

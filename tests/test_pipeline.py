@@ -1,0 +1,291 @@
+"""End to end: webhooks in, real `revor-bridge worker` processes, the Revor sandbox, write-backs out.
+
+Everything is real: a redis-server, the web app over HTTP, worker processes (with their clock and
+RQ scheduler), the sandbox, a HubSpot API stand-in and a write-back receiver that verifies
+signatures with the `standardwebhooks` package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from integration.sandbox.core import Faults
+from integration.sandbox.server import SandboxServer
+from tests.conftest import cli_env, configure, sandbox_requests, sandbox_tasks
+from tests.servers import ThreadServer, fixture_bytes, hubspot_standin, signatures, writeback_receiver
+
+SIGS = signatures()
+TOKEN = "pat-na1-pipeline-token"
+WRITEBACK_SECRET = "whsec_cGlwZWxpbmUtd3JpdGViYWNrLXNlY3JldC0wMDAx"
+TERMINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
+
+RULES = """\
+version: 1
+accounts:
+  mail: connect_account_sandbox_email
+  wa: connect_account_sandbox_whatsapp
+defaults:
+  interval_seconds: 60
+rules:
+  - name: hubspot-won
+    when:
+      source: hubspot
+      type: deal.stage_changed
+      match: {deal.dealstage: closedwon, contact.email: {exists: true}}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "{{ contact.email }}", name: "{{ contact.firstname }}"}
+      content: {subject: "Welcome {{ deal.dealname }}", text: "Hi {{ contact.firstname }}"}
+    writeback: [crm]
+  - name: salesforce-won
+    when: {source: salesforce, type: deal.stage_changed, match: {deal.StageName: Closed Won}}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "owner+{{ deal.Id | lower }}@example.com"}
+      content: {subject: "Won: {{ deal.Name }}", text: "Congratulations on {{ deal.Name }}"}
+    writeback: [crm]
+  - name: pipedrive-stage
+    when: {source: pipedrive, type: deal.stage_changed, match: {deal.stage_id: {changed_to: 4}}}
+    dispatch:
+      account: wa
+      channel: whatsapp
+      recipient: {phone: "+1415555{{ deal.id }}"}
+      content: {text: "Proposal for {{ deal.title }} is ready"}
+    writeback: [crm]
+  - name: zap-won
+    when: {source: generic:zapier, type: deal.stage_changed, match: {deal.stage: closedwon}}
+    dispatch:
+      account: wa
+      channel: whatsapp
+      recipient: {phone: "{{ contact.phone }}"}
+      content: {text: "Hi {{ contact.first_name }}, welcome!"}
+    writeback: [crm]
+destinations:
+  crm:
+    url: "${RECEIVER_URL}"
+    secret: "WRITEBACK_SECRET"
+""".replace("WRITEBACK_SECRET", WRITEBACK_SECRET)
+
+
+@pytest.fixture
+def stack(tmp_path, make_bridge, redis_url, redis_db):
+    """Sandbox, HubSpot stand-in, receiver, web app and a way to start/kill worker processes."""
+    hub_app, hub_state = hubspot_standin(TOKEN)
+    receiver_app, receiver_state = writeback_receiver(WRITEBACK_SECRET)
+    with SandboxServer(faults=Faults(time_scale=200.0, rate_limit=0), seed=7) as sandbox, \
+            ThreadServer(hub_app) as hub, ThreadServer(receiver_app) as receiver:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES)
+        os.environ["RECEIVER_URL"] = receiver.url + "/status"  # for create_app's rules load
+        try:
+            bridge = make_bridge(rules_file=rules)
+        finally:
+            del os.environ["RECEIVER_URL"]
+        env = cli_env(REDIS_URL=f"{redis_url}/1", REVOR_BASE_URL=sandbox.api_url, RULES_FILE=str(rules),
+                      RECEIVER_URL=receiver.url + "/status", HUBSPOT_ACCESS_TOKEN=TOKEN,
+                      HUBSPOT_API_BASE_URL=hub.url, BRIDGE_LEASE_SECONDS="3", REVOR_MAX_RPS="200",
+                      WRITEBACK_RETRY_SCALE="0.002", LOG_LEVEL="WARNING")
+        workers: list[subprocess.Popen] = []
+
+        def start_worker() -> subprocess.Popen:
+            proc = subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, cwd=tmp_path,
+                                    stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"worker{len(workers)}.log", "w"),
+                                    start_new_session=True)
+            workers.append(proc)
+            return proc
+
+        yield {"sandbox": sandbox, "bridge": bridge, "receiver": receiver_state, "hub": hub_state,
+               "redis": redis_db, "start_worker": start_worker, "tmp": tmp_path}
+        for proc in workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def dispatches(redis_db) -> dict[str, dict]:
+    found = {}
+    for key in redis_db.keys("rb:dispatch:*"):
+        name = key.decode()
+        if name.count(":") == 2:
+            found[name.split(":", 2)[2]] = {k.decode(): v.decode() for k, v in redis_db.hgetall(key).items()}
+    return found
+
+
+def settle(stack, expected: int, timeout: float = 90) -> dict[str, dict]:
+    """Wait until `expected` dispatches exist, all are terminal and every outbox is delivered."""
+    redis_db = stack["redis"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = dispatches(redis_db)
+        done = len(found) >= expected and all(d["status"] in TERMINAL for d in found.values())
+        if done and not redis_db.keys("rb:outbox:*"):
+            return found
+        time.sleep(0.2)
+    logs = "\n".join((stack["tmp"] / f).read_text()[-3000:] for f in os.listdir(stack["tmp"]) if f.endswith(".log"))
+    raise AssertionError(f"not settled: {[(k, v['status']) for k, v in dispatches(redis_db).items()]}\n{logs}")
+
+
+def assert_writebacks_complete(receiver_state: dict, found: dict[str, dict]) -> None:
+    """Every state change of every dispatch arrived signed, once each, in sequence order."""
+    by_dispatch: dict[str, list[dict]] = {}
+    for message in receiver_state["messages"]:
+        by_dispatch.setdefault(message["body"]["data"]["dispatch_id"], []).append(message)
+    assert receiver_state["refused"] == 0
+    for dispatch_id, record in found.items():
+        received = by_dispatch.get(dispatch_id, [])
+        unique = {m["id"]: m for m in received}
+        sequences = [m["body"]["data"]["sequence"] for m in received]
+        assert sequences == sorted(sequences), f"{dispatch_id}: out of order {sequences}"
+        ordered = sorted(unique.values(), key=lambda m: m["body"]["data"]["sequence"])
+        statuses = [m["body"]["data"]["status"] for m in ordered]
+        assert statuses[-1] == record["status"], (dispatch_id, statuses)
+        # sequence 1 is `pending`, which destinations do not subscribe to by default
+        assert [m["body"]["data"]["sequence"] for m in ordered] == list(range(2, int(record["sequence"]) + 1))
+
+
+def post_all_fixtures(bridge) -> None:
+    for name, path in (("hubspot-deal-propertychange-batch.json", "/webhooks/hubspot"),
+                       ("salesforce-outbound-message-opportunity.xml", "/webhooks/salesforce"),
+                       ("pipedrive-deal-updated-v2.json", "/webhooks/pipedrive"),
+                       ("zapier-generic.json", "/webhooks/generic/zapier")):
+        answer = bridge.post(path, fixture_bytes(name), SIGS["requests"][name]["headers"])
+        assert answer.status_code == 200, answer.text
+
+
+def test_every_source_end_to_end_with_writebacks(stack):
+    stack["start_worker"]()
+    post_all_fixtures(stack["bridge"])
+    found = settle(stack, expected=4)
+    by_rule = {d["rule"]: d for d in found.values()}
+    assert set(by_rule) == {"hubspot-won", "salesforce-won", "pipedrive-stage", "zap-won"}
+    assert all(d["status"] == "succeeded" for d in found.values()), {k: v["status"] for k, v in by_rule.items()}
+    assert json.loads(by_rule["hubspot-won"]["recipient"]) == {"address": "dana.lee@example.com", "name": "Dana"}
+    assert json.loads(by_rule["pipedrive-stage"]["recipient"]) == {"phone": "+14155554821"}
+    tasks = sandbox_tasks(stack["sandbox"])
+    assert sorted(t["body"]["metadata"]["dispatch_id"] for t in tasks) == sorted(found)
+    assert_writebacks_complete(stack["receiver"], found)
+    message = stack["receiver"]["messages"][-1]["body"]
+    assert message["type"].startswith("dispatch.") and set(message["data"]["crm"]) == {
+        "source", "account", "object_type", "object_id", "event_id"}
+
+
+def test_a_duplicate_webhook_makes_one_revor_task(stack):
+    stack["start_worker"]()
+    post_all_fixtures(stack["bridge"])
+    post_all_fixtures(stack["bridge"])
+    found = settle(stack, expected=4)
+    post_all_fixtures(stack["bridge"])  # and a replay after everything finished
+    time.sleep(2)
+    assert len(dispatches(stack["redis"])) == len(found) == 4
+    assert len(sandbox_tasks(stack["sandbox"])) == 4
+
+
+def zap(number: int) -> bytes:
+    return json.dumps({"event": "deal.stage_changed", "event_id": f"zap-{number}", "deal__id": str(9000 + number),
+                       "deal__stage": "closedwon", "contact__first_name": "Lead",
+                       "contact__phone": f"+1415555{number:04d}"}).encode()
+
+
+ZAP_HEADERS = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
+
+
+def test_faults_and_429s_still_give_exactly_one_task_per_dispatch(stack):
+    configure(stack["sandbox"], error_rate=0.15, drop_rate=0.15, rate_limit=4, rate_window_ms=1000)
+    stack["start_worker"]()
+    for number in range(20):
+        assert stack["bridge"].post("/webhooks/generic/zapier", zap(number), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=20, timeout=150)
+    assert all(d["status"] == "succeeded" for d in found.values())
+    tasks = sandbox_tasks(stack["sandbox"])
+    ids = [t["body"]["metadata"]["dispatch_id"] for t in tasks]
+    assert len(ids) == len(set(ids)) == 20 and set(ids) == set(found)
+    every = sandbox_requests(stack["sandbox"])
+    outcomes = [(r["status"], r["dropped"]) for r in every if r["method"] == "POST"]
+    assert (503, False) in outcomes and (202, True) in outcomes, sorted(set(outcomes))  # the faults happened
+    assert any(r["status"] == 429 for r in every)
+    assert_writebacks_complete(stack["receiver"], found)
+
+
+def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(stack):
+    configure(stack["sandbox"], latency_ms=400)  # every Revor call is slow: the kill lands mid-call
+    first = stack["start_worker"]()
+    for number in range(12):
+        assert stack["bridge"].post("/webhooks/generic/zapier", zap(number), ZAP_HEADERS).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(sandbox_requests(stack["sandbox"])) < 3:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole dyno: worker, work horse, clock, scheduler
+    first.wait()
+    killed_at = time.monotonic()
+    before = {k: v["status"] for k, v in dispatches(stack["redis"]).items()}
+    assert any(s not in TERMINAL for s in before.values()), "the kill came too late to test anything"
+    stack["start_worker"]()
+    found = settle(stack, expected=12, timeout=120)
+    recovery = time.monotonic() - killed_at
+    assert all(d["status"] == "succeeded" for d in found.values()), {k: v["status"] for k, v in found.items()}
+    ids = [t["body"]["metadata"]["dispatch_id"] for t in sandbox_tasks(stack["sandbox"])]
+    assert len(ids) == len(set(ids)) == 12
+    assert_writebacks_complete(stack["receiver"], found)
+    print(f"recovered all 12 dispatches {recovery:.1f} s after SIGKILL (lease 3 s)")
+
+
+def test_writeback_receiver_down_then_up(stack):
+    stack["receiver"]["fail"] = [503, 503, 500]
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(1), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=1, timeout=60)
+    assert_writebacks_complete(stack["receiver"], found)
+    assert stack["receiver"]["attempts"] >= len(stack["receiver"]["messages"]) + 3
+
+
+def test_status_api(stack):
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(5), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=1)
+    dispatch_id = next(iter(found))
+    headers = {"Authorization": "Bearer admin-token-0123456789"}
+    url = stack["bridge"].url + "/api/v1"
+    listed = requests.get(f"{url}/dispatches?status=succeeded&rule=zap-won", headers=headers, timeout=5).json()
+    assert [d["id"] for d in listed["items"]] == [dispatch_id]
+    one = requests.get(f"{url}/dispatches/{dispatch_id}", headers=headers, timeout=5).json()
+    assert [t["status"] for t in one["timeline"]][0] == "pending" and one["status"] == "succeeded"
+    assert "body" not in one
+    queues = requests.get(f"{url}/queues", headers=headers, timeout=5).json()
+    assert "default" in queues["queues"] and "failed" in queues["queues"]["default"]
+    refused = requests.post(f"{url}/dispatches/{dispatch_id}/retry", headers=headers, timeout=5)
+    assert refused.status_code == 409  # a succeeded dispatch is not sent again
+    assert requests.get(f"{url}/dispatches?status=nonsense", headers=headers, timeout=5).status_code == 400
+
+
+def test_operator_retry_of_a_failed_dispatch(stack):
+    configure(stack["sandbox"], job_failure_rate=1.0)
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(6), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=1)
+    dispatch_id, record = next(iter(found.items()))
+    assert record["status"] == "failed" and "recipient_unreachable" in record["reason"]
+    configure(stack["sandbox"], job_failure_rate=0.0)
+    headers = {"Authorization": "Bearer admin-token-0123456789"}
+    answer = requests.post(f"{stack['bridge'].url}/api/v1/dispatches/{dispatch_id}/retry", headers=headers, timeout=5)
+    assert answer.status_code == 202 and answer.json()["idempotency_key"] == f"{dispatch_id}-r1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and dispatches(stack["redis"])[dispatch_id]["status"] != "succeeded":
+        time.sleep(0.2)
+    assert dispatches(stack["redis"])[dispatch_id]["status"] == "succeeded"
+    keys = [r["idempotency_key"] for r in sandbox_requests(stack["sandbox"]) if r["method"] == "POST"]
+    assert set(keys) == {dispatch_id, f"{dispatch_id}-r1"} and len(sandbox_tasks(stack["sandbox"])) == 2
