@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,12 +122,14 @@ def writeback_receiver(secret: str) -> tuple[Flask, dict[str, Any]]:
     from standardwebhooks import Webhook, WebhookVerificationError
 
     verifier = Webhook(secret)
-    state: dict[str, Any] = {"messages": [], "refused": 0, "fail": [], "attempts": 0}
+    state: dict[str, Any] = {"messages": [], "refused": 0, "fail": [], "attempts": 0, "delay": 0.0}
     lock = threading.Lock()
     app = Flask("writeback_receiver")
 
     @app.post("/status")
     def receive() -> Response:
+        if state["delay"]:
+            time.sleep(state["delay"])
         with lock:
             state["attempts"] += 1
             if state["fail"]:
