@@ -25,3 +25,12 @@ def test_ingest_benchmark_stores_every_event_and_prints_a_ratio():
     lines = result.stdout.strip().splitlines()
     assert "events stored by the bridge: 140 of 140 sent" in lines
     assert lines[-1].startswith("ratio bridge/bare") and float(lines[-1].split(":")[1].split()[0]) > 0
+
+
+def test_pipeline_benchmark_gets_every_event_to_revor():
+    result = subprocess.run([sys.executable, "benchmarks/pipeline.py", "--events", "20", "--workers", "1",
+                             "--clients", "2"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("events: 20 sent, 20 reached Revor's 202, 20 Revor tasks created")
+    assert lines[-1].startswith("ratio events/no-ops") and float(lines[-1].split(":")[1].split()[0]) > 0

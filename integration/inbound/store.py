@@ -30,6 +30,7 @@ PREFIX = "rb:"
 # The first delivery job retries on this schedule (exactly `max` long: RQ repeats the first
 # interval when the list is shorter, see stack-notes §1.2).
 FAN_OUT_RETRY = Retry(max=5, interval=[1, 5, 30, 120, 600])
+PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
 
 # ARGV: ttl, delivery key, delivery json, received_at, count, then per event:
 #   event key, event json, ordering key, occurred ms or '', tracked field or '', its value or ''
@@ -131,7 +132,13 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     with connection.pipeline(transaction=True) as pipe:
         pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
         pipe.eval(STORE_SCRIPT, 0, *argv)
-        if events:
+        if len(events) == 1:
+            # One event (every source but HubSpot batches): process it directly, one job fewer.
+            # A duplicate's job finds the event already handled and ends at once.
+            queue.enqueue_call("integration.jobs.inbound.process_event", args=(argv[5],),
+                               job_id=f"event-{delivery_id}", retry=PROCESS_RETRY, pipeline=pipe,
+                               result_ttl=600, failure_ttl=TTL_SECONDS, timeout=25)
+        elif events:
             queue.enqueue_call("integration.jobs.inbound.fan_out", args=(delivery_key,),
                                job_id=f"delivery-{delivery_id}", retry=FAN_OUT_RETRY, pipeline=pipe,
                                result_ttl=3600, failure_ttl=TTL_SECONDS)

@@ -13,19 +13,18 @@ import logging
 import time
 from typing import Any
 
-from rq import Retry
 from rq.exceptions import DuplicateJobError
 
 from integration.dispatches.limits import Limiter
 from integration.hydrate.hubspot import HubSpotClient, HubSpotError, association_ids, properties_of
 from integration.inbound.hubspot import context_for
-from integration.inbound.store import TTL_SECONDS, job_id_for
+from integration.inbound.store import PROCESS_RETRY, TTL_SECONDS, job_id_for
 from integration.jobs import leases
 from integration.jobs.context import JobContext, job_context
 from integration.jobs.pipeline import create_dispatches
 
 log = logging.getLogger(__name__)
-PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
+
 DONE = {"processed", "failed", "skipped"}
 MAX_INLINE_WAIT = 10.0
 
