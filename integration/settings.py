@@ -235,8 +235,9 @@ class _Env:
             if value is None:
                 raise SettingsError(f"{key}: empty, expected a whsec_ secret or a token")
             if value.startswith("whsec_"):
+                encoded = value.removeprefix("whsec_").rstrip("=")
                 try:
-                    decoded = base64.b64decode(value.removeprefix("whsec_") + "==", validate=True)
+                    decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
                 except (binascii.Error, ValueError):
                     decoded = b""
                 if len(decoded) < 16:

@@ -121,12 +121,18 @@ def test_check_reports_each_part(sandbox_process, redis_url, tmp_path):
                                           "revor: ok (sandbox, 4 accounts, 3 can send)"]
 
 
-def test_demo_sends_one_dispatch_per_channel_to_succeeded(tmp_path):
-    result = revor_bridge("demo", env=cli_env(BRIDGE_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path, timeout=180)
+def test_demo_runs_the_whole_service_to_succeeded_on_every_channel(tmp_path):
+    result = revor_bridge("demo", env=cli_env(BRIDGE_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert '{"email": "succeeded", "linkedin": "succeeded", "whatsapp": "succeeded"}' in result.stdout
-    assert "embedded Redis listening at redis://127.0.0.1:" in result.stdout
-    assert (tmp_path / "data" / "demo" / "redis").is_dir()
+    assert ('done: {"salesforce-closed-won": "succeeded", "stage-linkedin": "succeeded", '
+            '"won-whatsapp": "succeeded"}') in result.stdout
+    for line in ("HubSpot app webhook batch", "Salesforce Outbound Message", "Pipedrive webhook", "Zapier hook",
+                 "Standard Webhooks sender"):
+        assert any(row.strip().startswith(line) and "-> 200" in row for row in result.stdout.splitlines()), line
+    received = [row.split() for row in result.stdout.splitlines() if row.startswith("  ") and row.split()[-1:] in (
+        ["accepted"], ["running"], ["succeeded"])]
+    assert {r[1] for r in received} == {"email", "linkedin", "whatsapp"}
+    assert "embedded Redis   redis://127.0.0.1:" in result.stdout
 
 
 def test_help_for_every_command(tmp_path):

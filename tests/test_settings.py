@@ -101,3 +101,10 @@ def test_generic_event_id_fields():
     assert settings.generic_event_id_fields == {"zapier": "meta.run_id"}
     with pytest.raises(SettingsError, match="GENERIC_WEBHOOK_EVENT_ID_FIELD_ZAPIER: malformed"):
         Settings.from_env({"GENERIC_WEBHOOK_EVENT_ID_FIELD_ZAPIER": "a b"})
+
+
+def test_whsec_secrets_with_and_without_padding():
+    padded = Settings.from_env({"GENERIC_WEBHOOK_SECRET_A": "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQ="})
+    bare = Settings.from_env({"GENERIC_WEBHOOK_SECRET_A": "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQ"})
+    assert padded.generic_webhook_secrets["a"].get().startswith("whsec_")
+    assert bare.generic_webhook_secrets["a"].get().startswith("whsec_")

@@ -1,106 +1,202 @@
-"""`revor-bridge demo`: the whole thing on this machine, nothing outside it.
+"""`revor-bridge demo`: the whole service on this machine, nothing outside it.
 
-At this stage: the embedded Redis, the Revor sandbox (sped up), and one dispatch per channel sent
-through the real client and followed to its end, each state change kept in Redis.
+Starts the embedded Redis, the Revor sandbox (sped up), the web app, a worker process, and a
+write-back receiver that verifies every status message's signature; posts the bundled sample
+events (a HubSpot batch, a Salesforce Outbound Message, a Pipedrive webhook, a Zapier hook and a
+Standard Webhooks sender) to the real endpoints, signed as each sender signs; and shows every
+dispatch's state changes as the receiver gets them, with the example rules deciding.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
+import requests
+from flask import Flask, Response, request
+from standardwebhooks import Webhook, WebhookVerificationError
+from werkzeug.serving import make_server
 
 from integration.cli import EXIT_FINAL, cli, load_settings
-from integration.cli.revor import next_poll_in
-from integration.revor import RetryPolicy, RevorClient, RevorError
+from integration.inbound import hubspot
 from integration.sandbox.core import Faults
 from integration.sandbox.server import SandboxServer
-from integration.settings import SANDBOX_API_KEY
-from integration.storage import EmbeddedRedis, connect
-from schemas.revor import TERMINAL_JOB_STATUSES
+from integration.settings import Secret
+from integration.storage import EmbeddedRedis
 
-SAMPLE_DISPATCHES = [
-    {"account_id": "connect_account_sandbox_email", "channel": "email", "action": "outreach",
-     "recipient": {"address": "alex@example.com", "name": "Alex"},
-     "content": {"subject": "Next steps for Acme", "text": "Hi Alex, thanks for booking the demo."},
-     "min_channel_task_interval_seconds": 180},
-    {"account_id": "connect_account_sandbox_linkedin", "channel": "linkedin", "action": "outreach",
-     "recipient": {"profile_url": "https://www.linkedin.com/in/sandbox-connected/"},
-     "content": {"text": "Hi Sam, great talking today. Shall we continue here?"},
-     "min_channel_task_interval_seconds": 240},
-    {"account_id": "connect_account_sandbox_whatsapp", "channel": "whatsapp", "action": "outreach",
-     "recipient": {"phone": "+14155552671"},
-     "content": {"text": "Hi Jo, your demo is confirmed for Tuesday."},
-     "min_channel_task_interval_seconds": 300},
-]
+DATA = Path(__file__).resolve().parent.parent / "demo_data"
+EVENTS = DATA / "events"
+RECEIVER_SECRET = "whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk="
+HUBSPOT_SECRET = "demo-hubspot-client-secret"
+ZAPIER_TOKEN = "demo-zapier-token-0123456789"
+STANDARD_SECRET = "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQ="
+ORG_ID = "00D5e000000Fxq2EAC"
+PIPEDRIVE = ("demo-pipedrive", "demo-pipedrive-password")
+ADMIN = "demo-admin-token-0123456789"
+FINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
+
+
+class _Thread:
+    def __init__(self, app: Any) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _receiver(on_message: Any) -> Flask:
+    """The CRM side of write-back: verifies each status message as a receiver should."""
+    verifier = Webhook(RECEIVER_SECRET)
+    app = Flask("demo_receiver")
+
+    @app.post("/revor-status")
+    def status() -> Response:
+        try:
+            body = verifier.verify(request.get_data(), dict(request.headers))
+        except WebhookVerificationError:
+            return Response("bad signature", 401)
+        on_message(request.headers["webhook-id"], body)
+        return Response("{}", 200, mimetype="application/json")
+
+    return app
+
+
+def _requests(web: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """The sample events, each signed or authenticated the way its sender does it."""
+    now = int(time.time())
+    batch = (EVENTS / "hubspot-deal-batch.json").read_bytes()
+    ts = str(now * 1000)
+    standard = (EVENTS / "standard-webhooks-linkedin.json").read_bytes()
+    msg_id = f"msg_demo_{uuid.uuid4().hex[:12]}"
+    moment = datetime.fromtimestamp(now, UTC)
+    import base64
+
+    basic = base64.b64encode(":".join(PIPEDRIVE).encode()).decode()
+    return [
+        ("HubSpot app webhook batch", "/webhooks/hubspot", batch,
+         {"Content-Type": "application/json", "X-HubSpot-Request-Timestamp": ts,
+          "X-HubSpot-Signature-v3": hubspot.v3_signature(HUBSPOT_SECRET, "POST", web + "/webhooks/hubspot", batch,
+                                                         ts)}),
+        ("Salesforce Outbound Message", "/webhooks/salesforce", (EVENTS / "salesforce-closed-won.xml").read_bytes(),
+         {"Content-Type": "text/xml; charset=utf-8"}),
+        ("Pipedrive webhook", "/webhooks/pipedrive", (EVENTS / "pipedrive-deal-stage.json").read_bytes(),
+         {"Content-Type": "application/json", "Authorization": f"Basic {basic}"}),
+        ("Zapier hook", "/webhooks/generic/zapier", (EVENTS / "zapier-won-deal.json").read_bytes(),
+         {"Content-Type": "application/json", "X-Hook-Token": ZAPIER_TOKEN}),
+        ("Standard Webhooks sender", "/webhooks/generic/demo", standard,
+         {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(now),
+          "webhook-signature": Webhook(STANDARD_SECRET).sign(msg_id, moment, standard.decode())}),
+    ]
 
 
 @cli.command()
-@click.option("--time-scale", type=click.FloatRange(min=1), default=10.0, show_default=True,
+@click.option("--time-scale", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="How much faster the sandbox clock runs.")
-@click.option("--timeout", type=click.FloatRange(min=5), default=120.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=10), default=120.0, show_default=True)
 def demo(time_scale: float, timeout: float) -> None:
     """Run everything locally and show dispatches as they progress."""
+    from integration.web import create_app
+
     settings = load_settings()
     embedded = EmbeddedRedis(Path(settings.data_dir) / "demo").start()
-    click.echo(f"embedded Redis listening at {embedded.url} (data in {embedded.folder})")
-    store = connect(embedded.url, decode=True)
+    click.echo(f"embedded Redis   {embedded.url}  (data in {embedded.folder})")
+    import redis as redis_lib
+
+    redis_lib.Redis.from_url(embedded.url).flushdb()  # each demo starts from a clean slate
     sandbox = SandboxServer(faults=Faults(time_scale=time_scale)).start()
-    click.echo(f"Revor sandbox listening at {sandbox.api_url}")
+    click.echo(f"Revor sandbox    {sandbox.api_url}")
+    lock = threading.Lock()
+    seen: dict[str, dict[str, Any]] = {}
+
+    def on_message(message_id: str, body: dict[str, Any]) -> None:
+        data = body["data"]
+        with lock:
+            if message_id in seen.setdefault(data["dispatch_id"], {}).setdefault("messages", set()):
+                return
+            seen[data["dispatch_id"]]["messages"].add(message_id)
+            seen[data["dispatch_id"]]["status"] = data["status"]
+            recipient = next(iter(data["recipient"].values()), "")
+            extra = f"  ({data['reason']})" if data.get("reason") else ""
+            click.echo(f"  {data['rule']:<22} {data['channel']:<9} {recipient:<45} {data['status']}{extra}")
+
+    receiver = _Thread(_receiver(on_message))
+    click.echo(f"write-back       {receiver.url}/revor-status (verifies signatures)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "REDIS_", "HUBSPOT_", "GENERIC_",
+                                                                       "PIPEDRIVE_", "SALESFORCE_"))}
+    env.update(REDIS_URL=embedded.url, REVOR_BASE_URL=sandbox.api_url, RULES_FILE=str(DATA / "rules.yaml"),
+               CRM_STATUS_WEBHOOK_URL=f"{receiver.url}/revor-status", CRM_STATUS_WEBHOOK_SECRET=RECEIVER_SECRET,
+               HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, SALESFORCE_ORG_IDS=ORG_ID, PIPEDRIVE_WEBHOOK_USER=PIPEDRIVE[0],
+               PIPEDRIVE_WEBHOOK_PASSWORD=PIPEDRIVE[1], GENERIC_WEBHOOK_SECRET_ZAPIER=ZAPIER_TOKEN,
+               GENERIC_WEBHOOK_SECRET_DEMO=STANDARD_SECRET, ADMIN_TOKEN=ADMIN, LOG_LEVEL="ERROR",
+               PYTHONUNBUFFERED="1")
+    os.environ.update({k: env[k] for k in ("CRM_STATUS_WEBHOOK_URL", "CRM_STATUS_WEBHOOK_SECRET")})
+    web_settings = replace(settings, redis_url=embedded.url, rules_file=DATA / "rules.yaml",
+                           hubspot_client_secret=Secret(HUBSPOT_SECRET), hubspot_webhook_url=None,
+                           salesforce_org_ids=(ORG_ID,), pipedrive_webhook_user=PIPEDRIVE[0],
+                           pipedrive_webhook_password=Secret(PIPEDRIVE[1]),
+                           generic_webhook_secrets={"zapier": Secret(ZAPIER_TOKEN), "demo": Secret(STANDARD_SECRET)},
+                           admin_token=Secret(ADMIN))
+    web = _Thread(create_app(web_settings))
+    click.echo(f"web              {web.url}")
+    log_path = Path(settings.data_dir) / "demo" / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+    click.echo(f"worker           pid {worker.pid}, log in {log_path}")
     ok = False
     try:
-        with RevorClient(sandbox.api_url, SANDBOX_API_KEY) as client:
-            ok = _run(client, store, timeout)
+        click.echo("\nsending the sample events:")
+        for label, path, body, headers in _requests(web.url):
+            answer = requests.post(web.url + path, data=body, headers=headers, timeout=10)
+            summary = answer.json() if answer.headers.get("Content-Type", "").startswith("application/json") \
+                else {"ack": "SOAP Ack" if b"<Ack>true</Ack>" in answer.content else answer.text[:60]}
+            click.echo(f"  {label:<28} {path:<26} -> {answer.status_code} {json.dumps(summary)}")
+        click.echo("\ndispatches as the CRM receives their status (rule, channel, recipient, status):")
+        ok = _wait(seen, lock, web.url, timeout)
     finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+        web.stop()
+        receiver.stop()
         sandbox.stop()
         if embedded.started_here:
             embedded.stop()
     sys.exit(0 if ok else EXIT_FINAL)
 
 
-def _run(client: RevorClient, store, timeout: float) -> bool:  # noqa: ANN001 (a redis client)
-    run_id = f"demo-{int(time.time())}"
-    jobs: dict[str, dict] = {}
-    for number, payload in enumerate(SAMPLE_DISPATCHES, 1):
-        key = f"{run_id}-{number}"
-        try:
-            item = client.create_dispatch(payload, key, retry=RetryPolicy(attempts=3)).data
-        except RevorError as error:
-            click.echo(f"  {payload['channel']:<8} rejected: {error}")
-            return False
-        jobs[item["id"]] = {"channel": payload["channel"], "status": None, "item": item}
-        _note(store, run_id, item, payload["channel"])
-        click.echo(f"  {payload['channel']:<8} {item['id']}  {item['status']}  (runs at {item['scheduled_at']})")
-        jobs[item["id"]]["status"] = item["status"]
+def _wait(seen: dict[str, dict[str, Any]], lock: threading.Lock, web: str, timeout: float) -> bool:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
     deadline = time.monotonic() + timeout
+    expected = 3  # the example rules match one Salesforce, one Zapier and one Standard Webhooks event
     while time.monotonic() < deadline:
-        waits = []
-        for job_id, job in jobs.items():
-            if job["status"] in TERMINAL_JOB_STATUSES:
-                continue
-            try:
-                item = client.get_job(job_id, retry=RetryPolicy(attempts=3)).data
-            except RevorError as error:
-                click.echo(f"  {job['channel']:<8} {job_id}  could not be read: {error}")
-                return False
-            if item["status"] != job["status"]:
-                job["status"] = item["status"]
-                _note(store, run_id, item, job["channel"])
-                click.echo(f"  {job['channel']:<8} {job_id}  {item['status']}")
-            if item["status"] not in TERMINAL_JOB_STATUSES:
-                waits.append(next_poll_in(item))
-        if not waits:
+        with lock:
+            done = len(seen) >= expected and all(d.get("status") in FINAL for d in seen.values())
+        if done:
             break
-        time.sleep(min(min(waits), 0.2))
-    states = {job["channel"]: job["status"] for job in jobs.values()}
-    timeline = store.xlen(f"revor-bridge:demo:{run_id}")
-    click.echo(f"done: {json.dumps(states)}; {timeline} state changes kept in Redis stream "
-               f"revor-bridge:demo:{run_id}")
-    return all(status == "succeeded" for status in states.values())
-
-
-def _note(store, run_id: str, item: dict, channel: str) -> None:  # noqa: ANN001
-    store.xadd(f"revor-bridge:demo:{run_id}", {"job_id": item["id"], "channel": channel, "status": item["status"]})
+        time.sleep(0.2)
+    listed = requests.get(f"{web}/api/v1/dispatches", headers=headers, timeout=10).json()["items"]
+    states = {d["rule"]: d["status"] for d in listed}
+    click.echo(f"\ndone: {json.dumps(states, sort_keys=True)}")
+    click.echo("events without a dispatch are explained by `revor-bridge preview` (e.g. the HubSpot batch needs "
+               "hydration with HUBSPOT_ACCESS_TOKEN to know the contact).")
+    return len(states) >= expected and all(s == "succeeded" for s in states.values())
