@@ -122,7 +122,7 @@ def writeback_receiver(secret: str) -> tuple[Flask, dict[str, Any]]:
     from standardwebhooks import Webhook, WebhookVerificationError
 
     verifier = Webhook(secret)
-    state: dict[str, Any] = {"messages": [], "refused": 0, "fail": [], "attempts": 0, "delay": 0.0}
+    state: dict[str, Any] = {"messages": [], "refused": 0, "fail": [], "attempts": 0, "delay": 0.0, "times": []}
     lock = threading.Lock()
     app = Flask("writeback_receiver")
 
@@ -132,9 +132,11 @@ def writeback_receiver(secret: str) -> tuple[Flask, dict[str, Any]]:
             time.sleep(state["delay"])
         with lock:
             state["attempts"] += 1
+            state["times"].append((time.time(), request.headers.get("webhook-id")))
             if state["fail"]:
-                status = state["fail"].pop(0)
-                return Response("{}", status, mimetype="application/json")
+                answer = state["fail"].pop(0)
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                return Response("{}", status, headers=headers, mimetype="application/json")
         try:
             body = verifier.verify(request.get_data(), dict(request.headers))
         except WebhookVerificationError:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -78,14 +79,29 @@ destinations:
 
 
 @pytest.fixture
-def stack(tmp_path, make_bridge, redis_url, redis_db):
+def stack(stack_with_rules):
+    return stack_with_rules(RULES)
+
+
+@pytest.fixture
+def stack_with_rules(tmp_path, make_bridge, redis_url, redis_db):
+    """Start the stack with a given rules file; one per test."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stacks:
+        yield lambda rules_text, **env: stacks.enter_context(_stack(tmp_path, make_bridge, redis_url, redis_db,
+                                                                    rules_text, env))
+
+
+@contextmanager
+def _stack(tmp_path, make_bridge, redis_url, redis_db, rules_text, env_overrides):
     """Sandbox, HubSpot stand-in, receiver, web app and a way to start/kill worker processes."""
     hub_app, hub_state = hubspot_standin(TOKEN)
     receiver_app, receiver_state = writeback_receiver(WRITEBACK_SECRET)
     with SandboxServer(faults=Faults(time_scale=200.0, rate_limit=0), seed=7) as sandbox, \
             ThreadServer(hub_app) as hub, ThreadServer(receiver_app) as receiver:
         rules = tmp_path / "rules.yaml"
-        rules.write_text(RULES)
+        rules.write_text(rules_text)
         os.environ["RECEIVER_URL"] = receiver.url + "/status"  # for create_app's rules load
         try:
             bridge = make_bridge(rules_file=rules)
@@ -95,6 +111,7 @@ def stack(tmp_path, make_bridge, redis_url, redis_db):
                       RECEIVER_URL=receiver.url + "/status", HUBSPOT_ACCESS_TOKEN=TOKEN,
                       HUBSPOT_API_BASE_URL=hub.url, BRIDGE_LEASE_SECONDS="3", REVOR_MAX_RPS="200",
                       WRITEBACK_RETRY_SCALE="0.002", LOG_LEVEL="WARNING")
+        env.update(env_overrides)
         workers: list[subprocess.Popen] = []
 
         def start_worker() -> subprocess.Popen:
@@ -104,16 +121,23 @@ def stack(tmp_path, make_bridge, redis_url, redis_db):
             workers.append(proc)
             return proc
 
-        yield {"sandbox": sandbox, "bridge": bridge, "receiver": receiver_state, "hub": hub_state,
-               "redis": redis_db, "start_worker": start_worker, "tmp": tmp_path}
-        for proc in workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        try:
+            yield {"sandbox": sandbox, "bridge": bridge, "receiver": receiver_state, "hub": hub_state,
+                   "redis": redis_db, "start_worker": start_worker, "tmp": tmp_path, "env": env,
+                   "receiver_url": receiver.url}
+        finally:
+            _stop(workers)
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    for proc in workers:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def dispatches(redis_db) -> dict[str, dict]:

@@ -305,5 +305,6 @@ def _poll_one(ctx: JobContext, limiter: Limiter, dispatch_id: str) -> None:
 def deliver(dispatch_id: str, destination: str) -> str:
     ctx = job_context()
     config = ctx.rules.destinations.get(destination) if ctx.rules else None
+    template = ctx.rules.destination_bodies.get(destination) if ctx.rules else None
     return deliver_outbox(ctx.redis, dispatch_id, destination, config, ctx.settings.lease_seconds,
-                          retry_scale=ctx.settings.writeback_retry_scale)
+                          retry_scale=ctx.settings.writeback_retry_scale, body_template=template)

@@ -233,10 +233,15 @@ def _compile(clean: dict[str, Any], path: Path, report: _Reporter) -> RuleSet:
             suppress_if=_template(rule["suppress_if"], (*base, "suppress_if"), report),
             writeback=rule["writeback"], enabled=rule["enabled"],
         ))
+    from integration.writeback.body import check_template
+
     bodies = {}
     for name, destination in clean["destinations"].items():
         body = _template(destination["body"], ("destinations", name, "body"), report)
         if body is not None:
+            problem = check_template(body)
+            if problem:
+                report.add(("destinations", name, "body"), problem)
             bodies[name] = body
     return RuleSet(str(path), rules, clean["accounts"], defaults, clean["destinations"], bodies)
 

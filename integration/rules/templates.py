@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, nodes, pass_eval_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
@@ -128,6 +128,18 @@ def _guarded(function: Any) -> Any:
     return wrapper
 
 
+def _strict_tojson(original: Any) -> Any:
+    """`tojson` of a missing value names it, like every other use of one (not a TypeError)."""
+
+    @pass_eval_context
+    def tojson(eval_context: Any, value: Any, indent: int | None = None) -> Any:
+        if isinstance(value, Undefined):
+            value._fail_with_undefined_error()
+        return original(eval_context, value, indent)
+
+    return tojson
+
+
 ALLOWED_FILTERS = ("abs", "capitalize", "default", "d", "first", "float", "int", "join", "last", "length",
                    "lower", "replace", "round", "string", "title", "trim", "truncate", "upper", "wordcount",
                    "striptags", "escape", "e", "list", "min", "max", "sort", "unique", "center", "indent",
@@ -142,6 +154,7 @@ class BridgeSandbox(ImmutableSandboxedEnvironment):
                          extensions=[])
         self.filters = {name: _guarded(self.filters[name]) for name in ALLOWED_FILTERS}
         self.filters["first_name"] = _guarded(first_name)
+        self.filters["tojson"] = _strict_tojson(self.filters["tojson"])
         self.globals = {"range": _range, "rb_bounded": _bounded}
         self.tests = dict(self.tests)
 

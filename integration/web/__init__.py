@@ -41,9 +41,11 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
 
     from integration.inbound.routes import webhooks
     from integration.web.health import health
+    from integration.web.metrics import metrics
     from integration.web.status_api import status_api
 
     app.register_blueprint(health)
+    app.register_blueprint(metrics)
     app.register_blueprint(webhooks)
     app.register_blueprint(status_api)
 

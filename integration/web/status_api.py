@@ -13,6 +13,7 @@ from integration.dispatches import state
 from integration.inbound.signatures import safe_equal
 from integration.inbound.store import load_event
 from integration.jobs import leases
+from integration.writeback import destinations
 
 status_api = Blueprint("status_api", __name__, url_prefix="/api/v1")
 
@@ -125,3 +126,49 @@ def failed_jobs() -> ResponseReturnValue:
                           "ended_at": job.ended_at.isoformat() if job.ended_at else None,
                           "error": (info.exc_string or "").strip().splitlines()[-1:] if info else []})
     return jsonify(items=items, count=registry.count)
+
+
+def _destination_names() -> list[str]:
+    rules = current_app.extensions.get("revor_bridge.rules")
+    return list(rules.destinations) if rules else []
+
+
+@status_api.get("/destinations")
+def destination_health() -> ResponseReturnValue:
+    return jsonify(items=[destinations.health(_redis(), name) for name in _destination_names()])
+
+
+@status_api.get("/deliveries/dead")
+def dead_letters() -> ResponseReturnValue:
+    destination = request.args.get("destination") or None
+    try:
+        since = float(request.args["since"]) if request.args.get("since") else None
+    except ValueError:
+        return jsonify(error={"code": "bad_request", "message": "since is epoch seconds", "field": "since"}), 400
+    items = destinations.dead_letters(_redis(), destination=destination, since=since,
+                                      destinations=_destination_names())
+    return jsonify(items=items, count=len(items))
+
+
+@status_api.get("/deliveries/<message_id>")
+def one_delivery(message_id: str) -> ResponseReturnValue:
+    item = destinations.summary(_redis(), message_id)
+    if item.get("missing"):
+        return jsonify(error={"code": "not_found", "message": f"no message {message_id!r}"}), 404
+    return jsonify(item)
+
+
+@status_api.post("/deliveries/<message_id>/replay")
+def replay_delivery(message_id: str) -> ResponseReturnValue:
+    try:
+        return jsonify(destinations.replay(_redis(), message_id)), 202
+    except LookupError as exc:
+        return jsonify(error={"code": "not_found", "message": exc.args[0]}), 404
+    except PermissionError as exc:
+        return jsonify(error={"code": "destination_disabled", "message": exc.args[0]}), 409
+
+
+@status_api.post("/destinations/<name>/enable")
+def enable_destination(name: str) -> ResponseReturnValue:
+    destinations.enable(_redis(), name)
+    return jsonify(destinations.health(_redis(), name))

@@ -1,0 +1,41 @@
+"""`GET /metrics`: Prometheus text format, counts only (no ids, no recipients, no secrets)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+from rq import Queue
+
+from integration.dispatches import state
+from integration.jobs import leases
+from integration.writeback import destinations
+
+metrics = Blueprint("metrics", __name__)
+
+
+@metrics.get("/metrics")
+def prometheus() -> Response:
+    connection = current_app.extensions["revor_bridge.redis"]
+    rules = current_app.extensions.get("revor_bridge.rules")
+    lines = ["# HELP revor_bridge_dispatches Dispatches by current status.",
+             "# TYPE revor_bridge_dispatches gauge"]
+    for status in state.RANK:
+        lines.append(f'revor_bridge_dispatches{{status="{status}"}} {connection.zcard(state.STATUS_INDEX + status)}')
+    lines += ["# HELP revor_bridge_queue_jobs RQ jobs by queue and state.", "# TYPE revor_bridge_queue_jobs gauge"]
+    for name in ("high", "default", "low"):
+        queue = Queue(name, connection=connection, serializer="json")
+        for label, count in (("queued", queue.count), ("failed", queue.failed_job_registry.count),
+                             ("scheduled", queue.scheduled_job_registry.count)):
+            lines.append(f'revor_bridge_queue_jobs{{queue="{name}",state="{label}"}} {count}')
+    lines += ["# HELP revor_bridge_tracked_dispatches Dispatches whose Revor job is being followed.",
+              "# TYPE revor_bridge_tracked_dispatches gauge",
+              f"revor_bridge_tracked_dispatches {connection.zcard(leases.TRACK)}"]
+    lines += ["# HELP revor_bridge_destination_up 1 when a write-back destination is healthy (circuit closed, "
+              "enabled).", "# TYPE revor_bridge_destination_up gauge",
+              "# HELP revor_bridge_dead_letters Messages in a destination's dead-letter list.",
+              "# TYPE revor_bridge_dead_letters gauge"]
+    for name in (rules.destinations if rules else {}):
+        health = destinations.health(connection, name)
+        up = int(not health["disabled"] and health["circuit"] == "closed")
+        lines.append(f'revor_bridge_destination_up{{destination="{name}"}} {up}')
+        lines.append(f'revor_bridge_dead_letters{{destination="{name}"}} {health["dead_letters"]}')
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

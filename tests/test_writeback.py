@@ -1,0 +1,190 @@
+"""Write-back: signed, ordered, retried status webhooks with dead letters, 410 and replay.
+
+The receiver verifies every signature with the `standardwebhooks` package; workers are real
+`revor-bridge worker` processes (see tests/test_pipeline.py for the stack).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+import pytest
+import requests
+
+from integration.rules.loader import RulesError, load_rules
+from tests.conftest import ADMIN_TOKEN, cli_env, revor_bridge
+from tests.servers import ThreadServer, writeback_receiver
+from tests.test_pipeline import (  # noqa: F401 - fixtures
+    RULES,
+    WRITEBACK_SECRET,
+    ZAP_HEADERS,
+    assert_writebacks_complete,
+    dispatches,
+    settle,
+    stack,
+    stack_with_rules,
+    zap,
+)
+
+API = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def post_zaps(stack, count: int) -> None:
+    for number in range(count):
+        assert stack["bridge"].post("/webhooks/generic/zapier", zap(number), ZAP_HEADERS).status_code == 200
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_order_is_kept_under_retries(stack):
+    stack["receiver"]["fail"] = [503, 500, 503, 502, 500, 503]
+    stack["start_worker"]()
+    post_zaps(stack, 3)
+    found = settle(stack, expected=3)
+    assert_writebacks_complete(stack["receiver"], found)
+    retried = [webhook_id for _, webhook_id in stack["receiver"]["times"]]
+    assert len(retried) > len({m["id"] for m in stack["receiver"]["messages"]})  # really retried
+
+
+def test_retry_after_is_honoured_on_429(stack):
+    stack["receiver"]["fail"] = [(429, {"Retry-After": "3"})]
+    stack["start_worker"]()
+    post_zaps(stack, 1)
+    found = settle(stack, expected=1)
+    assert_writebacks_complete(stack["receiver"], found)
+    (first_at, first_id), (second_at, second_id) = stack["receiver"]["times"][:2]
+    assert first_id == second_id  # the same message, the same webhook-id
+    assert second_at - first_at >= 3.0
+
+
+def test_redirects_are_not_followed(stack):
+    elsewhere_app, elsewhere = writeback_receiver(WRITEBACK_SECRET)
+    with ThreadServer(elsewhere_app) as other:
+        stack["receiver"]["fail"] = [(307, {"Location": other.url + "/status"})]
+        stack["start_worker"]()
+        post_zaps(stack, 1)
+        found = settle(stack, expected=1)
+    assert elsewhere["attempts"] == 0
+    assert_writebacks_complete(stack["receiver"], found)
+
+
+def test_410_disables_the_destination_until_enabled_then_replay(stack):
+    stack["receiver"]["fail"] = [410]
+    stack["start_worker"]()
+    post_zaps(stack, 1)
+    found = settle(stack, expected=1)
+    url = stack["bridge"].url + "/api/v1"
+    health = requests.get(f"{url}/destinations", headers=API, timeout=5).json()["items"][0]
+    assert health["disabled"] is True and health["disabled_reason"].startswith("410 Gone")
+    dead = requests.get(f"{url}/deliveries/dead?destination=crm", headers=API, timeout=5).json()["items"]
+    dead_ids = [d["id"] for d in dead]
+    assert len(dead_ids) == int(next(iter(found.values()))["sequence"]) - 1  # every message, none delivered
+    assert dead[0]["dead_reason"] == "410 Gone: destination disabled"
+    metrics = requests.get(stack["bridge"].url + "/metrics", timeout=5).text
+    assert 'revor_bridge_destination_up{destination="crm"} 0' in metrics
+    refused = requests.post(f"{url}/deliveries/{dead_ids[0]}/replay", headers=API, timeout=5)
+    assert refused.status_code == 409
+    env = stack["env"]
+    assert revor_bridge("deliveries", "enable", "crm", env=env, cwd=stack["tmp"]).returncode == 0
+    replayed = revor_bridge("deliveries", "replay", "--destination", "crm", env=env, cwd=stack["tmp"])
+    assert replayed.returncode == 0, replayed.stderr
+    wait_for(lambda: len(stack["receiver"]["messages"]) == len(dead_ids), what="replayed messages")
+    assert sorted(m["id"] for m in stack["receiver"]["messages"]) == sorted(dead_ids)  # webhook-ids kept
+
+
+def test_exhausted_schedule_goes_to_dead_letters_and_replays(stack_with_rules):
+    # The whole schedule (5 s ... 10 h, about 1.5 days) shrunk to about 20 s.
+    stack = stack_with_rules(RULES, WRITEBACK_RETRY_SCALE="0.0002")
+    stack["receiver"]["fail"] = [500] * 8  # the first message's eight attempts
+    stack["start_worker"]()
+    post_zaps(stack, 1)
+    found = settle(stack, expected=1, timeout=120)
+    dispatch_id, record = next(iter(found.items()))
+    listed = revor_bridge("deliveries", "list", "--json", env=stack["env"], cwd=stack["tmp"])
+    dead = json.loads(listed.stdout)
+    assert len(dead) == 1 and dead[0]["attempts"] == 8 and dead[0]["dead_reason"].startswith("no 2xx after 8")
+    delivered = {m["id"] for m in stack["receiver"]["messages"]}
+    assert dead[0]["id"] not in delivered and len(delivered) == int(record["sequence"]) - 2  # the rest went on
+    shown = json.loads(revor_bridge("deliveries", "show", dead[0]["id"], env=stack["env"], cwd=stack["tmp"]).stdout)
+    assert shown["body"]["data"]["dispatch_id"] == dispatch_id
+    answer = requests.post(f"{stack['bridge'].url}/api/v1/deliveries/{dead[0]['id']}/replay", headers=API, timeout=5)
+    assert answer.status_code == 202
+    wait_for(lambda: dead[0]["id"] in {m["id"] for m in stack["receiver"]["messages"]}, what="the replay")
+    assert json.loads(revor_bridge("deliveries", "list", "--json", env=stack["env"], cwd=stack["tmp"]).stdout) == []
+
+
+def test_a_failing_destination_opens_its_circuit(stack_with_rules):
+    stack = stack_with_rules(RULES, WRITEBACK_RETRY_SCALE="0.0002")
+    stack["receiver"]["fail"] = [503] * 6
+    stack["start_worker"]()
+    post_zaps(stack, 1)
+    url = stack["bridge"].url + "/api/v1/destinations"
+    seen_open = []
+
+    def circuit_opened() -> bool:
+        health = requests.get(url, headers=API, timeout=5).json()["items"][0]
+        seen_open.append(health["circuit"] == "open" or health["consecutive_failures"] >= 5)
+        return seen_open[-1]
+
+    wait_for(circuit_opened, what="the circuit to open")
+    found = settle(stack, expected=1)
+    assert_writebacks_complete(stack["receiver"], found)
+    health = requests.get(url, headers=API, timeout=5).json()["items"][0]
+    assert health["circuit"] == "closed" and health["consecutive_failures"] == 0  # closed again by a success
+
+
+TEMPLATED = RULES.replace("    writeback: [crm]\ndestinations:",
+                          "    writeback: [crm, hubspot-workflow]\ndestinations:")
+
+
+def test_body_template_shapes_the_message(stack_with_rules):
+    rules = TEMPLATED + textwrap.indent(textwrap.dedent("""\
+        hubspot-workflow:
+          url: "${RECEIVER_URL}"
+          secret: "WRITEBACK_SECRET"
+          on: [succeeded, failed]
+          body: |
+            {"objectId": {{ data.crm.object_id | tojson }},
+             "properties": {"outreach_status": {{ data.status | tojson }},
+                            "outreach_dispatch": {{ data.dispatch_id | tojson }}}}
+        """).replace("WRITEBACK_SECRET", WRITEBACK_SECRET), "  ")
+    stack = stack_with_rules(rules)
+    stack["start_worker"]()
+    post_zaps(stack, 1)
+    settle(stack, expected=1)
+    wait_for(lambda: any("objectId" in m["body"] for m in stack["receiver"]["messages"]), what="templated message")
+    shaped = [m["body"] for m in stack["receiver"]["messages"] if "objectId" in m["body"]]
+    dispatch_id = next(iter(dispatches(stack["redis"])))
+    assert shaped == [{"objectId": "9000", "properties": {"outreach_status": "succeeded",
+                                                          "outreach_dispatch": dispatch_id}}]
+    assert stack["receiver"]["refused"] == 0  # signed over exactly the rendered bytes
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [('{"status": {{ data.status }}}', "the body template rendered invalid JSON"),
+     ('{"status": {{ data.nothing | tojson }}}', "data.nothing has no value"),
+     ('{"status": {{ data.status | tojson }', "template error")],
+)
+def test_bad_body_templates_are_caught_when_the_rules_load(tmp_path, body, problem):
+    path = tmp_path / "rules.yaml"
+    line = f'    secret: "{WRITEBACK_SECRET}"\n'
+    path.write_text(RULES.replace(line, f"{line}    body: {json.dumps(body)}\n"))
+    with pytest.raises(RulesError) as caught:
+        load_rules(path, environ={"RECEIVER_URL": "http://127.0.0.1:1/status"})
+    assert any(p.startswith("destinations.crm.body") and problem in p for p in caught.value.problems), \
+        caught.value.problems
+
+
+def test_deliveries_cli_needs_a_destination_or_rules(tmp_path, redis_url):
+    result = revor_bridge("deliveries", "list", env=cli_env(REDIS_URL=f"{redis_url}/1"), cwd=tmp_path)
+    assert result.returncode == 2 and "name a --destination" in result.stderr
