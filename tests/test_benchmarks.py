@@ -34,3 +34,13 @@ def test_pipeline_benchmark_gets_every_event_to_revor():
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("events: 20 sent, 20 reached Revor's 202, 20 Revor tasks created")
     assert lines[-1].startswith("ratio events/no-ops") and float(lines[-1].split(":")[1].split()[0]) > 0
+
+
+def test_tracking_benchmark_batches_polls():
+    result = subprocess.run([sys.executable, "benchmarks/tracking.py", "--dispatches", "120"], cwd=ROOT,
+                            env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("dispatches tracked to their end: 120 of 120")
+    poll_jobs = int(lines[1].split(":")[1].split()[0])
+    assert 0 < poll_jobs < 120 / 10  # batched: a handful of jobs, not one per dispatch

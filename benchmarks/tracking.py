@@ -1,0 +1,103 @@
+"""Tracking cost: how many RQ jobs following N Revor jobs takes, against one per dispatch.
+
+Creates N dispatches whose Revor jobs exist in a local sandbox (created through the real client),
+marks them all accepted and due for a poll, runs `--workers` `revor-bridge worker` processes until
+every dispatch is finished, and prints how many `poll_due` RQ jobs and how many Revor GETs that
+took: batching means a few poll jobs, not N (or N per poll round).
+
+    python benchmarks/tracking.py [--dispatches 1000] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from integration.dispatches import state
+from integration.jobs import leases
+from integration.revor import RevorClient
+from integration.settings import SANDBOX_API_KEY
+from integration.storage import redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dispatches", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="rb-tracking-"))
+    redis_port, sandbox_port = free_port(), free_port()
+    binary = shutil.which("redis-server") or redis_server_binary()
+    procs = [subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "RULES_"))}
+    env.update(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", REVOR_BASE_URL=f"http://127.0.0.1:{sandbox_port}/api/v1",
+               REVOR_MAX_RPS="1000", LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "integration", "sandbox", "--port", str(sandbox_port),
+                                       "--time-scale", "100000", "--rate-limit", "0"], env=env, cwd=folder,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.5)
+        connection = redis.Redis.from_url(env["REDIS_URL"])
+        with RevorClient(env["REVOR_BASE_URL"], SANDBOX_API_KEY) as client:
+            for number in range(args.dispatches):
+                payload = {"account_id": f"connect_account_sandbox_{('email', 'whatsapp')[number % 2]}",
+                           "channel": ("email", "whatsapp")[number % 2], "action": "outreach",
+                           "recipient": ({"address": f"l{number}@example.com"} if number % 2 == 0
+                                         else {"phone": f"+1415{number:07d}"}),
+                           "content": {"subject": "s", "text": "t"} if number % 2 == 0 else {"text": "t"}}
+                job = client.create_dispatch(payload, f"track-{number}").data
+                dispatch_id = f"dsp_track_{number}"
+                state.transition(connection, dispatch_id, "pending", create={"rule": "bench", "writeback": []})
+                state.transition(connection, dispatch_id, "accepted", {"revor_job_id": job["id"]})
+        log_url = f"http://127.0.0.1:{sandbox_port}/_sandbox/requests"
+        gets_before = sum(1 for e in requests.get(log_url, timeout=30).json()["items"] if e["method"] == "GET")
+        connection.zadd(leases.TRACK, {f"dsp_track_{n}": time.time() for n in range(args.dispatches)})
+        started = time.monotonic()
+        workers = [subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, cwd=folder,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                   for _ in range(args.workers)]
+        while connection.zcard(leases.TRACK) and time.monotonic() - started < 300:
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+        poll_jobs = sum(1 for key in connection.scan_iter("rq:job:poll*"))
+        finished = connection.zcard(state.STATUS_INDEX + "succeeded")
+        log = requests.get(log_url, timeout=30).json()["items"]
+        gets = sum(1 for entry in log if entry["method"] == "GET") - gets_before
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"dispatches tracked to their end: {finished} of {args.dispatches} in {elapsed:.1f} s "
+          f"with {args.workers} worker(s)")
+    print(f"RQ poll jobs                   : {poll_jobs}  ({poll_jobs / args.dispatches:.3f} per dispatch)")
+    print(f"Revor GETs                     : {gets}  ({gets / max(finished, 1):.2f} per dispatch)")
+    print(f"RQ jobs per dispatch per poll  : {poll_jobs / max(gets, 1):.3f}  (one job per poll would be 1.000)")
+
+
+if __name__ == "__main__":
+    main()
