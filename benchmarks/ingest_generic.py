@@ -6,7 +6,7 @@ bare Flask endpoint that only answers. Each request carries a new `webhook-id`, 
 a new event that is really stored (no duplicate short-cut). Prints requests per second for each,
 the median over alternating rounds, and the ratio bridge/bare; the target is at least 0.5.
 
-    python benchmarks/ingest_generic.py [--requests 2000] [--rounds 3] [--workers 2] [--clients 8]
+    python -m benchmarks.ingest_generic [--requests 2000] [--rounds 3] [--workers 2] [--clients 8]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,27 +27,13 @@ from pathlib import Path
 import requests
 from standardwebhooks import Webhook
 
-from integration.storage import redis_server_binary
+from benchmarks.common import wait_for
+from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1iZW5jaG1hcmstc2VjcmV0"  # base64 of 32 bytes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def gunicorn(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen:

@@ -7,7 +7,7 @@ from client threads; reads the sandbox's request log to find when each event's d
 and, measured in the same run on the same Redis, RQ's own no-op job rate with the same number of
 workers, since every event costs several RQ jobs (fan-out, process, submit).
 
-    python benchmarks/pipeline.py [--events 300] [--workers 2] [--clients 8]
+    python -m benchmarks.pipeline [--events 300] [--workers 2] [--clients 8]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,8 @@ import redis
 import requests
 from rq import Queue
 
-from integration.storage import redis_server_binary
+from benchmarks.common import wait_for
+from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
@@ -49,21 +49,6 @@ rules:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def noop_rate(redis_url: str, jobs: int, workers: int, env: dict[str, str], folder: Path) -> float:

@@ -5,7 +5,7 @@ idempotency key, envelope parsing, typed errors) next to a bare `requests.Sessio
 same body to the same sandbox in the same run, and their ratio. Absolute numbers vary with the
 machine; the ratio is the figure to compare.
 
-    python benchmarks/revor_client.py [--count 400] [--rounds 3]
+    python -m benchmarks.revor_client [--count 400] [--rounds 3]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ marks them all accepted and due for a poll, runs `--workers` `revor-bridge worke
 every dispatch is finished, and prints how many `poll_due` RQ jobs and how many Revor GETs that
 took: batching means a few poll jobs, not N (or N per poll round).
 
-    python benchmarks/tracking.py [--dispatches 1000] [--workers 1]
+    python -m benchmarks.tracking [--dispatches 1000] [--workers 1]
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,10 @@ from integration.dispatches import state
 from integration.jobs import leases
 from integration.revor import RevorClient
 from integration.settings import SANDBOX_API_KEY
-from integration.storage import redis_server_binary
+from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

@@ -56,7 +56,8 @@ def redis_server_binary() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now (for local servers, tests and benchmarks)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -111,7 +112,7 @@ class EmbeddedRedis:
         if running:
             self.pid, self.port = running
             return self
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1",

@@ -23,15 +23,9 @@ from integration.revor import RevorClient
 from integration.sandbox.core import Faults
 from integration.sandbox.server import SandboxServer
 from integration.settings import SANDBOX_API_KEY
-from integration.storage import redis_server_binary
+from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

@@ -9,7 +9,7 @@ from tests.conftest import ROOT, cli_env
 
 
 def test_revor_client_benchmark_prints_a_ratio():
-    result = subprocess.run([sys.executable, "benchmarks/revor_client.py", "--count", "10", "--rounds", "1"],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.revor_client", "--count", "10", "--rounds", "1"],
                             cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     ratio_line = result.stdout.strip().splitlines()[-1]
@@ -18,7 +18,7 @@ def test_revor_client_benchmark_prints_a_ratio():
 
 
 def test_ingest_benchmark_stores_every_event_and_prints_a_ratio():
-    result = subprocess.run([sys.executable, "benchmarks/ingest_generic.py", "--requests", "40", "--rounds", "1",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.ingest_generic", "--requests", "40", "--rounds", "1",
                              "--workers", "1", "--clients", "2"],
                             cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr + result.stdout
@@ -28,7 +28,7 @@ def test_ingest_benchmark_stores_every_event_and_prints_a_ratio():
 
 
 def test_pipeline_benchmark_gets_every_event_to_revor():
-    result = subprocess.run([sys.executable, "benchmarks/pipeline.py", "--events", "20", "--workers", "1",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.pipeline", "--events", "20", "--workers", "1",
                              "--clients", "2"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout
     lines = result.stdout.strip().splitlines()
@@ -37,7 +37,7 @@ def test_pipeline_benchmark_gets_every_event_to_revor():
 
 
 def test_tracking_benchmark_batches_polls():
-    result = subprocess.run([sys.executable, "benchmarks/tracking.py", "--dispatches", "120"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "benchmarks.tracking", "--dispatches", "120"], cwd=ROOT,
                             env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout
     lines = result.stdout.strip().splitlines()
