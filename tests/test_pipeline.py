@@ -323,3 +323,35 @@ def test_operator_retry_of_a_failed_dispatch(stack):
     assert dispatches(stack["redis"])[dispatch_id]["status"] == "succeeded"
     keys = [r["idempotency_key"] for r in sandbox_requests(stack["sandbox"]) if r["method"] == "POST"]
     assert set(keys) == {dispatch_id, f"{dispatch_id}-r1"} and len(sandbox_tasks(stack["sandbox"])) == 2
+
+
+def test_two_workers_share_one_revor_rate_limit(stack_with_rules):
+    stack = stack_with_rules(RULES, REVOR_MAX_RPS="4")
+    stack["start_worker"]()
+    stack["start_worker"]()
+    for number in range(16):
+        assert stack["bridge"].post("/webhooks/generic/zapier", zap(number), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=16, timeout=120)
+    assert all(d["status"] == "succeeded" for d in found.values())
+    times = sorted(r["time"] for r in sandbox_requests(stack["sandbox"]))
+    # A bucket of 4 per second (burst 4): in any 2-second window, at most 4 + 2 * 4 calls.
+    busiest = max(sum(1 for t in times if start <= t < start + 2.0) for start in times)
+    assert busiest <= 12, busiest
+    assert len(times) >= 32  # 16 POSTs and at least 16 GETs went through the shared limiter
+
+
+def test_sigterm_stops_a_worker_gracefully(stack):
+    worker = stack["start_worker"]()
+    post_all_fixtures(stack["bridge"])
+    settle(stack, expected=4)
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the clock and RQ's scheduler leave with it
+        try:
+            os.killpg(worker.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(worker.pid, 0)
