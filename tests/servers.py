@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
+
+from integration.localserver import LocalServer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-class ThreadServer:
-    """Any WSGI app on a free loopback port, served by threads, stopped at exit."""
-
-    def __init__(self, app: Callable) -> None:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+class ThreadServer(LocalServer):
+    """Any WSGI app on a free loopback port (the same server the sandbox and the demo use)."""
 
 
 class Clock:

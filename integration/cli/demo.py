@@ -26,10 +26,10 @@ import click
 import requests
 from flask import Flask, Response, request
 from standardwebhooks import Webhook, WebhookVerificationError
-from werkzeug.serving import make_server
 
 from integration.cli import EXIT_FINAL, cli, load_settings
 from integration.inbound import hubspot
+from integration.localserver import LocalServer
 from integration.sandbox.core import Faults
 from integration.sandbox.server import SandboxServer
 from integration.settings import Secret
@@ -45,21 +45,6 @@ ORG_ID = "00D5e000000Fxq2EAC"
 PIPEDRIVE = ("demo-pipedrive", "demo-pipedrive-password")
 ADMIN = "demo-admin-token-0123456789"
 FINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
-
-
-class _Thread:
-    def __init__(self, app: Any) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _receiver(on_message: Any) -> Flask:
@@ -137,7 +122,7 @@ def demo(time_scale: float, timeout: float) -> None:
             extra = f"  ({data['reason']})" if data.get("reason") else ""
             click.echo(f"  {data['rule']:<22} {data['channel']:<9} {recipient:<45} {data['status']}{extra}")
 
-    receiver = _Thread(_receiver(on_message))
+    receiver = LocalServer(_receiver(on_message)).start()
     click.echo(f"write-back       {receiver.url}/revor-status (verifies signatures)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "REDIS_", "HUBSPOT_", "GENERIC_",
                                                                        "PIPEDRIVE_", "SALESFORCE_"))}
@@ -154,7 +139,7 @@ def demo(time_scale: float, timeout: float) -> None:
                            pipedrive_webhook_password=Secret(PIPEDRIVE[1]),
                            generic_webhook_secrets={"zapier": Secret(ZAPIER_TOKEN), "demo": Secret(STANDARD_SECRET)},
                            admin_token=Secret(ADMIN))
-    web = _Thread(create_app(web_settings))
+    web = LocalServer(create_app(web_settings)).start()
     click.echo(f"web              {web.url}")
     log_path = Path(settings.data_dir) / "demo" / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, start_new_session=True,
