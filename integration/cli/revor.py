@@ -6,7 +6,6 @@ import json
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -19,6 +18,7 @@ from integration.revor import (
     RevorFinalError,
     RevorInvalidPayload,
 )
+from integration.revor.polling import next_poll
 from schemas.revor import CHANNEL_RECIPIENT, TERMINAL_JOB_STATUSES
 
 CLI_RETRY = RetryPolicy(attempts=5, base_delay=0.5, max_delay=10, max_wait=60)
@@ -134,6 +134,7 @@ def job(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Show one Revor job; with --wait, follow it to its end."""
     deadline = time.monotonic() + timeout
     last_status = None
+    polls = 0
     with _client() as client:
         while True:
             try:
@@ -150,27 +151,12 @@ def job(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
             if time.monotonic() >= deadline:
                 click.echo(f"revor-bridge: job {job_id} still {item['status']} after {timeout:g} s", err=True)
                 sys.exit(EXIT_TIMEOUT)
-            time.sleep(min(next_poll_in(item), max(0.0, deadline - time.monotonic())))
+            polls += 1
+            time.sleep(min(next_poll(item, polls), max(0.0, deadline - time.monotonic())))
     if as_json:
         click.echo(json.dumps(item, indent=2))
     if item["status"] in ("failed", "cancelled"):
         sys.exit(EXIT_FINAL)
-
-
-def next_poll_in(item: dict[str, Any], now: float | None = None) -> float:
-    """Poll shortly after `scheduled_at` / `next_attempt_at` when they are ahead; else every 2 s."""
-    now = time.time() if now is None else now
-    for field in ("next_attempt_at", "scheduled_at"):
-        value = item.get(field)
-        if not value:
-            continue
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
-        except ValueError:
-            continue
-        if when > now:
-            return min(max(when - now + 0.1, 0.2), 30.0)
-    return 1.0 if item.get("status") == "running" else 2.0
 
 
 def _describe(item: dict[str, Any]) -> str:

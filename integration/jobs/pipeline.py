@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from rq import Retry, get_current_job
@@ -26,6 +25,7 @@ from integration.dispatches.limits import Limiter
 from integration.jobs import leases
 from integration.jobs.context import JobContext, job_context
 from integration.revor.errors import RevorError, RevorFinalError, RevorRetryableError
+from integration.revor.polling import epoch, next_poll
 from integration.rules.build import Plan, plan_event
 from integration.rules.guards import claim_once, is_suppressed
 from integration.writeback.deliver import deliver_outbox
@@ -63,11 +63,12 @@ def enqueue_delivery(ctx: JobContext, dispatch_id: str, destination: str) -> Non
 
 def _move(ctx: JobContext, dispatch_id: str, status: str, **kwargs: Any) -> int | None:
     """A state change plus the immediate delivery of its write-backs (the lease covers a crash)."""
-    sequence = state.transition(ctx.redis, dispatch_id, status, destinations=ctx.destinations(), **kwargs)
+    wanted = ctx.destinations()
+    sequence = state.transition(ctx.redis, dispatch_id, status, destinations=wanted, **kwargs)
     if sequence is not None:
         record = state.load(ctx.redis, dispatch_id) or {}
         for destination in record.get("writeback") or []:
-            if status in ctx.destinations().get(destination, []):
+            if status in wanted.get(destination, []):
                 enqueue_delivery(ctx, dispatch_id, destination)
     return sequence
 
@@ -117,15 +118,7 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any]) 
                             destinations=ctx.destinations()) is not None:
             enqueue_submit(ctx, plan.dispatch_id)
     else:
-        _move_new(ctx, plan.dispatch_id, status or "invalid", create, reason)
-
-
-def _move_new(ctx: JobContext, dispatch_id: str, status: str, create: dict[str, Any], reason: str) -> None:
-    if state.transition(ctx.redis, dispatch_id, status, create=create, reason=reason,
-                        destinations=ctx.destinations()) is not None:
-        for destination in create["writeback"]:
-            if status in ctx.destinations().get(destination, []):
-                enqueue_delivery(ctx, dispatch_id, destination)
+        _move(ctx, plan.dispatch_id, status or "invalid", create=create, reason=reason)
 
 
 # ---- submitting -------------------------------------------------------------------------------------
@@ -208,28 +201,6 @@ def _retry_later(ctx: JobContext, dispatch_id: str, why: str, wait: float | None
 # ---- tracking -----------------------------------------------------------------------------------------
 
 
-def _epoch(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
-    except ValueError:
-        return None
-
-
-def next_poll(job: dict[str, Any], polls: int, now: float | None = None) -> float:
-    """Seconds to the next poll: just after scheduled_at / next_attempt_at, backing off while
-    queued or scheduled, quickly while running."""
-    now = time.time() if now is None else now
-    for field in ("next_attempt_at", "scheduled_at"):
-        when = _epoch(job.get(field))
-        if when is not None and when > now:
-            return min(when - now + 0.5, 3600.0)
-    if job.get("status") == "running":
-        return 1.0
-    return float(min(60, 2 ** min(polls, 6)))
-
-
 STATUS_MAP = {"scheduled": "scheduled", "running": "running", "succeeded": "succeeded", "failed": "failed",
               "cancelled": "cancelled"}
 
@@ -290,7 +261,7 @@ def _poll_one(ctx: JobContext, limiter: Limiter, dispatch_id: str) -> None:
     if job["status"] in TERMINAL_JOB_STATUSES:
         ctx.redis.zrem(leases.TRACK, dispatch_id)
         return
-    start = _epoch(job.get("scheduled_at")) or _epoch(record.get("accepted_at")) or time.time()
+    start = epoch(job.get("scheduled_at")) or epoch(record.get("accepted_at")) or time.time()
     if time.time() - start > ctx.settings.tracking_horizon_seconds:
         _move(ctx, dispatch_id, "failed", reason="tracking_timeout",
               fields={"finished_at": state.iso_now(), "error": {"code": "tracking_timeout"}})
