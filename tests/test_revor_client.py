@@ -336,3 +336,18 @@ def test_connection_refused_is_retryable():
     with RevorClient("http://127.0.0.1:9/api/v1", "sk-revor-x", connect_timeout=0.5) as nowhere:
         with pytest.raises(RevorConnectionError):
             nowhere.list_accounts()
+
+
+def test_poll_schedule():
+    from integration.revor.polling import next_poll
+
+    now = 1_800_000_000.0
+    ahead = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now + 100))
+    assert next_poll({"status": "scheduled", "scheduled_at": ahead}, 0, now=now) == pytest.approx(100.5)
+    assert next_poll({"status": "scheduled", "scheduled_at": ahead, "next_attempt_at": None}, 3, now=now) == \
+        pytest.approx(100.5)
+    past = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - 5))
+    assert [next_poll({"status": "queued", "scheduled_at": past}, n, now=now) for n in (1, 2, 3, 6, 9)] == \
+        [2.0, 4.0, 8.0, 60.0, 60.0]
+    assert next_poll({"status": "running", "scheduled_at": past}, 5, now=now) == 1.0
+    assert next_poll({"status": "settling"}, 1, now=now) == 2.0  # unknown statuses keep being polled
