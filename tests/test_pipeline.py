@@ -242,6 +242,8 @@ def test_faults_and_429s_still_give_exactly_one_task_per_dispatch(stack):
     assert (503, False) in outcomes and (202, True) in outcomes, sorted(set(outcomes))  # the faults happened
     assert any(r["status"] == 429 for r in every)
     assert_writebacks_complete(stack["receiver"], found)
+    log = (stack["tmp"] / "worker0.log").read_text()
+    assert "retried on schedule" in log and "Traceback" not in log  # expected retries are one line each
 
 
 @pytest.mark.parametrize("slow", ["revor", "receiver"])

@@ -85,9 +85,8 @@ def web() -> None:
 @cli.command()
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty (for scripts and tests).")
 def worker(burst: bool) -> None:
-    """Run an RQ worker with its scheduler on the high, default and low queues."""
+    """Run an RQ worker (HerokuWorker) with its scheduler and the clock, on high, default and low."""
     from rq import Queue
-    from rq.worker import HerokuWorker
 
     from integration.cli.rules import rules_or_exit
     from integration.jobs.context import JobContext, install
@@ -110,7 +109,9 @@ def worker(burst: bool) -> None:
                                                             name="revor-bridge-clock", daemon=True)
         clock.start()
     try:
-        HerokuWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
+        from integration.jobs.worker import BridgeWorker
+
+        BridgeWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
     finally:
         if clock is not None:
             clock.terminate()
