@@ -107,7 +107,8 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 connection.delete(f"{outbox}:not_before")
                 continue
             if status == 410:
-                destinations.disable(connection, destination, f"410 Gone from {config['url']} at {state_now()}")
+                # The reason leaves the URL out: a catch-hook URL is itself a secret.
+                destinations.disable(connection, destination, f"410 Gone at {state_now()}")
                 log.error("WRITE-BACK DESTINATION %s DISABLED: it answered 410 Gone. Its messages go to the dead "
                           "letters until `revor-bridge deliveries enable %s`.", destination, destination)
                 _give_up(connection, outbox, destination, message_key, "410 Gone: destination disabled")
