@@ -131,7 +131,7 @@ class Settings:
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             revor_max_rps=env.number("REVOR_MAX_RPS", 5.0, low=0.1, high=1000),
             hubspot_max_rps=env.number("HUBSPOT_MAX_RPS", 8.0, low=0.1, high=1000),
-            tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=60, high=30 * 86400,
+            tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=1, high=30 * 86400,
                                                     integer=True)),
             lease_seconds=int(env.number("BRIDGE_LEASE_SECONDS", 30, low=2, high=3600, integer=True)),
             writeback_retry_scale=env.number("WRITEBACK_RETRY_SCALE", 1.0, low=0.0001, high=100),

@@ -357,3 +357,36 @@ def test_sigterm_stops_a_worker_gracefully(stack):
         time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.killpg(worker.pid, 0)
+
+
+def test_a_final_revor_error_rejects_the_dispatch_with_its_code(stack_with_rules):
+    rules = RULES.replace("  wa: connect_account_sandbox_whatsapp\n",
+                          "  wa: connect_account_sandbox_whatsapp\n  old: connect_account_sandbox_email_reconnect\n")
+    rules = rules.replace("""      account: wa
+      channel: whatsapp
+      recipient: {phone: "{{ contact.phone }}"}
+      content: {text: "Hi {{ contact.first_name }}, welcome!"}""", """      account: old
+      channel: email
+      recipient: {address: "lead@example.com"}
+      content: {subject: "Hello", text: "Hi {{ contact.first_name }}"}""")
+    stack = stack_with_rules(rules)
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(1), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=1)
+    record = next(iter(found.values()))
+    assert record["status"] == "rejected"
+    assert record["reason"].startswith("connect_account_reconnect_required HTTP 409 request_id req_")
+    assert len([r for r in sandbox_requests(stack["sandbox"]) if r["method"] == "POST"]) == 1  # final: not retried
+    assert_writebacks_complete(stack["receiver"], found)
+    assert stack["receiver"]["messages"][-1]["body"]["data"]["reason"] == record["reason"]
+
+
+def test_a_job_that_never_ends_fails_with_tracking_timeout(stack_with_rules):
+    stack = stack_with_rules(RULES, TRACKING_HORIZON_SECONDS="3")
+    configure(stack["sandbox"], time_scale=1.0, run_seconds=100000.0)  # runs (almost) forever
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(2), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=1, timeout=60)
+    record = next(iter(found.values()))
+    assert (record["status"], record["reason"]) == ("failed", "tracking_timeout")
+    assert_writebacks_complete(stack["receiver"], found)
