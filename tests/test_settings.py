@@ -108,3 +108,17 @@ def test_whsec_secrets_with_and_without_padding():
     bare = Settings.from_env({"GENERIC_WEBHOOK_SECRET_A": "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQ"})
     assert padded.generic_webhook_secrets["a"].get().startswith("whsec_")
     assert bare.generic_webhook_secrets["a"].get().startswith("whsec_")
+
+
+def test_env_example_documents_every_setting():
+    import re
+
+    from tests.conftest import ROOT
+
+    code = (ROOT / "integration" / "settings.py").read_text()
+    read = set(re.findall(r'env\.\w+\("([A-Z_]+)"', code))
+    read |= {"GENERIC_WEBHOOK_SECRET_", "GENERIC_WEBHOOK_EVENT_ID_FIELD_"}
+    example = (ROOT / ".env.example").read_text()
+    missing = [name for name in sorted(read) if name not in example]
+    assert not missing, f".env.example does not mention {missing}"
+    assert len(read) >= 20
