@@ -107,7 +107,9 @@ class Settings:
         if admin and len(admin.get()) < 16:
             raise SettingsError("ADMIN_TOKEN: malformed, expected at least 16 characters")
         return cls(
-            redis_url=env.url("REDIS_URL", schemes=("redis", "rediss", "unix")),
+            # Heroku's older add-on plans also set REDIS_TLS_URL; REDIS_URL wins when both exist.
+            redis_url=env.url("REDIS_URL", schemes=("redis", "rediss", "unix"))
+            or env.url("REDIS_TLS_URL", schemes=("rediss",)),
             revor_api_key=api_key,
             revor_base_url=(env.url("REVOR_BASE_URL", schemes=("http", "https")) or base_default).rstrip("/"),
             revor_connect_timeout=env.number("REVOR_CONNECT_TIMEOUT", 5.0, low=0.1, high=120),

@@ -122,3 +122,11 @@ def test_env_example_documents_every_setting():
     missing = [name for name in sorted(read) if name not in example]
     assert not missing, f".env.example does not mention {missing}"
     assert len(read) >= 20
+
+
+def test_redis_tls_url_is_a_fallback():
+    assert Settings.from_env({"REDIS_TLS_URL": "rediss://h:1"}).redis_url == "rediss://h:1"
+    both = Settings.from_env({"REDIS_URL": "redis://a:1", "REDIS_TLS_URL": "rediss://b:2"})
+    assert both.redis_url == "redis://a:1"
+    with pytest.raises(SettingsError, match="REDIS_TLS_URL: malformed"):
+        Settings.from_env({"REDIS_TLS_URL": "redis://plain:1"})
