@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,12 +76,6 @@ def outbox_key(dispatch_id: str, destination: str) -> str:
 
 def delivery_member(dispatch_id: str, destination: str) -> str:
     return f"{dispatch_id}|{destination}"
-
-
-@dataclass
-class Destination:
-    name: str
-    statuses: list[str]
 
 
 def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:

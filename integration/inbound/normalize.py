@@ -8,7 +8,6 @@ the common name wins and the CRM's value stays reachable as `crm_<name>`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -69,10 +68,6 @@ def ms_from_any(value: Any) -> int | None:
             parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
     return None
-
-
-def short_hash(*parts: Any) -> str:
-    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
 @dataclass

@@ -80,10 +80,6 @@ class RuleSet:
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_bodies: dict[str, Template] = field(default_factory=dict)
 
-    def account_names(self) -> dict[str, str]:
-        """connect account id -> the name the file gives it (for messages)."""
-        return {v: k for k, v in self.accounts.items()}
-
 
 def _line_map(text: str) -> dict[tuple[Any, ...], int]:
     """Each YAML path -> its 1-based line, from the composed node tree."""
