@@ -32,7 +32,7 @@ class JobContext:
         """Destination name -> the statuses it wants, from the rules file."""
         if self.rules is None:
             return {}
-        return {name: list(d["on"]) for name, d in self.rules.destinations.items()}
+        return self.rules.destination_statuses()
 
     @classmethod
     def build(cls, settings: Settings) -> JobContext:

@@ -80,6 +80,10 @@ class RuleSet:
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_bodies: dict[str, Template] = field(default_factory=dict)
 
+    def destination_statuses(self) -> dict[str, list[str]]:
+        """Destination name -> the dispatch states it wants messages for."""
+        return {name: list(d["on"]) for name, d in self.destinations.items()}
+
 
 def _line_map(text: str) -> dict[tuple[Any, ...], int]:
     """Each YAML path -> its 1-based line, from the composed node tree."""

@@ -87,7 +87,7 @@ def retry_dispatch(dispatch_id: str) -> ResponseReturnValue:
     fields = {"attempt": attempt, "idempotency_key": f"{dispatch_id}-r{attempt}", "revor_job_id": "",
               "error": "", "result": "", "scheduled_at": "", "finished_at": "", "polls": 0}
     rules = current_app.extensions.get("revor_bridge.rules")
-    destinations = {n: list(d["on"]) for n, d in rules.destinations.items()} if rules else {}
+    destinations = rules.destination_statuses() if rules else {}
     state.transition(_redis(), dispatch_id, "pending", fields, reason=f"retried by an operator (attempt {attempt})",
                      destinations=destinations, force=True)
     leases.hold(_redis(), leases.SUBMIT, dispatch_id, 0)  # due now: the clock submits it within a second
