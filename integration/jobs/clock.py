@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from rq import Queue
-from rq.exceptions import DuplicateJobError
 
 from integration.jobs import leases
+from integration.jobs.enqueue import enqueue_once
 from integration.settings import Settings
 from integration.storage import connect
 
@@ -44,21 +44,12 @@ def tick(connection: Any, queue: Queue, token: str, lease_seconds: float) -> int
     enqueued = 0
     now = time.time()
     if leases.has_due(connection, leases.TRACK):
-        enqueued += _enqueue(queue, "integration.jobs.pipeline.poll_due", (), f"poll-{int(now)}")
+        enqueued += enqueue_once(queue, "integration.jobs.pipeline.poll_due", (), f"poll-{int(now)}", result_ttl=60)
     for lease, func, args in UNITS:
         for member in leases.claim_due(connection, lease, hold_seconds=lease_seconds):
             digest = hashlib.sha256(member.encode()).hexdigest()[:24]
-            enqueued += _enqueue(queue, func, args(member), f"recover-{digest}-{int(now * 1000)}")
+            enqueued += enqueue_once(queue, func, args(member), f"recover-{digest}-{int(now * 1000)}", result_ttl=60)
     return enqueued
-
-
-def _enqueue(queue: Queue, func: str, args: tuple[Any, ...], job_id: str) -> int:
-    try:
-        queue.enqueue_call(func, args=args, job_id=job_id, unique=True, timeout=25, result_ttl=60,
-                           failure_ttl=7 * 86400)
-        return 1
-    except DuplicateJobError:
-        return 0
 
 
 def run(settings: Settings, interval: float = 1.0) -> None:

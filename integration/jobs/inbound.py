@@ -13,14 +13,13 @@ import logging
 import time
 from typing import Any
 
-from rq.exceptions import DuplicateJobError
-
 from integration.dispatches.limits import Limiter
 from integration.hydrate.hubspot import HubSpotClient, HubSpotError, association_ids, properties_of
 from integration.inbound.hubspot import context_for
-from integration.inbound.store import PROCESS_RETRY, TTL_SECONDS, job_id_for
+from integration.inbound.store import PROCESS_RETRY, job_id_for
 from integration.jobs import leases
 from integration.jobs.context import JobContext, job_context
+from integration.jobs.enqueue import enqueue_once
 from integration.jobs.pipeline import create_dispatches
 
 log = logging.getLogger(__name__)
@@ -34,12 +33,8 @@ def fan_out(delivery_key: str) -> int:
     queued = 0
     for raw_key in ctx.redis.lrange(f"{delivery_key}:new", 0, -1):
         key = raw_key.decode()
-        try:
-            ctx.queue.enqueue_call("integration.jobs.inbound.process_event", args=(key,), job_id=job_id_for(key),
-                                   unique=True, retry=PROCESS_RETRY, result_ttl=3600, failure_ttl=TTL_SECONDS)
-            queued += 1
-        except DuplicateJobError:
-            pass
+        queued += enqueue_once(ctx.queue, "integration.jobs.inbound.process_event", (key,), job_id_for(key),
+                               retry=PROCESS_RETRY, timeout=None, result_ttl=3600)
     return queued
 
 

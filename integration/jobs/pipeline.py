@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 from rq import Retry, get_current_job
-from rq.exceptions import DuplicateJobError
 
 from integration.dispatches import state
 from integration.dispatches.limits import Limiter
 from integration.jobs import leases
 from integration.jobs.context import JobContext, job_context
+from integration.jobs.enqueue import enqueue_once
 from integration.revor.errors import RevorError, RevorFinalError, RevorRetryableError
 from integration.revor.polling import epoch, next_poll
 from integration.rules.build import Plan, plan_event
@@ -35,30 +35,21 @@ log = logging.getLogger(__name__)
 SUBMIT_RETRY_INTERVALS = [2, 10, 30, 120, 600]
 SUBMIT_RETRY = Retry(max=len(SUBMIT_RETRY_INTERVALS), interval=SUBMIT_RETRY_INTERVALS)
 POLL_BATCH = 50
-JOB_TIMEOUT = 25  # well inside Heroku's 30 s between SIGTERM and SIGKILL
 
 
 class TransientError(Exception):
     """Raised to let RQ retry a job on its schedule; the message says why."""
 
 
-def _enqueue(ctx: JobContext, func: str, args: tuple[Any, ...], job_id: str, retry: Retry | None = None) -> None:
-    try:
-        ctx.queue.enqueue_call(func, args=args, job_id=job_id, unique=True, retry=retry, timeout=JOB_TIMEOUT,
-                               result_ttl=600, failure_ttl=7 * 86400)
-    except DuplicateJobError:
-        pass
-
-
 def enqueue_submit(ctx: JobContext, dispatch_id: str) -> None:
     leases.hold(ctx.redis, leases.SUBMIT, dispatch_id, ctx.settings.lease_seconds)
-    _enqueue(ctx, "integration.jobs.pipeline.submit_dispatch", (dispatch_id,), f"submit-{dispatch_id}",
-             SUBMIT_RETRY)
+    enqueue_once(ctx.queue, "integration.jobs.pipeline.submit_dispatch", (dispatch_id,), f"submit-{dispatch_id}",
+                 retry=SUBMIT_RETRY)
 
 
 def enqueue_delivery(ctx: JobContext, dispatch_id: str, destination: str) -> None:
-    _enqueue(ctx, "integration.jobs.pipeline.deliver", (dispatch_id, destination),
-             f"deliver-{dispatch_id}-{destination}-{int(time.time() * 1000)}")
+    enqueue_once(ctx.queue, "integration.jobs.pipeline.deliver", (dispatch_id, destination),
+                 f"deliver-{dispatch_id}-{destination}-{int(time.time() * 1000)}")
 
 
 def _move(ctx: JobContext, dispatch_id: str, status: str, **kwargs: Any) -> int | None:
@@ -212,7 +203,7 @@ def poll_due() -> int:
     for dispatch_id in due:
         _poll_one(ctx, limiter, dispatch_id)
     if len(due) == POLL_BATCH:  # more are due: keep going without waiting for the clock
-        _enqueue(ctx, "integration.jobs.pipeline.poll_due", (), f"poll-more-{int(time.time() * 1000)}")
+        enqueue_once(ctx.queue, "integration.jobs.pipeline.poll_due", (), f"poll-more-{int(time.time() * 1000)}")
     return len(due)
 
 
