@@ -69,6 +69,8 @@ class Settings:
     hubspot_api_base_url: str = HUBSPOT_DEFAULT_API_BASE_URL
     hubspot_webhook_url: str | None = None
     salesforce_org_ids: tuple[str, ...] = ()
+    salesforce_webhook_token: Secret | None = None
+    salesforce_verify_session: bool = False
     pipedrive_webhook_user: str | None = None
     pipedrive_webhook_password: Secret | None = None
     generic_webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
@@ -122,6 +124,10 @@ class Settings:
             ).rstrip("/"),
             hubspot_webhook_url=env.url("HUBSPOT_WEBHOOK_URL", schemes=("http", "https")),
             salesforce_org_ids=env.org_ids("SALESFORCE_ORG_IDS"),
+            # It goes into the Outbound Message's endpoint URL: URL-safe characters, so no encoding.
+            salesforce_webhook_token=env.secret("SALESFORCE_WEBHOOK_TOKEN", pattern=r"^[A-Za-z0-9._~-]{16,}$",
+                                                expected="16+ characters from A-Z a-z 0-9 . _ ~ -"),
+            salesforce_verify_session=env.flag("SALESFORCE_VERIFY_SESSION"),
             pipedrive_webhook_user=pd_user,
             pipedrive_webhook_password=pd_password,
             generic_webhook_secrets=env.generic_secrets(),
@@ -159,6 +165,14 @@ class _Env:
         if pattern and not re.match(pattern, value):
             raise SettingsError(f"{name}: malformed, expected {expected}")
         return Secret(value)
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise SettingsError(f"{name}: malformed, expected true or false")
+        return value.lower() in ("true", "1", "yes")
 
     def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
         value = self.text(name)

@@ -113,6 +113,9 @@ def revor_bridge(*args: str, env: dict[str, str], timeout: float = 60, cwd: Path
 
 FIXTURE_NOW = 1767268801.0  # one second after the fixtures' HubSpot v3 timestamp
 ADMIN_TOKEN = "admin-token-0123456789"
+SALESFORCE_TOKEN = "sf-outbound-token-0123456789"
+# Where Salesforce posts: the token is part of the endpoint URL the admin pastes into Salesforce.
+SALESFORCE_PATH = f"/webhooks/salesforce?token={SALESFORCE_TOKEN}"
 
 
 def bridge_settings(server_url: str, **overrides: object):
@@ -125,6 +128,7 @@ def bridge_settings(server_url: str, **overrides: object):
         hubspot_client_secret=Secret(secrets["hubspot_client_secret"]),
         hubspot_webhook_url=secrets["hubspot_app_target_url"],
         salesforce_org_ids=(secrets["salesforce_expected_organization_id"],),
+        salesforce_webhook_token=Secret(SALESFORCE_TOKEN),
         pipedrive_webhook_user=secrets["pipedrive_http_auth_user"],
         pipedrive_webhook_password=Secret(secrets["pipedrive_http_auth_password"]),
         generic_webhook_secrets={"zapier": Secret(secrets["zapier_shared_header"]["X-Hook-Token"]),

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integration.inbound import hubspot
+from tests.conftest import SALESFORCE_PATH
 from tests.servers import signatures
 
 SIGS = signatures()
@@ -104,5 +105,5 @@ def test_salesforce_messages(bridge, fields, org, sobject):
             f"<OrganizationId>{org}</OrganizationId><Notification><Id>04l5e00000TuV9aAAF</Id>"
             f'<sObject xsi:type="{sobject}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">{inner}</sObject>'
             f"</Notification></notifications></soapenv:Body></soapenv:Envelope>").encode()
-    status = _post(bridge.url + "/webhooks/salesforce", body, {"Content-Type": "text/xml"})
+    status = _post(bridge.url + SALESFORCE_PATH, body, {"Content-Type": "text/xml"})
     assert status in {200, 400, 403}

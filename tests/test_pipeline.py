@@ -20,7 +20,7 @@ import requests
 
 from integration.sandbox.core import Faults
 from integration.sandbox.server import SandboxServer
-from tests.conftest import cli_env, configure, sandbox_requests, sandbox_tasks
+from tests.conftest import SALESFORCE_PATH, cli_env, configure, sandbox_requests, sandbox_tasks
 from tests.servers import ThreadServer, fixture_bytes, hubspot_standin, signatures, writeback_receiver
 
 SIGS = signatures()
@@ -183,7 +183,7 @@ def assert_writebacks_complete(receiver_state: dict, found: dict[str, dict]) -> 
 
 def post_all_fixtures(bridge) -> None:
     for name, path in (("hubspot-deal-propertychange-batch.json", "/webhooks/hubspot"),
-                       ("salesforce-outbound-message-opportunity.xml", "/webhooks/salesforce"),
+                       ("salesforce-outbound-message-opportunity.xml", SALESFORCE_PATH),
                        ("pipedrive-deal-updated-v2.json", "/webhooks/pipedrive"),
                        ("zapier-generic.json", "/webhooks/generic/zapier")):
         answer = bridge.post(path, fixture_bytes(name), SIGS["requests"][name]["headers"])

@@ -42,6 +42,7 @@ HUBSPOT_SECRET = "demo-hubspot-client-secret"
 ZAPIER_TOKEN = "demo-zapier-token-0123456789"
 STANDARD_SECRET = "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQ="
 ORG_ID = "00D5e000000Fxq2EAC"
+SALESFORCE_TOKEN = "demo-salesforce-token-0123456789"
 PIPEDRIVE = ("demo-pipedrive", "demo-pipedrive-password")
 ADMIN = "demo-admin-token-0123456789"
 FINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
@@ -80,8 +81,8 @@ def _requests(web: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
          {"Content-Type": "application/json", "X-HubSpot-Request-Timestamp": ts,
           "X-HubSpot-Signature-v3": hubspot.v3_signature(HUBSPOT_SECRET, "POST", web + "/webhooks/hubspot", batch,
                                                          ts)}),
-        ("Salesforce Outbound Message", "/webhooks/salesforce", (EVENTS / "salesforce-closed-won.xml").read_bytes(),
-         {"Content-Type": "text/xml; charset=utf-8"}),
+        ("Salesforce Outbound Message", f"/webhooks/salesforce?token={SALESFORCE_TOKEN}",
+         (EVENTS / "salesforce-closed-won.xml").read_bytes(), {"Content-Type": "text/xml; charset=utf-8"}),
         ("Pipedrive webhook", "/webhooks/pipedrive", (EVENTS / "pipedrive-deal-stage.json").read_bytes(),
          {"Content-Type": "application/json", "Authorization": f"Basic {basic}"}),
         ("Zapier hook", "/webhooks/generic/zapier", (EVENTS / "zapier-won-deal.json").read_bytes(),
@@ -128,14 +129,16 @@ def demo(time_scale: float, timeout: float) -> None:
                                                                        "PIPEDRIVE_", "SALESFORCE_"))}
     env.update(REDIS_URL=embedded.url, REVOR_BASE_URL=sandbox.api_url, RULES_FILE=str(DATA / "rules.yaml"),
                CRM_STATUS_WEBHOOK_URL=f"{receiver.url}/revor-status", CRM_STATUS_WEBHOOK_SECRET=RECEIVER_SECRET,
-               HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, SALESFORCE_ORG_IDS=ORG_ID, PIPEDRIVE_WEBHOOK_USER=PIPEDRIVE[0],
+               HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, SALESFORCE_ORG_IDS=ORG_ID,
+               SALESFORCE_WEBHOOK_TOKEN=SALESFORCE_TOKEN, PIPEDRIVE_WEBHOOK_USER=PIPEDRIVE[0],
                PIPEDRIVE_WEBHOOK_PASSWORD=PIPEDRIVE[1], GENERIC_WEBHOOK_SECRET_ZAPIER=ZAPIER_TOKEN,
                GENERIC_WEBHOOK_SECRET_DEMO=STANDARD_SECRET, ADMIN_TOKEN=ADMIN, LOG_LEVEL="ERROR",
                PYTHONUNBUFFERED="1")
     os.environ.update({k: env[k] for k in ("CRM_STATUS_WEBHOOK_URL", "CRM_STATUS_WEBHOOK_SECRET")})
     web_settings = replace(settings, redis_url=embedded.url, rules_file=DATA / "rules.yaml",
                            hubspot_client_secret=Secret(HUBSPOT_SECRET), hubspot_webhook_url=None,
-                           salesforce_org_ids=(ORG_ID,), pipedrive_webhook_user=PIPEDRIVE[0],
+                           salesforce_org_ids=(ORG_ID,),
+                           salesforce_webhook_token=Secret(SALESFORCE_TOKEN), pipedrive_webhook_user=PIPEDRIVE[0],
                            pipedrive_webhook_password=Secret(PIPEDRIVE[1]),
                            generic_webhook_secrets={"zapier": Secret(ZAPIER_TOKEN), "demo": Secret(STANDARD_SECRET)},
                            admin_token=Secret(ADMIN))
@@ -152,7 +155,7 @@ def demo(time_scale: float, timeout: float) -> None:
             answer = requests.post(web.url + path, data=body, headers=headers, timeout=10)
             summary = answer.json() if answer.headers.get("Content-Type", "").startswith("application/json") \
                 else {"ack": "SOAP Ack" if b"<Ack>true</Ack>" in answer.content else answer.text[:60]}
-            click.echo(f"  {label:<28} {path:<26} -> {answer.status_code} {json.dumps(summary)}")
+            click.echo(f"  {label:<28} {path.split('?')[0]:<26} -> {answer.status_code} {json.dumps(summary)}")
         click.echo("\ndispatches as the CRM receives their status (rule, channel, recipient, status):")
         ok = _wait(seen, lock, web.url, timeout)
     finally:

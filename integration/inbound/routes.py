@@ -12,6 +12,7 @@ every 4xx for a day.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -65,9 +66,11 @@ def _json(raw: bytes) -> Any:
         raise malformed(f"the body is not valid JSON ({exc})") from None
 
 
-def _store(source: str, raw: bytes, events: list[InboundEvent], skipped: list[dict[str, Any]]) -> StoreResult:
-    record = delivery_record(source, request.method, request.path, request.query_string.decode("latin-1"),
-                             request.headers, raw, events, skipped)
+def _store(source: str, raw: bytes, events: list[InboundEvent], skipped: list[dict[str, Any]],
+           query: str | None = None) -> StoreResult:
+    """`query` replaces the received query string in the stored record (Salesforce: token redacted)."""
+    query = request.query_string.decode("latin-1") if query is None else query
+    record = delivery_record(source, request.method, request.path, query, request.headers, raw, events, skipped)
     try:
         return store(current_app.extensions["revor_bridge.redis"], current_app.extensions["revor_bridge.queue"],
                      source, events, record)
@@ -100,16 +103,23 @@ def hubspot_webhook() -> Response:
 
 @webhooks.post("/salesforce")
 def salesforce_webhook() -> Response:
+    # Every refusal here is a SOAP fault (inbound_error): the only error Salesforce reads.
     settings = _settings()
     if not settings.salesforce_org_ids:
         raise not_configured("SALESFORCE_ORG_IDS")
+    if settings.salesforce_webhook_token is None:
+        raise not_configured("SALESFORCE_WEBHOOK_TOKEN")
+    salesforce.check_token(request.args.getlist(salesforce.TOKEN_PARAM), settings.salesforce_webhook_token.get())
     raw = _raw_body()
     _require_type(XML_TYPES)
-    events, skipped = salesforce.parse(raw, settings.salesforce_org_ids)
-    try:
-        _store("salesforce", raw, events, skipped)
-    except InboundError as error:
-        return Response(salesforce.soap_fault(error.message), status=error.status, mimetype="text/xml")
+    verify = None
+    if settings.salesforce_verify_session:
+        # Tests put a stand-in here (code only, never the environment) to reach a loopback server.
+        fetch = current_app.extensions.get("revor_bridge.salesforce_userinfo", salesforce.fetch_userinfo)
+        verify = functools.partial(salesforce.verify_session, fetch=fetch)
+    events, skipped = salesforce.parse(raw, settings.salesforce_org_ids, verify)
+    _store("salesforce", raw, events, skipped,
+           query=salesforce.redacted_query(request.query_string.decode("latin-1")))
     return Response(salesforce.ACK, status=200, mimetype="text/xml")
 
 
@@ -152,4 +162,7 @@ def inbound_error(error: InboundError) -> tuple[Response, int]:
         log.warning("inbound %s: %s", request.path, error.message)
     else:
         log.info("inbound %s refused (%d %s): %s", request.path, error.status, error.code, error.message)
+    if request.endpoint == "webhooks.salesforce_webhook":
+        fault = salesforce.soap_fault(error.message, error.status)
+        return Response(fault, mimetype="text/xml"), error.status
     return jsonify(error.as_json()), error.status
