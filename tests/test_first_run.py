@@ -7,15 +7,18 @@ script) against real redis-server and HTTP servers on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import flask
 import redis
 
-from tests.conftest import cli_env
+from tests.conftest import ROOT, cli_env
 
 
 def _redis_servers_for(folder: Path) -> list[int]:
@@ -62,3 +65,63 @@ def test_commands_started_together_share_one_embedded_redis(tmp_path):
         assert redis.Redis.from_url(url).ping()
     finally:
         _kill_all(_redis_servers_for(tmp_path / "redis"))
+
+
+# ---- issue 9 item 16: the demo from a built wheel in a fresh virtualenv (runs in CI, never skipped) ----
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """The project's wheel, built offline from a copy of the sources (so no build/ lands in the repo)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for package in ("integration", "schemas"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=120, env=cli_env(PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert built.returncode == 0, "pip wheel failed (is the test extra installed? it brings `wheel`):\n" + built.stderr
+    return next((tmp_path / "dist").glob("revor_bridge-*.whl"))
+
+
+def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
+    """A new virtualenv with only the wheel installed; the pinned dependencies come from this environment."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                                "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=120,
+                               env=cli_env(PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert installed.returncode == 0, installed.stderr
+    # The dependencies (not the project: this environment's editable install is a .pth hook, not read here).
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "dependencies.pth").write_text(str(Path(flask.__file__).resolve().parent.parent) + "\n")
+    return venv
+
+
+def test_demo_runs_from_a_built_wheel_in_a_fresh_virtualenv(tmp_path):
+    """`pip install` of a wheel (not editable) ships the demo's events, and the demo succeeds from any folder."""
+    wheel = _build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    shipped = {f"integration/demo_data/events/{p.name}" for p in (ROOT / "integration/demo_data/events").iterdir()}
+    assert shipped and shipped <= names, sorted(shipped - names)
+    assert "integration/demo_data/rules.yaml" in names
+
+    venv = _fresh_venv(tmp_path, wheel)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import integration; print(integration.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, check=True).stdout
+    assert where.startswith(str(venv)), f"the project was imported from outside the new venv: {where}"
+    result = subprocess.run([str(venv / "bin" / "revor-bridge"), "demo", "--time-scale", "300", "--timeout", "90"],
+                            capture_output=True, text=True, cwd=elsewhere, timeout=180,
+                            env=cli_env(BRIDGE_DATA_DIR=str(tmp_path / "data")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    for label in ("HubSpot app webhook batch", "Salesforce Outbound Message", "Pipedrive webhook", "Zapier hook",
+                  "Standard Webhooks sender"):
+        assert any(row.strip().startswith(label) and "-> 200" in row for row in result.stdout.splitlines()), label
+    assert ('done: {"salesforce-closed-won": "succeeded", "stage-linkedin": "succeeded", '
+            '"won-whatsapp": "succeeded"}') in result.stdout
