@@ -240,7 +240,10 @@ def verifying_bridge(redis_url, redis_db):
     @standin.get("/services/oauth2/userinfo")
     def userinfo():
         calls.append(request.headers.get("Authorization"))
-        org = SESSIONS.get(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        session = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if session == "overloaded":
+            return "<html>maintenance</html>", 503
+        org = SESSIONS.get(session)
         if org is None:
             return jsonify([{"errorCode": "INVALID_SESSION_ID", "message": "Session expired or invalid"}]), 401
         return jsonify({"organization_id": org, "user_id": "0055e000007QaRtAAK"})
@@ -300,6 +303,15 @@ def test_session_check_refusals(verifying_bridge, redis_db, body, status, reason
     assert answer.status_code == status
     assert fault_string(answer, "Client").startswith(reason)
     assert len(calls) == asked
+    assert nothing_stored(redis_db)
+
+
+def test_identity_service_without_an_identity_is_503_so_salesforce_retries(verifying_bridge, redis_db):
+    url, calls = verifying_bridge
+    answer = _post(url, _with_session("overloaded"))
+    assert answer.status_code == 503 and len(calls) == 1
+    assert fault_string(answer, "Server") == ("northwind-example.my.salesforce.com answered the session check with "
+                                              "HTTP 503 and no identity; retry later")
     assert nothing_stored(redis_db)
 
 

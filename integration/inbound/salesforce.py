@@ -178,10 +178,15 @@ def fetch_userinfo(url: str, session_id: str, timeout: tuple[float, float]) -> t
     """GET the identity service with the session as bearer token; no redirects, at most 64 KiB read."""
     with requests.get(url, headers={"Authorization": f"Bearer {session_id}", "Accept": "application/json"},
                       timeout=timeout, allow_redirects=False, stream=True) as response:
-        content = response.raw.read(64 * 1024, decode_content=True)
+        content = b""
+        # iter_content (not response.raw) so that a broken read is a requests.RequestException too.
+        for chunk in response.iter_content(chunk_size=8192):
+            content += chunk
+            if len(content) >= 64 * 1024:
+                break
         try:
             return response.status_code, json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             return response.status_code, None
 
 
