@@ -68,6 +68,8 @@ class Settings:
     hubspot_access_token: Secret | None = None
     hubspot_api_base_url: str = HUBSPOT_DEFAULT_API_BASE_URL
     hubspot_webhook_url: str | None = None
+    # v1 and v2 carry no timestamp: a captured request replays forever, so v1 is opt-in.
+    hubspot_signature_versions: tuple[str, ...] = ("v3", "v2")
     salesforce_org_ids: tuple[str, ...] = ()
     salesforce_webhook_token: Secret | None = None
     salesforce_verify_session: bool = False
@@ -78,6 +80,9 @@ class Settings:
     admin_token: Secret | None = None
     port: int = 8000
     web_concurrency: int = 2
+    # Threads per web process: a thread waits on a slow client for at most web_read_timeout.
+    web_threads: int = 16
+    web_read_timeout: float = 10.0
     data_dir: Path = Path(".revor-bridge")
     log_level: str = "INFO"
     revor_max_rps: float = 5.0
@@ -85,6 +90,10 @@ class Settings:
     tracking_horizon_seconds: int = 2 * 86400
     lease_seconds: int = 30
     writeback_retry_scale: float = 1.0
+    # One write-back attempt, connect to answer; below the 25 s job timeout so a timeout is counted.
+    writeback_timeout_seconds: float = 15.0
+    # Per source: raw deliveries and events stored in the last 7 days; beyond it webhooks get 429.
+    inbound_max_stored_bytes: int = 64 * 1024 * 1024
 
     @property
     def uses_sandbox(self) -> bool:
@@ -101,7 +110,7 @@ class Settings:
         api_key = env.secret("REVOR_API_KEY", pattern=r"^sk-revor-\S+$", expected="a key starting with 'sk-revor-'")
         base_default = REVOR_DEFAULT_BASE_URL if api_key else SANDBOX_DEFAULT_BASE_URL
         pd_user = env.text("PIPEDRIVE_WEBHOOK_USER")
-        pd_password = env.secret("PIPEDRIVE_WEBHOOK_PASSWORD")
+        pd_password = env.secret("PIPEDRIVE_WEBHOOK_PASSWORD", min_length=16)
         if bool(pd_user) != bool(pd_password):
             missing = "PIPEDRIVE_WEBHOOK_PASSWORD" if pd_user else "PIPEDRIVE_WEBHOOK_USER"
             raise SettingsError(f"{missing}: missing (PIPEDRIVE_WEBHOOK_USER and _PASSWORD go together)")
@@ -117,12 +126,14 @@ class Settings:
             revor_connect_timeout=env.number("REVOR_CONNECT_TIMEOUT", 5.0, low=0.1, high=120),
             revor_read_timeout=env.number("REVOR_READ_TIMEOUT", 30.0, low=0.1, high=300),
             rules_file=env.path("RULES_FILE"),
-            hubspot_client_secret=env.secret("HUBSPOT_CLIENT_SECRET"),
+            # HubSpot client secrets are UUIDs (36 characters); a short one is a paste error.
+            hubspot_client_secret=env.secret("HUBSPOT_CLIENT_SECRET", min_length=16),
             hubspot_access_token=env.secret("HUBSPOT_ACCESS_TOKEN"),
             hubspot_api_base_url=(
                 env.url("HUBSPOT_API_BASE_URL", schemes=("http", "https")) or HUBSPOT_DEFAULT_API_BASE_URL
             ).rstrip("/"),
             hubspot_webhook_url=env.url("HUBSPOT_WEBHOOK_URL", schemes=("http", "https")),
+            hubspot_signature_versions=env.versions("HUBSPOT_SIGNATURE_VERSIONS", ("v1", "v2", "v3"), ("v3", "v2")),
             salesforce_org_ids=env.org_ids("SALESFORCE_ORG_IDS"),
             # It goes into the Outbound Message's endpoint URL: URL-safe characters, so no encoding.
             salesforce_webhook_token=env.secret("SALESFORCE_WEBHOOK_TOKEN", pattern=r"^[A-Za-z0-9._~-]{16,}$",
@@ -135,6 +146,8 @@ class Settings:
             admin_token=admin,
             port=int(env.number("PORT", 8000, low=1, high=65535, integer=True)),
             web_concurrency=int(env.number("WEB_CONCURRENCY", 2, low=1, high=64, integer=True)),
+            web_threads=int(env.number("WEB_THREADS", 16, low=1, high=256, integer=True)),
+            web_read_timeout=env.number("WEB_READ_TIMEOUT", 10.0, low=0.5, high=120),
             data_dir=env.path("BRIDGE_DATA_DIR", must_exist=False) or Path(".revor-bridge"),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             revor_max_rps=env.number("REVOR_MAX_RPS", 5.0, low=0.1, high=1000),
@@ -142,7 +155,10 @@ class Settings:
             tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=1, high=30 * 86400,
                                                     integer=True)),
             lease_seconds=int(env.number("BRIDGE_LEASE_SECONDS", 30, low=2, high=3600, integer=True)),
-            writeback_retry_scale=env.number("WRITEBACK_RETRY_SCALE", 1.0, low=0.0001, high=100),
+            writeback_retry_scale=env.number("WRITEBACK_RETRY_SCALE", 1.0, low=0.00001, high=100),
+            writeback_timeout_seconds=env.number("WRITEBACK_TIMEOUT_SECONDS", 15.0, low=0.5, high=20),
+            inbound_max_stored_bytes=int(env.number("INBOUND_MAX_STORED_BYTES", 64 * 1024 * 1024, low=4 * 1024 * 1024,
+                                                    high=2**40, integer=True)),
         )
 
 
@@ -158,13 +174,25 @@ class _Env:
             return None
         return value.strip()
 
-    def secret(self, name: str, pattern: str | None = None, expected: str = "") -> Secret | None:
+    def secret(self, name: str, pattern: str | None = None, expected: str = "", min_length: int = 0) -> Secret | None:
         value = self.text(name)
         if value is None:
             return None
         if pattern and not re.match(pattern, value):
             raise SettingsError(f"{name}: malformed, expected {expected}")
+        if len(value) < min_length:
+            raise SettingsError(f"{name}: too short, expected at least {min_length} characters")
         return Secret(value)
+
+    def versions(self, name: str, known: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated subset of `known` (any case), in the order given."""
+        value = self.text(name)
+        if value is None:
+            return default
+        chosen = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",")))
+        if not chosen or any(part not in known for part in chosen):
+            raise SettingsError(f"{name}: malformed, expected a comma-separated list of {', '.join(known)}")
+        return chosen
 
     def flag(self, name: str, default: bool = False) -> bool:
         value = self.text(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
@@ -19,6 +20,20 @@ class Id(fields.Field):
         return text
 
 
+class HubSpotId(fields.Field):
+    """HubSpot's ids are 64-bit numbers: an integer or ASCII digits (not '²' or other Unicode digits)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,20}", text):
+            raise ValidationError("Expected a whole number of at most 20 digits (0-9).")
+        return text
+
+
+# The last millisecond of year 9999: later dates cannot be written as ISO-8601.
+MAX_EPOCH_MS = 253402300799999
+
+
 class Text(fields.Field):
     """A value HubSpot documents as a string; numbers and booleans are turned into text."""
 
@@ -34,14 +49,16 @@ class HubSpotAppEventSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    eventId = Id(required=True)  # noqa: N815 - HubSpot's names
-    subscriptionId = Id(required=True)  # noqa: N815
-    portalId = Id(required=True)  # noqa: N815
+    eventId = HubSpotId(required=True)  # noqa: N815 - HubSpot's names
+    subscriptionId = HubSpotId(required=True)  # noqa: N815
+    portalId = HubSpotId(required=True)  # noqa: N815
     appId = Id()  # noqa: N815
-    occurredAt = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))  # noqa: N815
+    occurredAt = fields.Integer(  # noqa: N815
+        required=True, strict=True, validate=validate.Range(
+            min=0, max=MAX_EPOCH_MS, error="Expected epoch milliseconds from 0 to {max} (year 9999)."))
     subscriptionType = fields.String(required=True, validate=validate.Length(min=3, max=100))  # noqa: N815
     attemptNumber = fields.Integer(strict=True)  # noqa: N815
-    objectId = Id(required=True)  # noqa: N815
+    objectId = HubSpotId(required=True)  # noqa: N815
     objectTypeId = fields.String(validate=validate.Length(max=50))  # noqa: N815
     propertyName = fields.String(validate=validate.Length(min=1, max=200))  # noqa: N815
     propertyValue = Text(allow_none=True)  # noqa: N815

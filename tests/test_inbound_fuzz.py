@@ -10,7 +10,7 @@ import base64
 import json
 
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from integration.inbound import hubspot
@@ -57,6 +57,11 @@ def test_anything_unauthenticated(bridge, body, headers, path):
 
 @FUZZ
 @given(batch=st.one_of(st.lists(hubspot_events, max_size=5), json_values))
+# Found by this test (issue 9): year 10000 crashed the ISO conversion and was answered 503.
+@example(batch=[{"eventId": 0, "subscriptionId": 0, "portalId": 0, "occurredAt": 253402300800000,
+                 "subscriptionType": "deal.propertyChange", "objectId": 0}])
+@example(batch=[{"eventId": "²", "subscriptionId": 0, "portalId": "١٢", "occurredAt": 10**20,
+                 "subscriptionType": "contact.creation", "objectId": 12345678901234567890}])
 def test_signed_hubspot_bodies(bridge, batch):
     body = json.dumps(batch).encode()
     ts = str(int(bridge.clock.now * 1000))

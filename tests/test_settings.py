@@ -35,7 +35,8 @@ def test_full_configuration(tmp_path):
     settings = Settings.from_env({
         "REDIS_URL": "rediss://:pw@redis.example.com:6380",
         "REVOR_API_KEY": "sk-revor-abc", "REVOR_BASE_URL": "http://127.0.0.1:9999/api/v1/",
-        "RULES_FILE": str(rules), "HUBSPOT_CLIENT_SECRET": "hs-secret", "HUBSPOT_ACCESS_TOKEN": "pat-1",
+        "RULES_FILE": str(rules), "HUBSPOT_CLIENT_SECRET": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "HUBSPOT_ACCESS_TOKEN": "pat-1",
         "HUBSPOT_API_BASE_URL": "http://127.0.0.1:9000", "HUBSPOT_WEBHOOK_URL": "https://hooks.example.com/hs",
         "SALESFORCE_ORG_IDS": "00D5e000000Fxq2, 00D5e000000Fxq2EAC",
         "PIPEDRIVE_WEBHOOK_USER": "pd-hook", "PIPEDRIVE_WEBHOOK_PASSWORD": "fixture-pass-123",
@@ -60,11 +61,20 @@ def test_full_configuration(tmp_path):
         ({"RULES_FILE": "/nonexistent/rules.yaml"}, "RULES_FILE: no such file: /nonexistent/rules.yaml"),
         ({"SALESFORCE_ORG_IDS": "00D5e000000Fxq2E"}, "SALESFORCE_ORG_IDS: malformed id '00D5e000000Fxq2E'"),
         ({"PIPEDRIVE_WEBHOOK_USER": "u"}, "PIPEDRIVE_WEBHOOK_PASSWORD: missing"),
-        ({"PIPEDRIVE_WEBHOOK_PASSWORD": "p"}, "PIPEDRIVE_WEBHOOK_USER: missing"),
+        ({"PIPEDRIVE_WEBHOOK_PASSWORD": "p" * 16}, "PIPEDRIVE_WEBHOOK_USER: missing"),
         ({"GENERIC_WEBHOOK_SECRET_ZAP": "whsec_!!!"}, "GENERIC_WEBHOOK_SECRET_ZAP: malformed"),
         ({"GENERIC_WEBHOOK_SECRET_ZAP": "short"}, "GENERIC_WEBHOOK_SECRET_ZAP: malformed"),
         ({"GENERIC_WEBHOOK_SECRET_zap-1": "a-long-enough-token-123"}, "GENERIC_WEBHOOK_SECRET_zap-1: malformed name"),
         ({"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN: malformed, expected at least 16 characters"),
+        ({"HUBSPOT_CLIENT_SECRET": "x"}, "HUBSPOT_CLIENT_SECRET: too short, expected at least 16 characters"),
+        ({"HUBSPOT_CLIENT_SECRET": "0123456789abcde"}, "HUBSPOT_CLIENT_SECRET: too short, expected at least 16"),
+        ({"PIPEDRIVE_WEBHOOK_USER": "u", "PIPEDRIVE_WEBHOOK_PASSWORD": "p"},
+         "PIPEDRIVE_WEBHOOK_PASSWORD: too short, expected at least 16 characters"),
+        ({"HUBSPOT_SIGNATURE_VERSIONS": "v4"}, "HUBSPOT_SIGNATURE_VERSIONS: malformed, expected a comma-separated list "
+                                               "of v1, v2, v3"),
+        ({"HUBSPOT_SIGNATURE_VERSIONS": "v3,,v2"}, "HUBSPOT_SIGNATURE_VERSIONS: malformed"),
+        ({"HUBSPOT_SIGNATURE_VERSIONS": "v3 v2"}, "HUBSPOT_SIGNATURE_VERSIONS: malformed"),
+        ({"HUBSPOT_SIGNATURE_VERSIONS": ","}, "HUBSPOT_SIGNATURE_VERSIONS: malformed"),
         ({"PORT": "http"}, "PORT: malformed, expected a whole number from 1 to 65535"),
         ({"PORT": "70000"}, "PORT: out of range"),
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY: out of range"),
@@ -80,9 +90,10 @@ def test_malformed_settings_name_the_variable(env, message):
 
 
 def test_secrets_never_show():
-    settings = Settings.from_env({"REVOR_API_KEY": "sk-revor-topsecret", "HUBSPOT_CLIENT_SECRET": "hs-topsecret",
+    settings = Settings.from_env({"REVOR_API_KEY": "sk-revor-topsecret",
+                                  "HUBSPOT_CLIENT_SECRET": "hs-topsecret-0123456789",
                                   "ADMIN_TOKEN": "admin-topsecret-123", "PIPEDRIVE_WEBHOOK_USER": "u",
-                                  "PIPEDRIVE_WEBHOOK_PASSWORD": "pd-topsecret",
+                                  "PIPEDRIVE_WEBHOOK_PASSWORD": "pd-topsecret-0123456789",
                                   "GENERIC_WEBHOOK_SECRET_Z": "generic-topsecret-1"})
     shown = repr(settings) + str(settings) + f"{settings}"
     assert "topsecret" not in shown
@@ -130,3 +141,23 @@ def test_redis_tls_url_is_a_fallback():
     assert both.redis_url == "redis://a:1"
     with pytest.raises(SettingsError, match="REDIS_TLS_URL: malformed"):
         Settings.from_env({"REDIS_TLS_URL": "redis://plain:1"})
+
+
+def test_hubspot_signature_versions():
+    """v1 has no timestamp, so it is accepted only when named (issue 9: signature downgrade)."""
+    assert Settings.from_env({}).hubspot_signature_versions == ("v3", "v2")
+    assert Settings.from_env({"HUBSPOT_SIGNATURE_VERSIONS": " V3, v2 ,v1"}).hubspot_signature_versions == (
+        "v3", "v2", "v1")
+    assert Settings.from_env({"HUBSPOT_SIGNATURE_VERSIONS": "v3"}).hubspot_signature_versions == ("v3",)
+
+
+def test_webhook_secrets_from_the_fixtures_are_long_enough():
+    """The minimum (16) lets real secrets through: HubSpot's UUID-like ones and the test fixtures'."""
+    from tests.servers import signatures
+
+    secrets = signatures()["secrets"]
+    settings = Settings.from_env({"HUBSPOT_CLIENT_SECRET": secrets["hubspot_client_secret"],
+                                  "PIPEDRIVE_WEBHOOK_USER": secrets["pipedrive_http_auth_user"],
+                                  "PIPEDRIVE_WEBHOOK_PASSWORD": secrets["pipedrive_http_auth_password"]})
+    assert settings.hubspot_client_secret.get() == secrets["hubspot_client_secret"]
+    assert settings.pipedrive_webhook_password.get() == "fixture-pass-123"

@@ -1,8 +1,11 @@
 """HubSpot: signatures v3/v2/v1, app-webhook batches and workflow "Send a webhook" bodies.
 
-Authentication (crm-webhooks.md §1.4): v3 when its header is present (HMAC-SHA256 over
+Authentication (crm-webhooks.md §1.4): v3 when its headers are present (HMAC-SHA256 over
 method + URI + body + timestamp, 5-minute window both ways, URI decoded by HubSpot's table);
 otherwise v2 (workflow actions) or v1 (legacy), which have no timestamp and rely on dedupe.
+HubSpot sends v1 next to v3, so stripping the v3 headers would turn any captured app request
+into one that never expires: when v3 headers are present v3 alone decides, and v1 counts only
+when `HUBSPOT_SIGNATURE_VERSIONS` names it.
 
 The URI HubSpot signed is the public URL it called. Behind a proxy that is not what Flask sees,
 so with `HUBSPOT_WEBHOOK_URL` set the configured origin and path are used, plus the query string
@@ -22,8 +25,8 @@ from marshmallow import ValidationError
 
 from integration.inbound.errors import InboundError, malformed, unauthorized
 from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, validated
-from integration.inbound.signatures import safe_equal, within_window
-from schemas.inbound import HubSpotAppEventSchema
+from integration.inbound.signatures import safe_equal, whole_number, within_window
+from schemas.inbound import MAX_EPOCH_MS, HubSpotAppEventSchema
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ ACTIONS = {"creation": "created", "deletion": "deleted", "privacyDeletion": "del
 CLASSIC_OBJECTS = {"contact", "company", "deal", "ticket", "product", "line_item"}
 STAGE_PROPERTIES = {"deal": "dealstage"}
 HYDRATED = {"deal", "contact", "company"}
+# HubSpot sends at most 100 events per request; a larger array did not come from HubSpot.
+MAX_BATCH = 100
+DEFAULT_VERSIONS = ("v3", "v2")
 
 
 # ---- signatures -------------------------------------------------------------------------
@@ -69,31 +75,47 @@ def v1_signature(secret: str, body: bytes) -> str:
     return hashlib.sha256(secret.encode() + body).hexdigest()
 
 
-def verify(secret: str, method: str, uri: str, body: bytes, headers: Any, now_ms: int) -> str:
-    """The signature version that verified; raises a 401 InboundError with the reason otherwise."""
+def verify(secret: str, method: str, uri: str, body: bytes, headers: Any, now_ms: int,
+           versions: tuple[str, ...] = DEFAULT_VERSIONS) -> str:
+    """The signature version that verified; raises a 401 InboundError with the reason otherwise.
+
+    `versions` are the accepted ones (HUBSPOT_SIGNATURE_VERSIONS). When v3 is accepted and either
+    v3 header is present, v3 alone decides: a failing v3 never falls back to v2 or v1.
+    """
     v3 = headers.get("X-HubSpot-Signature-v3")
-    if v3 is not None:
-        timestamp = headers.get("X-HubSpot-Request-Timestamp") or ""
-        if not timestamp.isdigit():
-            raise unauthorized("X-HubSpot-Request-Timestamp missing or not epoch milliseconds")
-        if not within_window(int(timestamp) / 1000, now_ms / 1000):
-            raise unauthorized("X-HubSpot-Request-Timestamp outside the 5-minute window")
-        if not safe_equal(v3_signature(secret, method, uri, body, timestamp), v3):
-            raise unauthorized("X-HubSpot-Signature-v3 does not match")
-        return "v3"
+    timestamp = headers.get("X-HubSpot-Request-Timestamp")
+    if "v3" in versions and (v3 is not None or timestamp is not None):
+        return _verify_v3(secret, method, uri, body, v3, timestamp, now_ms)
     signature = headers.get("X-HubSpot-Signature")
     if not signature:
         raise unauthorized("no HubSpot signature (X-HubSpot-Signature-v3 or X-HubSpot-Signature)")
     version = (headers.get("X-HubSpot-Signature-Version") or "v1").lower()
+    if version not in ("v1", "v2"):
+        raise unauthorized("X-HubSpot-Signature-Version must be v1 or v2 (or send v3)")
+    if version not in versions:
+        raise unauthorized(f"X-HubSpot-Signature {version} is not accepted (HUBSPOT_SIGNATURE_VERSIONS allows "
+                           f"{', '.join(versions)}): it has no timestamp, so an old request would pass")
     if version == "v2":
         expected = v2_signature(secret, method, uri, body)
-    elif version == "v1":
-        expected = v1_signature(secret, body)
     else:
-        raise unauthorized("X-HubSpot-Signature-Version must be v1 or v2 (or send v3)")
+        expected = v1_signature(secret, body)
     if not safe_equal(expected, signature.lower()):
         raise unauthorized(f"X-HubSpot-Signature ({version}) does not match")
     return version
+
+
+def _verify_v3(secret: str, method: str, uri: str, body: bytes, signature: str | None, timestamp: str | None,
+               now_ms: int) -> str:
+    if signature is None:
+        raise unauthorized("X-HubSpot-Signature-v3 missing (X-HubSpot-Request-Timestamp is present)")
+    sent_ms = whole_number(timestamp)
+    if sent_ms is None:
+        raise unauthorized("X-HubSpot-Request-Timestamp missing or not epoch milliseconds (digits 0-9)")
+    if not within_window(sent_ms / 1000, now_ms / 1000):
+        raise unauthorized("X-HubSpot-Request-Timestamp outside the 5-minute window")
+    if not safe_equal(v3_signature(secret, method, uri, body, str(timestamp)), signature):
+        raise unauthorized("X-HubSpot-Signature-v3 does not match")
+    return "v3"
 
 
 # ---- common names -----------------------------------------------------------------------
@@ -121,7 +143,11 @@ def context_for(object_type: str, object_id: Any, props: dict[str, Any]) -> dict
 
 
 def parse_app_batch(batch: list[Any]) -> tuple[list[InboundEvent], list[dict[str, Any]]]:
-    """Events we understand, and the ones we skip with why (answered 200 all the same)."""
+    """Events we understand, and the ones we skip with why (answered 200 all the same).
+
+    Nothing about one item may fail the batch: HubSpot retries every 4xx and 5xx for a day, and
+    the same item would fail again each time.
+    """
     events: list[InboundEvent] = []
     skipped: list[dict[str, Any]] = []
     for index, item in enumerate(batch):
@@ -130,7 +156,14 @@ def parse_app_batch(batch: list[Any]) -> tuple[list[InboundEvent], list[dict[str
         except ValidationError as exc:
             skipped.append({"index": index, "reason": "invalid event", "fields": exc.messages_dict})
             continue
-        event = _app_event(data)
+        try:
+            event = _app_event(data)
+        except InboundError as error:
+            skipped.append({"index": index, "reason": error.message, "fields": error.fields})
+            continue
+        except (ValueError, ArithmeticError) as exc:
+            skipped.append({"index": index, "reason": f"unreadable event ({type(exc).__name__})"})
+            continue
         if event is None:
             skipped.append({"index": index, "reason": f"subscription type {data['subscriptionType']} not handled"})
             continue
@@ -180,6 +213,24 @@ def _app_event(data: dict[str, Any]) -> InboundEvent | None:
 # ---- workflow "Send a webhook" ----------------------------------------------------------
 
 
+def _epoch_ms(value: Any, where: str) -> int | None:
+    """A workflow body's timestamp as epoch ms, None when absent; a 400 naming `where` when unreadable.
+
+    Workflow actions do not retry a 4xx, and a value like `1e300` or `²` never becomes readable,
+    so saying which field is wrong is the useful answer.
+    """
+    if value is None or value == "":
+        return None
+    readable = not (isinstance(value, str) and not value.isascii())
+    try:
+        ms = ms_from_any(value) if readable else None
+    except (ValueError, ArithmeticError):
+        ms = None
+    if ms is None or not 0 <= ms <= MAX_EPOCH_MS:
+        raise malformed(f"{where}: expected epoch seconds or milliseconds, or ISO-8601, from 1970 to 9999")
+    return ms
+
+
 def _values(properties: Any) -> tuple[dict[str, Any], dict[str, int]]:
     """Legacy form `{name: {value, timestamp}}` (or flat values) → (values, timestamps)."""
     values: dict[str, Any] = {}
@@ -189,7 +240,7 @@ def _values(properties: Any) -> tuple[dict[str, Any], dict[str, int]]:
     for name, prop in properties.items():
         if isinstance(prop, dict):
             values[name] = prop.get("value")
-            stamp = ms_from_any(prop.get("timestamp"))
+            stamp = _epoch_ms(prop.get("timestamp"), f"properties.{name}.timestamp")
             if stamp is not None:
                 stamps[name] = stamp
         else:
@@ -200,6 +251,8 @@ def _values(properties: Any) -> tuple[dict[str, Any], dict[str, int]]:
 def parse_workflow(body: dict[str, Any], query: dict[str, str]) -> InboundEvent:
     """A workflow action body: the legacy deal or contact form, or a customised flat body."""
     portal = body.get("portalId", body.get("portal-id"))
+    if portal is not None and (isinstance(portal, bool) or not isinstance(portal, int | str)):
+        raise malformed("portalId must be a number or a string")
     if "dealId" in body:
         object_type, object_id = "deal", body.get("dealId")
         values, stamps = _values(body.get("properties", {}))
@@ -221,7 +274,7 @@ def parse_workflow(body: dict[str, Any], query: dict[str, str]) -> InboundEvent:
     if not isinstance(object_id, int | str) or isinstance(object_id, bool) or str(object_id) == "":
         raise malformed("the record id must be a number or a string")
     latest = max(stamps, key=lambda name: stamps[name]) if stamps else None
-    occurred = stamps.get(latest) if latest else ms_from_any(body.get("occurred_at"))
+    occurred = stamps.get(latest) if latest else _epoch_ms(body.get("occurred_at"), "occurred_at")
     kind = "updated"
     if latest and STAGE_PROPERTIES.get(object_type) == latest:
         kind = "stage_changed"
@@ -262,12 +315,15 @@ def _stringify_ids(event: dict[str, Any]) -> dict[str, Any]:
 def parse(body: Any, query: dict[str, str]) -> tuple[list[InboundEvent], list[dict[str, Any]]]:
     """An app batch (JSON array) or a workflow body (JSON object)."""
     if isinstance(body, list):
+        if len(body) > MAX_BATCH:
+            raise InboundError(413, "batch_too_large",
+                               f"a HubSpot batch holds at most {MAX_BATCH} events; this one has {len(body)}")
         return parse_app_batch(body)
     if isinstance(body, dict):
         try:
             return [parse_workflow(body, query)], []
         except InboundError:
             raise
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise malformed(f"unreadable workflow body ({type(exc).__name__})") from None
     raise malformed("expected a JSON array (app webhooks) or object (workflow action)")

@@ -92,7 +92,7 @@ def hubspot_webhook() -> Response:
     raw = _raw_body()
     url = hubspot.signing_url(settings.hubspot_webhook_url, _received_url(), request.query_string.decode("latin-1"))
     hubspot.verify(settings.hubspot_client_secret.get(), request.method, url, raw, request.headers,
-                   int(_now() * 1000))
+                   int(_now() * 1000), settings.hubspot_signature_versions)
     _require_type(JSON_TYPES)
     events, skipped = hubspot.parse(_json(raw), request.args.to_dict())
     if skipped:

@@ -9,11 +9,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
 TOLERANCE_SECONDS = 300
+_ASCII_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+def whole_number(text: str | None) -> int | None:
+    """A timestamp header as a whole number: ASCII digits only, at most 16 of them, else None.
+
+    `str.isdigit()` is true for '²' (which `int()` then refuses) and for Arabic-Indic digits
+    (which `int()` accepts): neither belongs in a timestamp, and a sender controls both.
+    """
+    if text is None or not _ASCII_DIGITS.fullmatch(text):
+        return None
+    return int(text)
 
 
 def safe_equal(expected: str | bytes, given: str | bytes | None) -> bool:
@@ -59,15 +72,16 @@ class StandardWebhookVerifier:
         """None when it verifies, else the reason (safe to show the sender)."""
         if not (msg_id and timestamp and signatures):
             return "missing webhook-id, webhook-timestamp or webhook-signature"
-        if not timestamp.isdigit():
+        seconds = whole_number(timestamp)
+        if seconds is None:
             return "webhook-timestamp is not whole seconds"
-        if not within_window(int(timestamp), now_s):
+        if not within_window(seconds, now_s):
             return "webhook-timestamp outside the 5-minute window"
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return "body is not UTF-8"
-        expected = self.webhook.sign(msg_id, datetime.fromtimestamp(int(timestamp), UTC), text).split(",", 1)[1]
+        expected = self.webhook.sign(msg_id, datetime.fromtimestamp(seconds, UTC), text).split(",", 1)[1]
         for entry in signatures.split(" "):
             version, _, signature = entry.partition(",")
             if version == "v1" and safe_equal(expected, signature):

@@ -79,9 +79,17 @@ end
 return results
 """
 
-# Headers that authenticate a request are never stored.
+# Headers that authenticate a request are never stored: credentials, and signatures with what
+# they sign over (a stored signature and timestamp are a ready-made request to replay or attack).
 SECRET_HEADERS = {"authorization", "x-hook-token", "x-webhook-token", "cookie", "proxy-authorization",
-                  "x-api-key"}
+                  "x-api-key", "x-hubspot-signature", "x-hubspot-signature-version", "x-hubspot-signature-v3",
+                  "x-hubspot-request-timestamp", "webhook-signature", "svix-signature"}
+
+
+def _is_secret_header(name: str) -> bool:
+    """Listed above, or named like a signature or token (whatever a sender adds next)."""
+    lower = name.lower()
+    return lower in SECRET_HEADERS or "signature" in lower or "token" in lower
 
 
 def event_key(source: str, event_id: str) -> str:
@@ -109,7 +117,7 @@ def delivery_record(source: str, method: str, path: str, query: str, headers: An
         text, encoding = body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(body).decode(), "base64"
-    kept = {k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS}
+    kept = {k: v for k, v in headers.items() if not _is_secret_header(k)}
     return {"source": source, "received_at": time.time(), "method": method, "path": path, "query": query,
             "headers": kept, "body": text, "body_encoding": encoding,
             "events": [e.key for e in events], "skipped": skipped}
