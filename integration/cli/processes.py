@@ -68,18 +68,16 @@ def redis_settings(settings: Settings) -> Settings:
 
 @cli.command()
 def web() -> None:
-    """Run the web process (gunicorn on $PORT with $WEB_CONCURRENCY workers)."""
-    from gunicorn.app.wsgiapp import WSGIApplication
-
+    """Run the web process (gunicorn on $PORT: $WEB_CONCURRENCY processes of $WEB_THREADS threads)."""
     from integration.cli.rules import rules_or_exit
+    from integration.web.serving import WebServer, gunicorn_options
 
-    settings = redis_settings(load_settings())
-    if settings.rules_file:
+    settings = load_settings()
+    if settings.rules_file:  # before Redis: a refused start must not leave an embedded server running
         rules_or_exit(settings)  # refuse to start on an invalid rules file, with every problem listed
+    settings = redis_settings(settings)
     os.environ["REDIS_URL"] = settings.redis_url or ""
-    sys.argv = ["gunicorn", "integration.web:create_app()", "--bind", f"0.0.0.0:{settings.port}",
-                "--workers", str(settings.web_concurrency), "--access-logfile", "-", "--timeout", "30"]
-    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
+    WebServer(gunicorn_options(settings)).run()
 
 
 @cli.command()

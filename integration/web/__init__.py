@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from integration.rules.loader import load_rules
 from integration.settings import Settings
 from integration.storage import connect
+from integration.web.read_deadline import ReadDeadline
 
 MAX_BODY_BYTES = 512 * 1024  # HubSpot's 100-event batches are ~40 kB; Standard Webhooks advise < 20 kB
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
         raise RuntimeError("REDIS_URL: missing (revor-bridge web sets it to the embedded server when unset)")
     app = Flask("revor_bridge", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Views get the whole body at once: a client trickling it holds a thread WEB_READ_TIMEOUT at most.
+    app.wsgi_app = ReadDeadline(app.wsgi_app, settings.web_read_timeout, MAX_BODY_BYTES)  # type: ignore[method-assign]
     # redis-py connects lazily: nothing is contacted until a request needs Redis. RQ needs bytes.
     connection = connect(settings.redis_url)
     app.extensions["revor_bridge.settings"] = settings
