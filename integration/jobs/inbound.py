@@ -3,7 +3,10 @@
 `fan_out` runs once per delivery and gives each *new* event its own job with an id derived from
 the event, so a re-run (RQ retry, a worker killed mid-way) cannot queue an event twice.
 `process_event` is idempotent: it does nothing for an event already processed, and its only
-writes are to the event's own record.
+writes are to the event's own record. Each run counts as an attempt in that record (see
+jobs/events.py); a run that raises something unexpected is logged with its traceback and left to
+the lease, and after MAX_ATTEMPTS the event ends `failed` with the error instead of running for
+ever.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import logging
 import time
 from typing import Any
 
+import redis
+from rq.timeouts import BaseTimeoutException
+
 from integration.dispatches.limits import Limiter
 from integration.hydrate.hubspot import HubSpotClient, HubSpotError, association_ids, properties_of
 from integration.inbound.hubspot import context_for
 from integration.inbound.store import PROCESS_RETRY, job_id_for
-from integration.jobs import leases
+from integration.jobs import events, leases
 from integration.jobs.context import JobContext, job_context
 from integration.jobs.enqueue import enqueue_once
 from integration.jobs.pipeline import create_dispatches
@@ -60,6 +66,41 @@ def _process(ctx: JobContext, key: str) -> str:
         leases.release(ctx.redis, leases.EVENT, key)
         return status
     leases.hold(ctx.redis, leases.EVENT, key, ctx.settings.lease_seconds)
+    attempts = events.begin_attempt(ctx.redis, key)
+    if attempts > events.MAX_ATTEMPTS:  # every earlier run died before it could record anything
+        error = events.last_error(stored)
+        why = f"{error['type']}: {error['message']}" if error else \
+            "each run stopped before it finished (the worker was killed or ran out of memory)"
+        return _finish(ctx, key, "failed", reason=f"gave up after {events.MAX_ATTEMPTS} attempts: {why}")
+    try:
+        return _run(ctx, key, stored)
+    except Exception as exc:
+        if _expected(exc):
+            events.undo_attempt(ctx.redis, key)
+            raise
+        error = events.describe(exc, ctx.settings)
+        log.error("event %s: attempt %d of %d failed", key, attempts, events.MAX_ATTEMPTS, exc_info=True)
+        if attempts >= events.MAX_ATTEMPTS:
+            return _finish(ctx, key, "failed", error=error,
+                           reason=f"processing failed {attempts} times: {error['type']}: {error['message']}")
+        events.record_error(ctx.redis, key, error)
+        leases.hold(ctx.redis, leases.EVENT, key, ctx.settings.lease_seconds)  # the lease runs it again
+        return "retrying"
+    except BaseException:  # a shutdown (SIGTERM, Ctrl-C): not the event's fault
+        events.undo_attempt(ctx.redis, key)
+        raise
+
+
+def _expected(error: Exception) -> bool:
+    """Errors that say nothing about the event itself, retried on schedule without counting: a
+    retryable CRM answer, Redis away for a moment, or RQ's job timeout (every call the job makes
+    has its own timeout, so running out of time means slow services, not a poison event)."""
+    if isinstance(error, HubSpotError):
+        return error.retryable
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError | BaseTimeoutException)
+
+
+def _run(ctx: JobContext, key: str, stored: dict[bytes, bytes]) -> str:
     event = json.loads(stored[b"event"])
     if stored.get(b"stale") == b"1":
         return _finish(ctx, key, "skipped", reason="stale: a newer event for this object was already received")
@@ -86,16 +127,25 @@ def _process(ctx: JobContext, key: str) -> str:
 
 
 def _finish(ctx: JobContext, key: str, status: str, reason: str | None = None,
-            context: dict[str, Any] | None = None, dispatches: list[str] | None = None) -> str:
-    fields: dict[str, Any] = {"status": status, "processed_at": f"{time.time():.3f}"}
+            context: dict[str, Any] | None = None, dispatches: list[str] | None = None,
+            error: dict[str, str] | None = None) -> str:
+    now = time.time()
+    fields: dict[str, Any] = {"status": status, "processed_at": f"{now:.3f}"}
     if reason:
         fields["reason"] = reason
     if context is not None:
         fields["context"] = json.dumps(context)
     if dispatches is not None:
         fields["dispatches"] = json.dumps(dispatches)
-    ctx.redis.hset(key, mapping=fields)
-    leases.release(ctx.redis, leases.EVENT, key)
+    if error is not None:
+        fields["error"] = json.dumps(error)
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        if status != "failed":
+            pipe.hdel(key, "error")  # an earlier attempt's error, now overcome
+        events.index_outcome(pipe, key, status, now)
+        pipe.zrem(leases.EVENT, key)
+        pipe.execute()
     return status
 
 

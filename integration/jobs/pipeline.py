@@ -1,7 +1,8 @@
 """The dispatch pipeline: create dispatches from a matched event, submit them, track them.
 
 - `create_dispatches` runs inside `process_event`: each matched rule becomes a dispatch record
-  (`pending` with its body rendered and stored once, or straight to `invalid`/`skipped`).
+  (`pending` with its body rendered and stored once, or straight to `invalid`/`skipped`). A rule
+  whose templates fail is an `invalid` dispatch with the reason, written back like any other.
 - `submit_dispatch` sends the stored body with the dispatch id as Idempotency-Key. Retryable
   errors are RQ retries on SUBMIT_RETRY; final ones end the dispatch `rejected`.
 - `poll_due` follows Revor jobs in batches: one RQ job polls every dispatch whose next poll is
@@ -97,7 +98,7 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any]) 
     payload = plan.payload or {}
     create = {
         "rule": plan.rule, "channel": plan.channel or "", "account_id": plan.account_id or "",
-        "event_key": event_key, "recipient": payload.get("recipient") or {},
+        "event_key": event_key, "recipient": payload.get("recipient") or plan.recipient or {},
         "crm": {"source": event["source"], "account": event.get("account"), "object_type": event["object"]["type"],
                 "object_id": event["object"]["id"], "event_id": event["event_id"]},
         "writeback": plan.writeback, "once_per": plan.once_per_key or "", "attempt": 0,

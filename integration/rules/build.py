@@ -3,7 +3,9 @@
 A plan is `ready` (a valid payload), `invalid` (a template failed or the rendered payload breaks
 Revor's rules: it never reaches Revor), or `skipped` (`suppress_if`, suppression list, once_per).
 The dispatch id is derived from rule, source, event id and recipient, and is the
-`Idempotency-Key` later sent to Revor.
+`Idempotency-Key` later sent to Revor. A matched rule always has a dispatch id, even when its
+templates fail: then the recipient may not exist, so the id uses a fixed marker in its place,
+and processing the same event again finds the same `invalid` dispatch instead of a new one.
 """
 
 from __future__ import annotations
@@ -36,14 +38,20 @@ class Plan:
     channel: str | None = None
     account_id: str | None = None
     writeback: list[str] = field(default_factory=list)
+    recipient: dict[str, str] | None = None  # as rendered, also when a later template failed
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.rule, "matched": self.matched, "reason": self.reason, "status": self.status,
                 "dispatch_id": self.dispatch_id, "once_per": self.once_per_key, "dispatch": self.payload}
 
 
-def dispatch_id_for(rule: str, source: str, event_id: str, recipient: str) -> str:
-    digest = hashlib.sha256("\x1f".join((rule, source, event_id, recipient)).encode()).hexdigest()
+NO_RECIPIENT = "recipient=None"  # never a recipient key: those read `email:...`, `phone:...`, `linkedin:...`
+
+
+def dispatch_id_for(rule: str, source: str, event_id: str, recipient: str | None) -> str:
+    """The same rule, event and recipient always give the same id; `None` when none rendered."""
+    parts = (rule, source, event_id, NO_RECIPIENT if recipient is None else recipient)
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
     return f"dsp_{digest[:40]}"
 
 
@@ -70,23 +78,31 @@ def plan_rule(ruleset: RuleSet, rule: CompiledRule, view: dict[str, Any], rng: r
         except RenderError as exc:
             raise RenderError(f"{where}: {exc}") from None
 
+    def invalid(reason: str) -> Plan:
+        base.status, base.reason = "invalid", reason
+        return base
+
+    source, event_id = view.get("source", ""), str(view.get("event_id", ""))
+    base.dispatch_id = dispatch_id_for(rule.name, source, event_id, None)
     try:
         recipient = {k: render(f"dispatch.recipient.{k}", t).strip() for k, t in spec.recipient.items()}
+    except RenderError as exc:
+        return invalid(str(exc))
+    address_field = CHANNEL_RECIPIENT[spec.channel]
+    if spec.channel == "whatsapp" and address_field in recipient:
+        recipient[address_field] = normalize_phone(recipient[address_field])
+    who = recipient.get(address_field, "")
+    base.recipient = recipient
+    base.recipient_key = recipient_key(spec.channel, who) if who else None
+    base.dispatch_id = dispatch_id_for(rule.name, source, event_id, base.recipient_key)
+    try:
         content = {k: render(f"dispatch.content.{k}", t) for k, t in spec.content.items()}
         metadata = {k: render(f"dispatch.metadata.{k}", t)[:200] for k, t in spec.metadata.items()}
         suppressed_by_rule = rule.suppress_if is not None and truthy(render("suppress_if", rule.suppress_if),
                                                                      "suppress_if")
         once_key = render("once_per", rule.once_per).strip() if rule.once_per is not None else None
     except RenderError as exc:
-        base.status, base.reason = "invalid", str(exc)
-        return base
-    address_field = CHANNEL_RECIPIENT[spec.channel]
-    if spec.channel == "whatsapp" and address_field in recipient:
-        recipient[address_field] = normalize_phone(recipient[address_field])
-    who = recipient.get(address_field, "")
-    base.recipient_key = recipient_key(spec.channel, who) if who else None
-    base.dispatch_id = dispatch_id_for(rule.name, view.get("source", ""), view.get("event_id", ""),
-                                       base.recipient_key or "")
+        return invalid(str(exc))
     base.once_per_key = once_key
     low, high = spec.interval
     payload: dict[str, Any] = {

@@ -11,8 +11,8 @@ from flask.typing import ResponseReturnValue
 
 from integration.dispatches import state
 from integration.inbound.signatures import safe_equal
-from integration.inbound.store import load_event
-from integration.jobs import leases
+from integration.inbound.store import event_key, load_event
+from integration.jobs import events, leases
 from integration.writeback import destinations
 
 status_api = Blueprint("status_api", __name__, url_prefix="/api/v1")
@@ -29,12 +29,57 @@ def require_admin_token() -> ResponseReturnValue | None:
     return None
 
 
+@status_api.get("/events")
+def list_events() -> ResponseReturnValue:
+    """Events by where they stand: `failed` (with the error) is what an operator looks for."""
+    status = request.args.get("status") or "failed"
+    if status not in events.LISTABLE:
+        return jsonify(error={"code": "bad_request", "message": f"status must be one of {list(events.LISTABLE)}",
+                              "field": "status"}), 400
+    try:
+        limit = min(max(int(request.args.get("limit", 100)), 1), 1000)
+    except ValueError:
+        return jsonify(error={"code": "bad_request", "message": "limit is a whole number", "field": "limit"}), 400
+    items = events.list_events(_redis(), status, limit=limit)
+    return jsonify(items=items, count=len(items))
+
+
+@status_api.post("/events/<source>/<path:event_id>/retry")
+def retry_event(source: str, event_id: str) -> ResponseReturnValue:
+    """Process a failed event again from the start (attempts reset). Dispatch ids come from the
+    event, so whatever its earlier runs created is found again, never sent twice."""
+    key = event_key(source, event_id)
+    try:
+        events.retry(_redis(), key)
+    except LookupError:
+        return jsonify(error={"code": "not_found", "message": f"no event {event_id!r} from {source!r}"}), 404
+    except events.NotRetryable as exc:
+        return jsonify(error={"code": "not_retryable", "message": exc.args[0]}), 409
+    return jsonify(_event_view(source, event_id)), 202
+
+
 @status_api.get("/events/<source>/<path:event_id>")
 def event(source: str, event_id: str) -> ResponseReturnValue:
-    found = load_event(current_app.extensions["revor_bridge.redis"], source, event_id)
+    found = _event_view(source, event_id)
     if found is None:
         return jsonify(error={"code": "not_found", "message": f"no event {event_id!r} from {source!r}"}), 404
     return jsonify(found)
+
+
+def _event_view(source: str, event_id: str) -> dict | None:
+    """The stored event with its processing record: attempts, the last error, and each dispatch
+    it made with the state that dispatch is in."""
+    found = load_event(_redis(), source, event_id)
+    if found is None:
+        return None
+    record = events.summary(_redis(), event_key(source, event_id)) or {}
+    dispatches = []
+    for dispatch_id in record.get("dispatches") or []:
+        one = state.load(_redis(), dispatch_id) or {}
+        dispatches.append({"id": dispatch_id, "rule": one.get("rule"), "status": one.get("status"),
+                           "reason": one.get("reason") or None})
+    return {**found, "attempts": record.get("attempts", 0), "error": record.get("error"),
+            "processed_at": record.get("processed_at"), "dispatches": dispatches}
 
 
 def _redis():
