@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from hypothesis import settings as hypothesis_settings
 
 from integration.revor import RevorClient
 from integration.sandbox.core import Faults
@@ -26,6 +27,13 @@ from integration.settings import SANDBOX_API_KEY
 from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests run the same examples on every run, locally and in CI (CI=true), so a red CI
+# run is a real bug that reruns red; what they found is kept as explicit @example cases.
+# HYPOTHESIS_PROFILE=explore searches randomly (and remembers failures) when hunting new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

@@ -51,6 +51,13 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
                      "webhook-id", "webhook-timestamp", "webhook-signature"]), header_values, max_size=6),
        path=st.sampled_from(["/webhooks/hubspot", "/webhooks/salesforce", "/webhooks/pipedrive",
                              "/webhooks/generic/zapier", "/webhooks/generic/standard", "/webhooks/generic/ünï"]))
+# Found in review (issue 9): '²' passed str.isdigit() and then broke int(): 503 instead of 401.
+@example(body=b"{}", headers={"webhook-id": "msg_1", "webhook-timestamp": "²", "webhook-signature": "v1,AAAA"},
+         path="/webhooks/generic/standard")
+@example(body=b"{}", headers={"webhook-id": "msg_1", "webhook-timestamp": "1e20", "webhook-signature": "v1,AAAA"},
+         path="/webhooks/generic/standard")
+@example(body=b"{}", headers={"webhook-id": "msg_1", "webhook-timestamp": "99999999999999999999",
+                              "webhook-signature": "v1,AAAA"}, path="/webhooks/generic/standard")
 def test_anything_unauthenticated(bridge, body, headers, path):
     assert _post(bridge.url + path, body, headers) in ALLOWED
 
@@ -77,6 +84,16 @@ def test_signed_hubspot_bodies(bridge, batch):
 @FUZZ
 @given(body=json_values, meta=st.dictionaries(st.sampled_from(["id", "action", "entity", "entity_id",
                                                                "timestamp", "company_id"]), json_values))
+# Found in review (issue 9): timestamps past year 9999, not finite or not ASCII digits were 503s.
+@example(body={"id": 1}, meta={"id": "e1", "action": "change", "entity": "deal", "entity_id": 1, "timestamp": 1e20})
+@example(body={"id": 1}, meta={"id": "e2", "action": "change", "entity": "deal", "entity_id": 1, "timestamp": 1e300})
+@example(body={"id": 1}, meta={"id": "e3", "action": "change", "entity": "deal", "entity_id": 1, "timestamp": "²"})
+@example(body={"id": 1}, meta={"id": "e4", "action": "change", "entity": "deal", "entity_id": 1,
+                               "timestamp": "12345678901234567890"})
+@example(body={"id": 1}, meta={"id": "e5", "action": "change", "entity": "deal", "entity_id": 1,
+                               "timestamp": float("nan")})
+@example(body={"x": float("inf")}, meta={"id": "e6", "action": "change", "entity": "deal", "entity_id": 1,
+                                        "attempt": float("inf")})
 def test_authenticated_pipedrive_bodies(bridge, body, meta):
     payload = {"meta": meta, "data": body if isinstance(body, dict) else None, "previous": body}
     headers = {"Content-Type": "application/json", "Authorization": BASIC}
@@ -88,6 +105,11 @@ def test_authenticated_pipedrive_bodies(bridge, body, meta):
 @given(body=json_values, flat=st.dictionaries(st.sampled_from(["event", "type", "deal__id", "contact__email",
                                                                "deal__contact__x", "id", "event_id", "data",
                                                                "occurred_at", "__", "a____b"]), json_values))
+# Found in review (issue 9): the same timestamps in a generic body (and NaN, which json.dumps writes).
+@example(body={"type": "deal.updated", "timestamp": 1e20, "data": {"id": 1}}, flat={"occurred_at": 1e300})
+@example(body={"occurred_at": float("nan")}, flat={"occurred_at": "²"})
+@example(body={"occurred_at": float("-inf")}, flat={"occurred_at": "12345678901234567890"})
+@example(body=[{"event": "deal.updated", "id": 1, "timestamp": -1}], flat={"occurred_at": 10**20})
 def test_authenticated_generic_bodies(bridge, body, flat):
     headers = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
     for payload in (body, flat, {**flat, "event": "deal.updated", "deal__id": "1"}):

@@ -189,3 +189,77 @@ def test_configured_event_id_field(make_bridge):
     body = json.dumps({"event": "deal.updated", "deal__id": "9", "meta": {"run_id": "run-42"}}).encode()
     assert bridge.post("/webhooks/generic/zapier", body, headers).status_code == 200
     assert bridge.event("generic:zapier", "run-42").json()["event"]["deal"]["id"] == "9"
+
+
+# ---- bodies that can never succeed get a 4xx saying why, never a 503 (issue 9 item 10) ------
+
+DEEP = b"[" * 10_000 + b"]" * 10_000
+TOKEN = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
+NOT_A_TIMESTAMP = [1e20, 1e300, "12345678901234567890", "²", "١٧٦٧٢٦٨٧٩٥", "NaN", True, -5, "next tuesday"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(DEEP, "nests arrays or objects more than 64 levels deep"),
+     (b'{"event": "deal.updated", "deal__id": "1", "occurred_at": NaN}', "NaN is not a JSON value"),
+     (b'{"event": "deal.updated", "deal__id": "1", "occurred_at": Infinity}', "Infinity is not a JSON value"),
+     (b'{"event": "deal.updated", "deal__id": "1", "occurred_at": 1e400}', "the number 1e400 is out of range"),
+     (b'{"x": ' + b"9" * 5000 + b"}", "not valid JSON")],
+    ids=["nested-10000-deep", "NaN", "Infinity", "1e400", "5000-digit-integer"],
+)
+@pytest.mark.parametrize("path", ["/webhooks/generic/zapier", "/webhooks/pipedrive"])
+def test_unreadable_json_is_400(bridge, path, body, message):
+    headers = TOKEN if "generic" in path else _basic("pd-hook", "fixture-pass-123")
+    answer = bridge.post(path, body, headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "malformed_body" and message in answer.json()["error"]["message"]
+
+
+def test_hubspot_deep_nesting_is_400(bridge):
+    from integration.inbound import hubspot
+
+    secret = SIGS["secrets"]["hubspot_client_secret"]
+    ts = str(int(bridge.clock.now * 1000))
+    headers = {"Content-Type": "application/json", "X-HubSpot-Request-Timestamp": ts,
+               "X-HubSpot-Signature-v3": hubspot.v3_signature(
+                   secret, "POST", "https://hooks.example.com/webhooks/hubspot", DEEP, ts)}
+    answer = bridge.post("/webhooks/hubspot", DEEP, headers)
+    assert answer.status_code == 400 and "64 levels" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("value", NOT_A_TIMESTAMP, ids=repr)
+def test_generic_timestamps_out_of_range_name_the_field(bridge, value):
+    flat = bridge.post("/webhooks/generic/zapier",
+                       json.dumps({"event": "deal.updated", "deal__id": "1", "occurred_at": value}).encode(), TOKEN)
+    assert flat.status_code == 400, flat.text
+    assert flat.json()["error"]["fields"]["occurred_at"][0].startswith("Expected epoch seconds or milliseconds")
+    envelope = bridge.post("/webhooks/generic/zapier", json.dumps(
+        {"type": "deal.updated", "timestamp": value, "data": {"deal": {"id": "1"}}}).encode(), TOKEN)
+    assert envelope.status_code == 400 and "timestamp" in envelope.json()["error"]["fields"]
+    inner = bridge.post("/webhooks/generic/zapier", json.dumps(
+        {"type": "deal.updated", "data": {"deal": {"id": "1"}, "occurred_at": value}}).encode(), TOKEN)
+    assert inner.status_code == 400 and "occurred_at" in inner.json()["error"]["fields"]["data"]
+
+
+@pytest.mark.parametrize("value", NOT_A_TIMESTAMP, ids=repr)
+def test_pipedrive_timestamps_out_of_range_name_the_field(bridge, value):
+    body = {"meta": {"id": "bad-ts", "action": "change", "entity": "deal", "entity_id": 1, "timestamp": value},
+            "data": {"id": 1}, "previous": {}}
+    answer = bridge.post("/webhooks/pipedrive", json.dumps(body).encode(), _basic("pd-hook", "fixture-pass-123"))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["fields"]["meta"]["timestamp"][0].startswith("Expected epoch seconds")
+
+
+@pytest.mark.parametrize("value", ["1767268795", 1767268795123, "2026-01-01T11:59:55.123Z", "2026-01-01 11:59:55",
+                                   1767268795.5, "", None, "9999-12-31T23:59:59Z"])
+def test_good_timestamps_still_pass(bridge, value):
+    body = json.dumps({"event": "deal.updated", "deal__id": "1", "occurred_at": value}).encode()
+    assert bridge.post("/webhooks/generic/zapier", body, TOKEN).status_code == 200
+
+
+@pytest.mark.parametrize("timestamp", ["²", "1e20", "99999999999999999999", "١٧٦٧٢٦٨٧٩٥"])
+def test_standard_webhooks_bad_timestamp_header_is_401(bridge, timestamp):
+    headers = {**SIGS["requests"][STANDARD]["headers"], "webhook-timestamp": timestamp}
+    answer = bridge.post("/webhooks/generic/standard", fixture_bytes(STANDARD),
+                         {k: v.encode().decode("latin-1") for k, v in headers.items()})
+    assert answer.status_code == 401 and "webhook-timestamp" in answer.json()["error"]["message"]

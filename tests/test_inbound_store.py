@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import redis
+import requests
 from rq import Queue
 
 from integration.inbound import hubspot
 from integration.inbound.store import store
-from tests.conftest import ADMIN_TOKEN, SALESFORCE_PATH, free_port
+from tests.conftest import ADMIN_TOKEN, SALESFORCE_PATH, cli_env, free_port, wait_for_port
 from tests.servers import fixture_bytes, signatures
 
 SIGS = signatures()
@@ -81,9 +85,9 @@ def test_a_100_event_batch_costs_a_handful_of_round_trips(redis_url, redis_db):
     events, _ = parse_app_batch(json.loads(_batch(100)))
     record = delivery_record("hubspot", "POST", "/webhooks/hubspot", "", {}, b"[]", events, [])
     CountingConnection.writes = 0
-    result = store(connection, queue, "hubspot", events, record)
+    result = store(connection, queue, "hubspot", events, record, max_stored_bytes=64 * 1024 * 1024)
     assert result.counts == {"new": 100, "stale": 0, "duplicate": 0}
-    assert CountingConnection.writes <= 2
+    assert CountingConnection.writes <= 3  # the stored-bytes check, then one transaction
     assert len(redis_db.keys("rb:event:hubspot:*")) == 100
 
 
@@ -117,6 +121,39 @@ def test_oversize_bodies_are_413(bridge, path):
         assert answer.json()["error"]["code"] == "body_too_large"
 
 
+@pytest.fixture
+def gunicorn_web(redis_url, redis_db, tmp_path):
+    """`revor-bridge web` as production runs it (gunicorn), on a loopback port."""
+    port = free_port()
+    env = cli_env(REDIS_URL=f"{redis_url}/1", PORT=str(port), WEB_CONCURRENCY="1",
+                  GENERIC_WEBHOOK_SECRET_ZAPIER="zap-fixture-token-7f3a")
+    web = subprocess.Popen([sys.executable, "-m", "integration", "web"], env=env, cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+
+
+def _chunked(body: bytes, size: int = 16 * 1024):
+    """A generator body: requests sends it with Transfer-Encoding: chunked and no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+@pytest.mark.parametrize("server", ["threaded", "gunicorn"])
+def test_chunked_bodies_over_the_limit_are_413(request, server):
+    url = request.getfixturevalue("bridge").url if server == "threaded" else request.getfixturevalue("gunicorn_web")
+    over = requests.post(url + "/webhooks/generic/zapier", data=_chunked(_zap("chunk-1", 600 * 1024)),
+                         headers=ZAPIER, timeout=10)
+    assert over.status_code == 413 and over.json()["error"]["code"] == "body_too_large"
+    within = requests.post(url + "/webhooks/generic/zapier", data=_chunked(_zap("chunk-2", 500 * 1024)),
+                           headers=ZAPIER, timeout=10)
+    assert within.status_code == 200 and within.json()["new"] == 1  # read whole, not cut at the limit
+
+
 def test_events_api_needs_the_admin_token(bridge, make_bridge):
     bridge.post("/webhooks/generic/zapier", fixture_bytes("zapier-generic.json"),
                 SIGS["requests"]["zapier-generic.json"]["headers"])
@@ -144,3 +181,121 @@ def test_unknown_routes_and_methods_answer_json(bridge):
     assert requests.get(f"{bridge.url}/webhooks/hubspot", timeout=5).status_code == 405
     missing = requests.post(f"{bridge.url}/webhooks/nowhere", timeout=5)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+# ---- what a delivery may cost in Redis (issue 9 item 8) -------------------------------------
+
+ZAPIER = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
+
+
+def _zap(event_id: str, pad: int, deal: str = "1", **fields: object) -> bytes:
+    return json.dumps({"event": "deal.updated", "deal__id": deal, "event_id": event_id, "pad": "x" * pad,
+                       **fields}).encode()
+
+
+def _deliveries(redis_db) -> list[bytes]:
+    return [k for k in redis_db.keys("rb:delivery:*") if not k.endswith(b":new")]
+
+
+def test_duplicate_deliveries_store_nothing_again(bridge, redis_db):
+    body = _zap("dup-1", 200_000)
+    first = bridge.post("/webhooks/generic/zapier", body, ZAPIER).json()
+    used = redis_db.info("memory")["used_memory"]
+    for _ in range(20):
+        again = bridge.post("/webhooks/generic/zapier", body, ZAPIER)
+        assert again.status_code == 200 and again.json()["duplicate"] == 1
+    assert len(_deliveries(redis_db)) == 1  # the original's; each duplicate only counted on it
+    original = bridge.event("generic:zapier", "dup-1").json()
+    assert original["duplicates"] == 20 and original["delivery"]["body"] == body.decode()
+    assert redis_db.info("memory")["used_memory"] - used < 500_000  # 20 x 200 KB were 4 MB
+    assert first["new"] == 1
+
+
+def test_skipped_batch_items_keep_a_few_hundred_bytes(bridge):
+    good = json.loads(_batch(1, first_event=40))
+    junk = {**good[0], "eventId": 41, "subscriptionType": "conversation.creation", "note": "y" * 100_000}
+    body = json.dumps([good[0], junk]).encode()
+    answer = bridge.post("/webhooks/hubspot", body, _signed(bridge, body)).json()
+    assert answer["new"] == 1 and answer["skipped"] == 1
+    delivery = bridge.event("hubspot", "24681357-7-40-5000-1767268795000").json()["delivery"]
+    stored = json.loads(delivery["body"])
+    assert stored[0] == good[0]  # what the bridge handles is kept whole
+    assert stored[1]["skipped_item_bytes"] > 100_000 and len(stored[1]["skipped_item_excerpt"]) == 300
+    assert len(delivery["body"]) < 2000 and "sha256" in delivery["body_note"]
+    assert delivery["skipped"][0]["index"] == 1
+
+
+def test_a_source_at_its_ceiling_gets_429_and_stores_nothing(make_bridge, redis_db):
+    bridge = make_bridge(inbound_max_stored_bytes=300_000)
+    assert bridge.post("/webhooks/generic/zapier", _zap("big-1", 100_000), ZAPIER).status_code == 200
+    full = bridge.post("/webhooks/generic/zapier", _zap("big-2", 100_000), ZAPIER)
+    assert full.status_code == 429 and full.json()["error"]["code"] == "storage_full"
+    assert 1 <= int(full.headers["Retry-After"]) <= 3600
+    assert redis_db.exists("rb:event:generic:zapier:big-2") == 0 and len(_deliveries(redis_db)) == 1
+    assert Queue("default", connection=redis_db, serializer="json").count == 1  # no job for the refused one
+    # A duplicate costs nothing, so it is still answered 200; other sources have their own ceiling.
+    assert bridge.post("/webhooks/generic/zapier", _zap("big-1", 100_000), ZAPIER).json()["duplicate"] == 1
+    pipedrive = bridge.post("/webhooks/pipedrive", fixture_bytes("pipedrive-deal-updated-v2.json"),
+                            SIGS["requests"]["pipedrive-deal-updated-v2.json"]["headers"])
+    assert pipedrive.status_code == 200
+    # Salesforce gets its refusal as a SOAP fault, with the same Retry-After.
+    redis_db.hset("rb:stored-bytes:salesforce", str(int(time.time() // 3600)), 10**9)
+    soap = bridge.post(SALESFORCE_PATH, fixture_bytes("salesforce-outbound-message-opportunity.xml"),
+                       SIGS["requests"]["salesforce-outbound-message-opportunity.xml"]["headers"])
+    assert soap.status_code == 429 and b"<faultstring>" in soap.content and "Retry-After" in soap.headers
+
+
+def test_the_script_enforces_the_ceiling_when_requests_race(redis_url, redis_db, monkeypatch):
+    """Two requests can both pass the quick check; the transaction's script decides, atomically."""
+    from integration.inbound import store as store_module
+    from integration.inbound.generic import parse
+
+    monkeypatch.setattr(store_module, "_precheck", lambda *args: None)  # as if another request won the race
+    redis_db.hset(store_module.stored_bytes_key("generic:zapier"), str(int(time.time() // 3600)), 290_000)
+    queue = Queue("default", connection=redis_db, serializer="json")
+    raw = _zap("race-1", 50_000)
+    event = parse("zapier", json.loads(raw), raw, None, None)
+    record = store_module.delivery_record("generic:zapier", "POST", "/x", "", {}, raw, [event], [])
+    with pytest.raises(store_module.StorageFull) as refused:
+        store(redis_db, queue, "generic:zapier", [event], record, max_stored_bytes=300_000)
+    assert refused.value.retry_after is not None and refused.value.retry_after > 0
+    assert redis_db.exists("rb:event:generic:zapier:race-1") == 0 and not _deliveries(redis_db)
+    assert queue.count == 0  # the job queued in the same transaction was removed
+
+
+# ---- future-dated events (issue 9 item 9) ---------------------------------------------------
+
+
+def test_a_future_dated_event_does_not_make_later_events_stale(bridge, redis_db, redis_url, tmp_path):
+    from tests.conftest import cli_env, revor_bridge
+
+    future = bridge.post("/webhooks/generic/zapier", _zap("fut-1", 10, deal="77", occurred_at="2099-01-01T00:00:00Z"),
+                         ZAPIER).json()
+    genuine = bridge.post("/webhooks/generic/zapier", _zap("now-1", 10, deal="77", occurred_at=bridge.clock.now - 5),
+                          ZAPIER).json()
+    assert future["new"] == 1 and genuine["new"] == 1 and genuine["stale"] == 0
+    marked = bridge.event("generic:zapier", "fut-1").json()
+    assert marked["future_dated"] is True and "ahead of the server clock" in marked["future_dated_reason"]
+    assert bridge.event("generic:zapier", "now-1").json()["future_dated"] is False
+    # An older genuine event is still stale against the genuine one: ordering works as before.
+    older = bridge.post("/webhooks/generic/zapier", _zap("old-1", 10, deal="77", occurred_at=bridge.clock.now - 60),
+                        ZAPIER).json()
+    assert older["stale"] == 1
+    result = revor_bridge("worker", "--burst", env=cli_env(REDIS_URL=f"{redis_url}/1"), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert bridge.event("generic:zapier", "now-1").json()["status"] == "processed"
+    assert bridge.event("generic:zapier", "fut-1").json()["status"] == "processed"
+    assert bridge.event("generic:zapier", "old-1").json()["status"] == "skipped"
+
+
+def test_an_ordering_key_already_dated_in_the_future_is_ignored(bridge, redis_db):
+    """Keys written by a future-dated event before this rule existed must not block a record either."""
+    first = bridge.post("/webhooks/generic/zapier", _zap("k-1", 10, deal="78", occurred_at=bridge.clock.now - 100),
+                        ZAPIER).json()
+    assert first["new"] == 1
+    okeys = [k for k in redis_db.keys("*|78|*") if redis_db.type(k) == b"string"]
+    assert okeys, redis_db.keys("*")
+    redis_db.set(okeys[0], "4070908800000")  # 2099-01-01, as an old future-dated event left it
+    later = bridge.post("/webhooks/generic/zapier", _zap("k-2", 10, deal="78", occurred_at=bridge.clock.now - 50),
+                        ZAPIER).json()
+    assert later["new"] == 1 and later["stale"] == 0

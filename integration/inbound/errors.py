@@ -8,12 +8,14 @@ from typing import Any
 class InboundError(Exception):
     """A request the bridge refuses; `as_json()` is the body the sender gets."""
 
-    def __init__(self, status: int, code: str, message: str, *, fields: Any = None) -> None:
+    def __init__(self, status: int, code: str, message: str, *, fields: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
     def as_json(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}

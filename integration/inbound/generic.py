@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from integration.inbound.errors import InboundError, malformed, unauthorized
-from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, validated
+from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, timestamp_field, validated
 from integration.inbound.signatures import StandardWebhookVerifier, safe_equal
 from schemas.events import CONTEXT_OBJECTS, EVENT_TYPE
 
@@ -113,8 +113,7 @@ def parse(hook: str, body: Any, raw: bytes, signed_id: str | None, id_field: str
         event_id = str(field_value).strip()
     else:
         event_id = "sha256-" + hashlib.sha256(raw).hexdigest()
-    occurred = ms_from_any(body.get("timestamp") if envelope_type else None) or ms_from_any(
-        payload.get("occurred_at") or payload.get("timestamp"))
+    occurred = _occurred(body, payload, envelope_type is not None)
     scalars = {k: v for k, v in payload.items() if not isinstance(v, dict)}
     event: dict[str, Any] = {
         "source": f"generic:{hook}", "event_id": event_id[:300], "type": event_type,
@@ -132,6 +131,17 @@ def parse(hook: str, body: Any, raw: bytes, signed_id: str | None, id_field: str
         elif name == object_type:
             event[name] = context_map(object_id, scalars, {})
     return InboundEvent(validated(event), occurred_ms=occurred, property_name=None)
+
+
+def _occurred(body: dict[str, Any], payload: dict[str, Any], enveloped: bool) -> int | None:
+    """The envelope's `timestamp`, else the payload's `occurred_at` or `timestamp`; a value that is
+    there but no timestamp is a 400 naming it (a Zap maps the wrong field: say so, do not guess)."""
+    prefix = ("data",) if enveloped else ()
+    found = timestamp_field(body.get("timestamp"), "timestamp") if enveloped else None
+    for name in ("occurred_at", "timestamp"):
+        if not found and payload.get(name) not in (None, ""):
+            found = timestamp_field(payload.get(name), *prefix, name)
+    return found
 
 
 def _account(payload: dict[str, Any]) -> str | None:

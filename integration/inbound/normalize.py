@@ -9,6 +9,8 @@ the common name wins and the CRM's value stays reachable as `crm_<name>`.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +19,8 @@ from marshmallow import ValidationError
 
 from integration.inbound.errors import InboundError
 from schemas.events import NormalizedEventSchema
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 COMMON_NAMES = {
     "deal": ("name", "stage", "amount"),
@@ -48,26 +52,73 @@ def context_map(object_id: Any, properties: dict[str, Any], common: dict[str, An
     return mapping
 
 
+# 9999-12-31T23:59:59.999Z: the last instant ISO-8601 (and Python's datetime) can write.
+MAX_EPOCH_MS = 253402300799999
+_DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,9})?")
+TIMESTAMP_EXPECTED = ("Expected epoch seconds or milliseconds (ASCII digits) or ISO-8601 text, "
+                     "from 1970 to 9999.")
+
+
 def iso_from_ms(ms: int | float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
 
 
-def ms_from_any(value: Any) -> int | None:
-    """Epoch seconds or milliseconds (number or digits) or ISO-8601 text, as epoch ms."""
-    if value is None or isinstance(value, bool):
+def epoch_ms(value: Any) -> int | None:
+    """Epoch seconds or milliseconds (number or ASCII digits) or ISO-8601 text, as epoch ms.
+
+    None when absent (null or blank); ValueError(TIMESTAMP_EXPECTED) for anything else that is not
+    a finite instant from 1970 to 9999: `1e20`, `1e300`, `NaN`, 20-digit numbers and '²' (which
+    `str.isdigit()` calls a digit) would otherwise fail much later, deep in datetime, as a 5xx.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
-        number = float(value)
-        return int(number if number > 10_000_000_000 else number * 1000)
-    if isinstance(value, str):
+    number: float | None = None
+    if isinstance(value, bool):
+        raise ValueError(TIMESTAMP_EXPECTED)
+    if isinstance(value, int | float):
+        number = value
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        number = float(value.strip()) if "." in value else int(value.strip())
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            return None
+            raise ValueError(TIMESTAMP_EXPECTED) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return int(parsed.timestamp() * 1000)
-    return None
+        number = (parsed - EPOCH).total_seconds() * 1000
+    else:
+        raise ValueError(TIMESTAMP_EXPECTED)
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(TIMESTAMP_EXPECTED)
+    ms = number if number > 10_000_000_000 else number * 1000
+    if not 0 <= ms <= MAX_EPOCH_MS:
+        raise ValueError(TIMESTAMP_EXPECTED)
+    return int(ms)
+
+
+def ms_from_any(value: Any) -> int | None:
+    """Like `epoch_ms`, but None for anything that is not a usable timestamp (never raises)."""
+    try:
+        return epoch_ms(value)
+    except ValueError:
+        return None
+
+
+def timestamp_field(value: Any, *path: str) -> int | None:
+    """`epoch_ms` of a body field; a bad value is the sender's 400 naming the field (`path`)."""
+    try:
+        return epoch_ms(value)
+    except ValueError:
+        fields: Any = [f"{TIMESTAMP_EXPECTED} Got {_shown(value)}."]
+        for name in reversed(path):
+            fields = {name: fields}
+        raise InboundError(400, "invalid_event", f"{'.'.join(path)} is not a timestamp", fields=fields) from None
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from integration.inbound.errors import malformed, unauthorized
-from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, validated
+from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, timestamp_field, validated
 from integration.inbound.signatures import basic_credentials, safe_equal
 from schemas.inbound import PipedriveWebhookSchema
 
@@ -93,7 +93,7 @@ def parse(body: Any) -> InboundEvent:
         raise malformed("no entity id in meta.entity_id or data.id")
     if kind == "updated" and "stage_id" in previous and previous.get("stage_id") != data.get("stage_id"):
         kind = "stage_changed"
-    occurred = ms_from_any(meta.get("timestamp"))
+    occurred = timestamp_field(meta.get("timestamp"), "meta", "timestamp")
     event: dict[str, Any] = {
         "source": "pipedrive", "event_id": meta["id"], "type": f"{object_type}.{kind}",
         "object": {"type": object_type, "id": str(object_id)},

@@ -13,7 +13,6 @@ every 4xx for a day.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from typing import Any
 
@@ -21,10 +20,10 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from integration.inbound import generic, hubspot, pipedrive, salesforce
-from integration.inbound.errors import InboundError, malformed, not_configured
+from integration.inbound import generic, hubspot, jsonbody, pipedrive, salesforce
+from integration.inbound.errors import InboundError, not_configured
 from integration.inbound.normalize import InboundEvent
-from integration.inbound.store import StoreResult, delivery_record, store
+from integration.inbound.store import StorageFull, StoreResult, delivery_record, store
 from integration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,8 @@ webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 JSON_TYPES = ("application/json",)
 XML_TYPES = ("text/xml", "application/xml", "application/soap+xml")
+# Retry-After, at most, when a source is at its stored-bytes ceiling (room frees up hourly).
+STORAGE_FULL_RETRY_SECONDS = 3600
 
 
 def _settings() -> Settings:
@@ -43,11 +44,17 @@ def _now() -> float:
 
 
 def _raw_body() -> bytes:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    too_large = InboundError(413, "body_too_large", f"the body is larger than {limit} bytes")
     try:
-        return request.get_data(cache=True)
+        raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        raise InboundError(413, "body_too_large", f"the body is larger than {limit} bytes") from None
+        raise too_large from None
+    # A chunked body (no Content-Length) is cut at the limit without an error (werkzeug's
+    # LimitedStream, under gunicorn and the threaded server alike): one more byte means it was larger.
+    if request.content_length is None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
+        raise too_large
+    return raw
 
 
 def _require_type(allowed: tuple[str, ...]) -> None:
@@ -58,12 +65,7 @@ def _require_type(allowed: tuple[str, ...]) -> None:
 
 
 def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise malformed("the body is not UTF-8") from None
-    except ValueError as exc:
-        raise malformed(f"the body is not valid JSON ({exc})") from None
+    return jsonbody.parse(raw)
 
 
 def _store(source: str, raw: bytes, events: list[InboundEvent], skipped: list[dict[str, Any]],
@@ -73,7 +75,14 @@ def _store(source: str, raw: bytes, events: list[InboundEvent], skipped: list[di
     record = delivery_record(source, request.method, request.path, query, request.headers, raw, events, skipped)
     try:
         return store(current_app.extensions["revor_bridge.redis"], current_app.extensions["revor_bridge.queue"],
-                     source, events, record)
+                     source, events, record, now=_now(), max_stored_bytes=_settings().inbound_max_stored_bytes)
+    except StorageFull as full:
+        # 429 + Retry-After: every sender retries it later, and Redis does not fill up meanwhile.
+        log.warning("inbound %s: refused with 429: %s", source, full)
+        wait = min(full.retry_after or STORAGE_FULL_RETRY_SECONDS, STORAGE_FULL_RETRY_SECONDS)
+        raise InboundError(429, "storage_full", "this source reached its ceiling of stored bytes "
+                           f"(INBOUND_MAX_STORED_BYTES); nothing was stored, retry in {wait} s",
+                           headers={"Retry-After": str(wait)}) from None
     except redis.RedisError as exc:
         log.error("inbound %s: storage unavailable (%s); answered 503", source, type(exc).__name__)
         raise InboundError(503, "storage_unavailable", "events could not be stored; retry later") from None
@@ -164,5 +173,7 @@ def inbound_error(error: InboundError) -> tuple[Response, int]:
         log.info("inbound %s refused (%d %s): %s", request.path, error.status, error.code, error.message)
     if request.endpoint == "webhooks.salesforce_webhook":
         fault = salesforce.soap_fault(error.message, error.status)
-        return Response(fault, mimetype="text/xml"), error.status
-    return jsonify(error.as_json()), error.status
+        return Response(fault, mimetype="text/xml", headers=error.headers), error.status
+    response = jsonify(error.as_json())
+    response.headers.update(error.headers)
+    return response, error.status

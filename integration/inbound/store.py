@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,24 +33,85 @@ PREFIX = "rb:"
 FAN_OUT_RETRY = Retry(max=5, interval=[1, 5, 30, 120, 600])
 PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
 
-# ARGV: ttl, delivery key, delivery json, received_at, count, then per event:
-#   event key, event json, ordering key, occurred ms or '', tracked field or '', its value or ''
+# How far ahead of the server clock an event may be dated and still order its record.
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+# A stored-bytes bucket per hour; a bucket is forgotten once the bodies counted in it expired.
+BUCKET_SECONDS = 3600
+# What a skipped batch item keeps in the stored delivery, and a skipped entry's own size.
+SKIPPED_ITEM_BYTES = 300
+SKIPPED_ENTRY_BYTES = 600
+
+# ARGV: ttl, delivery key, delivery json, received_at, count, now ms, future tolerance ms,
+#   stored-bytes key, ceiling (0: none), this hour, bucket seconds; then per event (EVENT_ARGS):
+#   event key, event json, ordering key, occurred ms or '', tracked field or '', its value or '',
+#   future-dated reason or ''
 STORE_SCRIPT = """
-local ttl = tonumber(ARGV[1])
-local delivery = ARGV[2]
-redis.call('SET', delivery, ARGV[3], 'EX', ttl)
+local ttl, delivery, record, received = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local count, now_ms, ahead_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local bytes_key, ceiling, hour, bucket = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local first, width = 12, 7
+
+-- What this request would store: events not seen before, and the delivery with them. A delivery
+-- whose events are all duplicates stores nothing (each original counts its duplicates).
+local needed, fresh = 0, 0
+for i = 0, count - 1 do
+  local b = first + i * width
+  if redis.call('EXISTS', ARGV[b]) == 0 then
+    needed, fresh = needed + #ARGV[b + 1], fresh + 1
+  end
+end
+local keep_delivery = fresh > 0 or count == 0
+if keep_delivery then needed = needed + #record end
+
+-- The per-source ceiling: bytes stored in the last ttl, in hourly buckets that expire with them.
+local horizon = hour - math.ceil(ttl / bucket)
+local used, buckets = 0, {}
+local flat = redis.call('HGETALL', bytes_key)
+for j = 1, #flat, 2 do
+  local h = tonumber(flat[j])
+  if h <= horizon then
+    redis.call('HDEL', bytes_key, flat[j])
+  else
+    used = used + tonumber(flat[j + 1])
+    buckets[#buckets + 1] = {h, tonumber(flat[j + 1])}
+  end
+end
+if ceiling > 0 and needed > 0 and used + needed > ceiling then
+  table.sort(buckets, function(x, y) return x[1] < y[1] end)
+  -- The oldest hour whose expiry makes room (-1: none would, the request alone is too large).
+  local freed, room_at = 0, -1
+  for _, entry in ipairs(buckets) do
+    freed = freed + entry[2]
+    if used - freed + needed <= ceiling then
+      room_at = entry[1]
+      break
+    end
+  end
+  return {'full', tostring(used), tostring(room_at)}
+end
+
+local stored = 0
+if keep_delivery then
+  redis.call('SET', delivery, record, 'EX', ttl)
+  stored = #record
+end
 local results = {}
-for i = 0, tonumber(ARGV[5]) - 1 do
-  local b = 6 + i * 6
-  local key, body, okey, occurred, tfield, tvalue =
-    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+for i = 0, count - 1 do
+  local b = first + i * width
+  local key, body, okey, occurred, tfield, tvalue, future =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
   if redis.call('EXISTS', key) == 1 then
     redis.call('HINCRBY', key, 'duplicates', 1)
     results[#results + 1] = 'duplicate'
   else
     local stale = 0
-    if occurred ~= '' then
+    -- A future-dated event is processed but never orders its record: dated 2099, it would make
+    -- every genuine event after it stale for as long as the key lives.
+    if occurred ~= '' and future == '' then
       local last = redis.call('GET', okey)
+      if last and tonumber(last) > now_ms + ahead_ms then
+        last = nil  -- written by a future-dated event before that rule existed: ignore it
+      end
       if last and tonumber(last) > tonumber(occurred) then
         stale = 1
       else
@@ -68,13 +130,19 @@ for i = 0, tonumber(ARGV[5]) - 1 do
       redis.call('SET', tkey, tvalue, 'EX', ttl)
     end
     redis.call('HSET', key, 'event', body, 'delivery', delivery, 'status', 'received',
-               'stale', stale, 'received_at', ARGV[4], 'duplicates', 0)
+               'stale', stale, 'received_at', received, 'duplicates', 0)
+    if future ~= '' then redis.call('HSET', key, 'future_dated', future) end
     redis.call('EXPIRE', key, ttl)
     redis.call('RPUSH', delivery .. ':new', key)
-    redis.call('ZADD', 'rb:lease:event', tonumber(ARGV[4]) + 60, key)
+    redis.call('ZADD', 'rb:lease:event', tonumber(received) + 60, key)
     redis.call('EXPIRE', delivery .. ':new', ttl)
+    stored = stored + #body
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end
+end
+if stored > 0 then
+  redis.call('HINCRBY', bytes_key, hour, stored)
+  redis.call('EXPIRE', bytes_key, ttl + bucket)
 end
 return results
 """
@@ -113,46 +181,158 @@ class StoreResult:
 
 def delivery_record(source: str, method: str, path: str, query: str, headers: Any, body: bytes,
                     events: list[InboundEvent], skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    kept = {k: v for k, v in headers.items() if not _is_secret_header(k)}
+    return {"source": source, "received_at": time.time(), "method": method, "path": path, "query": query,
+            "headers": kept, **_stored_body(body, skipped),
+            "events": [e.key for e in events], "skipped": [_capped(entry) for entry in skipped]}
+
+
+def _stored_body(body: bytes, skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """The raw body as stored: verbatim, except that a batch item the bridge skipped keeps only its
+    first SKIPPED_ITEM_BYTES (a 100-item batch of junk must not cost 100 items' bytes for 7 days).
+    A cut body says so, with the size and sha256 of what was received."""
     try:
         text, encoding = body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        text, encoding = base64.b64encode(body).decode(), "base64"
-    kept = {k: v for k, v in headers.items() if not _is_secret_header(k)}
-    return {"source": source, "received_at": time.time(), "method": method, "path": path, "query": query,
-            "headers": kept, "body": text, "body_encoding": encoding,
-            "events": [e.key for e in events], "skipped": skipped}
+        return {"body": base64.b64encode(body).decode(), "body_encoding": "base64"}
+    indexes = {entry["index"] for entry in skipped if isinstance(entry.get("index"), int)}
+    if not indexes or not text.lstrip().startswith("["):
+        return {"body": text, "body_encoding": encoding}
+    try:
+        items = json.loads(text)
+    except (ValueError, RecursionError):
+        return {"body": text, "body_encoding": encoding}
+    cut = 0
+    for index in sorted(indexes):
+        if 0 <= index < len(items):
+            item = json.dumps(items[index], separators=(",", ":"))
+            if len(item) > SKIPPED_ITEM_BYTES:
+                items[index] = {"skipped_item_excerpt": item[:SKIPPED_ITEM_BYTES], "skipped_item_bytes": len(item)}
+                cut += 1
+    if not cut:
+        return {"body": text, "body_encoding": encoding}
+    return {"body": json.dumps(items, separators=(",", ":")), "body_encoding": encoding,
+            "body_note": f"{cut} skipped item(s) cut to {SKIPPED_ITEM_BYTES} bytes; the received body had "
+                         f"{len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()}"}
+
+
+def _capped(entry: dict[str, Any]) -> dict[str, Any]:
+    """A skipped entry (index, reason, field errors) of at most about SKIPPED_ENTRY_BYTES."""
+    text = json.dumps(entry)
+    if len(text) <= SKIPPED_ENTRY_BYTES:
+        return entry
+    return {**{k: v for k, v in entry.items() if isinstance(v, int | None)},
+            "reason": str(entry.get("reason", ""))[:200], "detail_excerpt": text[:SKIPPED_ENTRY_BYTES // 2]}
+
+
+class StorageFull(Exception):
+    """A source reached its ceiling of stored bytes: nothing was stored; the sender retries later."""
+
+    def __init__(self, source: str, used: int, ceiling: int, retry_after: int | None) -> None:
+        super().__init__(f"{source} has {used} bytes stored in the last 7 days (ceiling {ceiling})")
+        self.retry_after = retry_after  # seconds until enough expires; None: this request alone is too large
+
+
+def stored_bytes_key(source: str) -> str:
+    return f"{PREFIX}stored-bytes:{source}"
+
+
+def _hour(now: float) -> int:
+    return int(now // BUCKET_SECONDS)
+
+
+def _retry_after(room_at_hour: int, now: float) -> int | None:
+    if room_at_hour < 0:
+        return None
+    expires = (room_at_hour + math.ceil(TTL_SECONDS / BUCKET_SECONDS)) * BUCKET_SECONDS
+    return max(1, math.ceil(expires - now))
+
+
+def _precheck(connection: redis.Redis, source: str, keys: list[str], bodies: list[str], record: str,
+              ceiling: int) -> None:
+    """The ceiling, checked before the transaction so that a refused request queues no job (the
+    script checks again, atomically; see store)."""
+    now = time.time()
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hgetall(stored_bytes_key(source))
+        for key in keys:
+            pipe.exists(key)
+        replies = pipe.execute()
+    horizon = _hour(now) - math.ceil(TTL_SECONDS / BUCKET_SECONDS)
+    buckets = sorted((int(h), int(n)) for h, n in replies[0].items() if int(h) > horizon)
+    fresh = [body for body, seen in zip(bodies, replies[1:], strict=True) if not seen]
+    needed = sum(len(b.encode()) for b in fresh) + (len(record.encode()) if fresh or not keys else 0)
+    used = sum(n for _, n in buckets)
+    if needed and used + needed > ceiling:
+        freed, room_at = 0, -1
+        for hour, count in buckets:
+            freed += count
+            if used - freed + needed <= ceiling:
+                room_at = hour
+                break
+        raise StorageFull(source, used, ceiling, _retry_after(room_at, now))
 
 
 def store(connection: redis.Redis, queue: Queue, source: str, events: list[InboundEvent],
-          record: dict[str, Any]) -> StoreResult:
-    """Store and enqueue in one transaction; raises redis.RedisError when Redis cannot take it."""
+          record: dict[str, Any], *, now: float | None = None, max_stored_bytes: int = 0) -> StoreResult:
+    """Store and enqueue in one transaction; raises redis.RedisError when Redis cannot take it and
+    StorageFull when the source has `max_stored_bytes` (0: no ceiling) stored in the last 7 days.
+
+    `now` is the server clock that decides whether an event is future-dated (the web app's clock).
+    """
+    now = time.time() if now is None else now
     delivery_id = uuid.uuid4().hex
     delivery_key = f"{PREFIX}delivery:{delivery_id}"
-    argv: list[Any] = [TTL_SECONDS, delivery_key, json.dumps(record), f"{time.time():.3f}", len(events)]
+    record_json = json.dumps(record)
+    real_now = time.time()
+    argv: list[Any] = [TTL_SECONDS, delivery_key, record_json, f"{real_now:.3f}", len(events),
+                       int(now * 1000), FUTURE_TOLERANCE_MS, stored_bytes_key(source), max_stored_bytes,
+                       _hour(real_now), BUCKET_SECONDS]
+    keys, bodies = [], []
     for item in events:
         tracked = item.track_field or ""
-        argv += [event_key(item.event["source"], item.event["event_id"]),
-                 json.dumps({**item.event, "_extra": item.extra}),
-                 item.ordering_key,
+        keys.append(event_key(item.event["source"], item.event["event_id"]))
+        bodies.append(json.dumps({**item.event, "_extra": item.extra}))
+        argv += [keys[-1], bodies[-1], item.ordering_key,
                  "" if item.occurred_ms is None else str(item.occurred_ms),
                  tracked,
-                 str(item.event["properties"].get(tracked) or "") if tracked else ""]
+                 str(item.event["properties"].get(tracked) or "") if tracked else "",
+                 future_dated_reason(item.occurred_ms, now)]
+    if max_stored_bytes:
+        _precheck(connection, source, keys, bodies, record_json, max_stored_bytes)
+    job_id = f"event-{delivery_id}" if len(events) == 1 else f"delivery-{delivery_id}"
     with connection.pipeline(transaction=True) as pipe:
         pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
         pipe.eval(STORE_SCRIPT, 0, *argv)
         if len(events) == 1:
             # One event (every source but HubSpot batches): process it directly, one job fewer.
             # A duplicate's job finds the event already handled and ends at once.
-            queue.enqueue_call("integration.jobs.inbound.process_event", args=(argv[5],),
-                               job_id=f"event-{delivery_id}", retry=PROCESS_RETRY, pipeline=pipe,
+            queue.enqueue_call("integration.jobs.inbound.process_event", args=(keys[0],),
+                               job_id=job_id, retry=PROCESS_RETRY, pipeline=pipe,
                                result_ttl=600, failure_ttl=TTL_SECONDS, timeout=25)
         elif events:
             queue.enqueue_call("integration.jobs.inbound.fan_out", args=(delivery_key,),
-                               job_id=f"delivery-{delivery_id}", retry=FAN_OUT_RETRY, pipeline=pipe,
+                               job_id=job_id, retry=FAN_OUT_RETRY, pipeline=pipe,
                                result_ttl=3600, failure_ttl=TTL_SECONDS)
         replies = pipe.execute()
     outcomes = [o.decode() if isinstance(o, bytes) else str(o) for o in replies[0]]
+    if outcomes[:1] == ["full"]:
+        # Another request filled the ceiling between the check and the transaction: nothing was
+        # stored, so the job queued with it has nothing to do; remove it (best effort).
+        job = queue.fetch_job(job_id) if events else None
+        if job is not None:
+            job.delete()
+        raise StorageFull(source, int(outcomes[1]), max_stored_bytes, _retry_after(int(outcomes[2]), real_now))
     return StoreResult(delivery_id, outcomes)
+
+
+def future_dated_reason(occurred_ms: int | None, now: float) -> str:
+    """Why an event does not order its record ('' when it does): dated beyond the server clock."""
+    if occurred_ms is None or occurred_ms <= now * 1000 + FUTURE_TOLERANCE_MS:
+        return ""
+    ahead = occurred_ms / 1000 - now
+    return (f"occurred_at is {ahead:.0f} s ahead of the server clock (more than {FUTURE_TOLERANCE_MS // 1000} s): "
+            "processed, but it does not make later events for this record stale")
 
 
 def load_event(connection: redis.Redis, source: str, event_id: str) -> dict[str, Any] | None:
@@ -167,6 +347,7 @@ def load_event(connection: redis.Redis, source: str, event_id: str) -> dict[str,
     return {
         "source": source, "event_id": event_id, "status": text["status"], "stale": text["stale"] == "1",
         "duplicates": int(text.get("duplicates", 0)), "received_at": float(text["received_at"]),
+        "future_dated": "future_dated" in text, "future_dated_reason": text.get("future_dated"),
         "reason": text.get("reason"), "event": event, "sender": extra,
         "context": json.loads(text["context"]) if text.get("context") else None,
         "delivery": json.loads(delivery_raw) if delivery_raw else None,
