@@ -7,6 +7,7 @@ script) against real redis-server and HTTP servers on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,8 +17,10 @@ import zipfile
 from pathlib import Path
 
 import flask
+import pytest
 import redis
 
+from integration.rules.loader import RulesError, load_rules
 from tests.conftest import ROOT, cli_env
 
 
@@ -125,3 +128,77 @@ def test_demo_runs_from_a_built_wheel_in_a_fresh_virtualenv(tmp_path):
         assert any(row.strip().startswith(label) and "-> 200" in row for row in result.stdout.splitlines()), label
     assert ('done: {"salesforce-closed-won": "succeeded", "stage-linkedin": "succeeded", '
             '"won-whatsapp": "succeeded"}') in result.stdout
+
+
+# ---- issue 9 item 17: the rough edges a first run meets ----
+
+BROKEN_RULES = """version: 1
+rules:
+  - name: one
+    when: {source: hubspot}
+    dispatch:
+      account: connect_account_x
+      channel: fax
+      recipient: {address: "{{ contact.email }"}
+      content: {subject: "Hi", text: "Hello"}
+    writeback: [nowhere]
+"""
+
+
+def test_a_rules_file_gets_every_kind_of_problem_listed_in_one_run(tmp_path):
+    """Schema errors, unknown destinations and template syntax errors together, not one kind per run."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(BROKEN_RULES)
+    with pytest.raises(RulesError) as caught:
+        load_rules(path, environ={})
+    assert caught.value.problems == [
+        "rule 'one' dispatch.channel: Must be one of: email, linkedin, whatsapp. (line 7)",
+        "rule 'one' writeback: Unknown destination(s) ['nowhere']. (line 10)",
+        "rule 'one' dispatch.recipient.address: template error: unexpected '}' (line 8)",
+    ]
+
+
+def test_web_and_worker_refusing_a_rules_file_leave_no_embedded_redis(tmp_path):
+    (tmp_path / "rules.yaml").write_text(BROKEN_RULES)
+    env = cli_env(RULES_FILE=str(tmp_path / "rules.yaml"), BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    procs = {name: subprocess.Popen([sys.executable, "-m", "integration", name], env=env, cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("web", "worker")}
+    try:
+        for name, proc in procs.items():
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 2, (name, err)
+            assert "Unknown destination(s) ['nowhere']" in err and "embedded Redis" not in err, (name, err)
+        assert _redis_servers_for(tmp_path / "data" / "redis") == []
+    finally:
+        _kill_all(_redis_servers_for(tmp_path / "data" / "redis"))
+
+
+def test_a_revor_error_is_printed_once(sandbox, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "integration", "send", "--account", "connect_account_nope",
+                             "--channel", "email", "--to", "x@example.com", "--subject", "s", "--text", "t"],
+                            env=cli_env(REVOR_BASE_URL=sandbox.api_url), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("account_not_found") == 1, result.stderr
+
+
+def test_the_accounts_table_lines_up(sandbox, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "integration", "accounts"], cwd=tmp_path, capture_output=True,
+                            env=cli_env(REVOR_BASE_URL=sandbox.api_url), text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert len(rows) == 4
+    starts = {tuple(m.start() for m in re.finditer(r"(?:(?<=\s\s)|^)\S", row))[:4] for row in rows}
+    assert len(starts) == 1, result.stdout  # every column starts at the same offset on every row
+
+
+def test_check_with_the_sandbox_down_says_how_to_start_it(tmp_path):
+    from integration.storage import free_port
+
+    result = subprocess.run([sys.executable, "-m", "integration", "check"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60,
+                            env=cli_env(REVOR_BASE_URL=f"http://127.0.0.1:{free_port()}/api/v1"))
+    assert result.returncode == 1
+    assert ("is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY"
+            in result.stdout), result.stdout

@@ -89,9 +89,10 @@ def worker(burst: bool) -> None:
     from integration.cli.rules import rules_or_exit
     from integration.jobs.context import JobContext, install
 
-    settings = redis_settings(load_settings())
-    if settings.rules_file:
+    settings = load_settings()
+    if settings.rules_file:  # before Redis: a refused start must not leave an embedded server running
         rules_or_exit(settings)
+    settings = redis_settings(settings)
     context = JobContext.build(settings)
     install(context)  # jobs run with these settings and clients, like flask-rq's app context
     connection = context.redis
@@ -139,6 +140,10 @@ def check() -> None:
             failed = True
     else:
         click.echo("redis: REDIS_URL unset; local commands use the embedded server")
+    from integration.cli.revor import report_errors_once
+    from integration.revor.errors import RevorConnectionError
+
+    report_errors_once()
     try:
         with RevorClient.from_settings(settings) as client:
             accounts = client.list_accounts().data
@@ -147,6 +152,9 @@ def check() -> None:
         click.echo(f"revor: ok ({where}, {len(accounts)} accounts, {sendable} can send)")
     except RevorError as error:
         click.echo(f"revor: {error}")
+        if settings.uses_sandbox and isinstance(error, RevorConnectionError):
+            click.echo(f"  REVOR_API_KEY is unset, so this is the local sandbox at {settings.revor_base_url}: "
+                       "is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY")
         sys.exit(EXIT_FINAL)
     if ruleset is not None:
         failed = _check_rule_accounts(ruleset, accounts) or failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import uuid
@@ -24,8 +25,23 @@ from schemas.revor import CHANNEL_RECIPIENT, TERMINAL_JOB_STATUSES
 CLI_RETRY = RetryPolicy(attempts=5, base_delay=0.5, max_delay=10, max_wait=60)
 
 
+class _ReportedByTheCommand(logging.Filter):
+    """Drops the client's log line for a Revor error answer: the command prints that error itself, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return " -> HTTP " not in str(record.msg)
+
+
+def report_errors_once() -> None:
+    """For commands that print a Revor error themselves: the client's own log line would repeat it."""
+    client_log = logging.getLogger("integration.revor.client")
+    if not any(isinstance(f, _ReportedByTheCommand) for f in client_log.filters):
+        client_log.addFilter(_ReportedByTheCommand())
+
+
 def _client() -> RevorClient:
     settings = load_settings()
+    report_errors_once()
     if settings.uses_sandbox:
         click.echo(f"(REVOR_API_KEY is unset: using the Revor sandbox at {settings.revor_base_url})", err=True)
     return RevorClient.from_settings(settings)
@@ -57,9 +73,11 @@ def accounts(channel: str | None, sendable: bool, as_json: bool) -> None:
         return
     if not response.data:
         click.echo("no accounts")
-    for account in response.data:
-        flag = "can send" if account["can_send"] else f"cannot send ({account['status']})"
-        click.echo(f"{account['account_id']}  {account['channel']:<8}  {flag:<24}  {account['name']}")
+    rows = [(a["account_id"], a["channel"], "can send" if a["can_send"] else f"cannot send ({a['status']})",
+             str(a.get("name") or "")) for a in response.data]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+    for row in rows:  # columns as wide as their longest value, so every row lines up
+        click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=False)) + "  " + row[3])
 
 
 @cli.command()

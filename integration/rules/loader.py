@@ -127,7 +127,9 @@ class _Reporter:
             probe = probe[:-1]
         if probe in self.lines:
             where = f" (line {self.lines[probe] + extra_lines})"
-        self.problems.append(f"{self._describe(path)}: {message}{where}")
+        problem = f"{self._describe(path)}: {message}{where}"
+        if problem not in self.problems:  # the schema and the raw-data checks may both see one problem
+            self.problems.append(problem)
 
     def _describe(self, path: tuple[Any, ...]) -> str:
         if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
@@ -188,13 +190,65 @@ def load_rules(path: Path | str, environ: Mapping[str, str] | None = None) -> Ru
     except ValidationError as exc:
         for field_path, message in _flatten(exc.messages_dict):
             report.add(field_path, message)
+        _check_unvalidated(data, report)
         raise RulesError(path, report.problems) from None
-    if report.problems:
-        raise RulesError(path, report.problems)
-    ruleset = _compile(clean, path, report)
+    ruleset = _compile(clean, path, report)  # also when a ${VAR} is missing: its template errors belong in this run
     if report.problems:
         raise RulesError(path, report.problems)
     return ruleset
+
+
+def _check_unvalidated(data: dict[str, Any], report: _Reporter) -> None:
+    """What a failed schema load leaves unchecked, read from the raw data: writeback and account references, and
+    every template's syntax.
+
+    marshmallow skips the file-level reference checks when any field is wrong, and templates are compiled only
+    from a valid file, so without this a user would fix schema errors, then unknown destinations, then template
+    syntax, one kind per run. Only well-formed parts are looked at; the schema already reported the rest.
+    """
+    rules = data.get("rules")
+    accounts = data.get("accounts")
+    destinations = data.get("destinations")
+    known = set(destinations) if isinstance(destinations, dict) else set()
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        if not isinstance(rule, dict):
+            continue
+        base = ("rules", index)
+        names = rule.get("writeback", [])
+        names = [names] if isinstance(names, str) else names
+        missing = [n for n in names if isinstance(n, str) and n not in known] if isinstance(names, list) else []
+        if missing and (destinations is None or isinstance(destinations, dict)):
+            report.add((*base, "writeback"), f"Unknown destination(s) {missing}.")
+        when, dispatch = rule.get("when"), rule.get("dispatch")
+        if isinstance(when, dict):
+            _syntax(when.get("if"), (*base, "when", "if"), report)
+        _syntax(rule.get("once_per"), (*base, "once_per"), report)
+        _syntax(rule.get("suppress_if"), (*base, "suppress_if"), report)
+        if not isinstance(dispatch, dict):
+            continue
+        account = dispatch.get("account")
+        if (isinstance(account, str) and not account.startswith("connect_account_")
+                and isinstance(accounts, dict | None) and account not in (accounts or {})):
+            report.add((*base, "dispatch", "account"), f"{account!r} is not in accounts and not a connect_account_ id.")
+        for part in ("recipient", "content", "metadata"):
+            values = dispatch.get(part)
+            for key, value in (values.items() if isinstance(values, dict) else ()):
+                _syntax(value, (*base, "dispatch", part, key), report, html=(part, key) == ("content", "html"))
+    for name, destination in (destinations.items() if isinstance(destinations, dict) else ()):
+        if isinstance(destination, dict):
+            _syntax(destination.get("body"), ("destinations", name, "body"), report)
+
+
+def _syntax(value: Any, where: tuple[Any, ...], report: _Reporter, html: bool = False) -> None:
+    """Report a syntax error in every template string in `value` (a string, or the string leaves of a mapping)."""
+    if isinstance(value, str):
+        _template(value, where, report, html=html)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _syntax(item, (*where, key), report, html=html)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _syntax(item, (*where, index), report, html=html)
 
 
 def _template(source: str | None, where: tuple[Any, ...], report: _Reporter, html: bool = False) -> Template | None:
