@@ -168,8 +168,13 @@ def test_access_log_has_paths_without_query_strings(tmp_path, redis_url, redis_d
         listed = requests.get(f"{web.url}/api/v1/events/hubspot/e1?token={TOKEN}&x=1",
                               headers={"Referer": f"https://crm.example.com/hook?token={TOKEN}"}, timeout=5)
         assert posted.status_code >= 400 and listed.status_code >= 400
+        # A malformed request line: gunicorn refuses it and quotes it in its error log.
+        refused = _raw_exchange(web.port, f"GET  /webhooks/salesforce?token={TOKEN} HTTP/1.1\r\n\r\n".encode(),
+                                close_write=False)
+        assert refused.startswith(b"HTTP/1.1 400 ")
     logs = web.logs()
     assert TOKEN not in logs and "SECRET123" not in logs and "token=" not in logs
+    assert "Invalid HTTP request line: 'GET  /webhooks/salesforce?<redacted> HTTP/1.1'" in logs
     assert '"POST /webhooks/salesforce HTTP/1.1"' in logs and '"GET /api/v1/events/hubspot/e1 HTTP/1.1"' in logs
 
 
@@ -241,3 +246,25 @@ def test_gunicorn_options_from_settings():
     for name, value in (("WEB_THREADS", "0"), ("WEB_READ_TIMEOUT", "0"), ("WEB_READ_TIMEOUT", "soon")):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+
+
+def test_gunicorn_error_log_drops_query_strings_from_messages_and_tracebacks():
+    import logging
+
+    from gunicorn.config import Config
+
+    from integration.web.serving import QueryRedactingLogger
+
+    logger = QueryRedactingLogger(Config())
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.error_log.addHandler(handler)
+    try:
+        raise ValueError(f"bad uri /api/v1/x?token={TOKEN}")
+    except ValueError:
+        logger.exception("Error handling request %s %s", "GET", f"/api/v1/x?token={TOKEN}&a=b")
+    logger.error_log.removeHandler(handler)
+    text = logging.Formatter().format(records[0])
+    assert TOKEN not in text and "Error handling request GET /api/v1/x?<redacted>" in text
+    assert "ValueError: bad uri /api/v1/x?<redacted>" in text

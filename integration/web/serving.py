@@ -9,8 +9,11 @@ served while some wait on slow clients, and a deadline on reading each request
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import _DEFER, DEFAULT_WORKER_DATA_TIMEOUT, ThreadWorker
 
@@ -34,10 +37,42 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout": 30,  # a worker whose main loop stops (not a slow request) is restarted
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
+        "logger_class": QueryRedactingLogger,
         # On by default since gunicorn 25 at one path per user: a second instance (another app,
         # a test) fights the first over it. Nothing here uses gunicornc.
         "control_socket_disable": True,
     }
+
+
+_QUERY = re.compile(r"\?[^\s'\"]+")
+
+
+def redact_queries(text: str) -> str:
+    """`GET /x?token=abc HTTP/1.1` -> `GET /x?<redacted> HTTP/1.1`: what follows a `?` up to a space or quote."""
+    return _QUERY.sub("?<redacted>", text)
+
+
+class _RedactQueries(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_queries(record.getMessage()), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_queries(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_REDACT_QUERIES = _RedactQueries()
+
+
+class QueryRedactingLogger(glogging.Logger):
+    """gunicorn's logger, with query strings removed from its error log.
+
+    gunicorn quotes the raw request line when it refuses a malformed one ("Invalid HTTP request
+    line: 'GET /webhooks/salesforce?token=...'") and the URI when a request fails.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.error_log.addFilter(_REDACT_QUERIES)  # the same object each time: added once
 
 
 class DeadlineThreadWorker(ThreadWorker):
