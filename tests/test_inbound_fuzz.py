@@ -23,7 +23,9 @@ BASIC = "Basic " + base64.b64encode(b"pd-hook:fixture-pass-123").decode()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                    st.floats(allow_nan=False), st.text(max_size=30))
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
+# (NaN and infinity are not JSON: json.dumps writes them anyway, and the bridge answers 400, see the
+# explicit examples below and test_inbound_pipedrive_generic.py; here values are what senders send.)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=15), inner, max_size=5), max_leaves=25)
 hubspot_events = st.fixed_dictionaries(
