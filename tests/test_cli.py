@@ -136,8 +136,8 @@ def test_demo_runs_the_whole_service_to_succeeded_on_every_channel(tmp_path):
 
 
 def test_help_for_every_command(tmp_path):
-    for command in ("sandbox", "accounts", "send", "job", "web", "worker", "check", "demo", "preview", "suppress",
-                    "deliveries"):
+    for command in ("sandbox", "accounts", "send", "job", "web", "worker", "check", "demo", "dev", "preview",
+                    "suppress", "deliveries"):
         result = revor_bridge(command, "--help", env=cli_env(), cwd=tmp_path)
         assert result.returncode == 0 and "Usage: revor-bridge" in result.stdout, command
 

@@ -6,6 +6,7 @@ script) against real redis-server and HTTP servers on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import flask
 import pytest
 import redis
+import requests
 
 from integration.rules.loader import RulesError, load_rules
 from tests.conftest import ROOT, cli_env
@@ -202,3 +204,93 @@ def test_check_with_the_sandbox_down_says_how_to_start_it(tmp_path):
     assert result.returncode == 1
     assert ("is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY"
             in result.stdout), result.stdout
+
+
+# ---- issue 9 item 15: `revor-bridge dev` runs sandbox + web + worker on one Redis, and stops them all ----
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (read from /proc), so a test can check that none outlives it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_dev_runs_sandbox_web_and_worker_until_ctrl_c(tmp_path):
+    from integration.storage import free_port
+
+    web_port, sandbox_port = free_port(), free_port()
+    log = (tmp_path / "dev.log").open("w+")
+    env = cli_env(PORT=str(web_port), BRIDGE_DATA_DIR=str(tmp_path / "data"), WEB_CONCURRENCY="1",
+                  WRITEBACK_RETRY_SCALE="0.01")
+    for name in ("RULES_FILE", "ADMIN_TOKEN"):
+        env.pop(name, None)
+    dev = subprocess.Popen([sys.executable, "-m", "integration", "dev", "--sandbox-port", str(sandbox_port),
+                            "--time-scale", "100"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while "revor-bridge dev: running" not in (tmp_path / "dev.log").read_text():
+            assert dev.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)  # the rest of the banner
+        banner = (tmp_path / "dev.log").read_text()
+        token = re.search(r"-H 'X-Hook-Token: (\S+)' --data-binary @(\S+)", banner)
+        admin = re.search(r"-H 'Authorization: Bearer (\S+)'", banner)
+        assert token and admin, banner
+        assert f"sandbox  http://127.0.0.1:{sandbox_port}/api/v1" in banner and "embedded" in banner
+        family = _descendants(dev.pid)
+        servers = _redis_servers_for(tmp_path / "data" / "redis")
+        assert len(servers) == 1 and servers[0] in family  # one Redis, started by dev, shared by web and worker
+
+        sample = Path(token.group(2))
+        assert sample.parent == ROOT / "integration" / "demo_data" / "events"
+        posted = requests.post(f"http://127.0.0.1:{web_port}/webhooks/generic/zapier", data=sample.read_bytes(),
+                               headers={"Content-Type": "application/json", "X-Hook-Token": token.group(1)}, timeout=10)
+        assert posted.status_code == 200 and posted.json()["new"] == 1, posted.text
+        event_id = json.loads(sample.read_bytes())["event_id"]
+        headers = {"Authorization": f"Bearer {admin.group(1)}"}
+        deadline = time.monotonic() + 60
+        while True:
+            event = requests.get(f"http://127.0.0.1:{web_port}/api/v1/events/generic:zapier/{event_id}",
+                                 headers=headers, timeout=10).json()
+            listed = requests.get(f"http://127.0.0.1:{web_port}/api/v1/dispatches", headers=headers, timeout=10).json()
+            if event.get("status") == "processed" and listed["items"] and listed["items"][0]["status"] == "succeeded":
+                break
+            assert time.monotonic() < deadline, (event, listed)
+            time.sleep(0.3)
+        assert listed["items"][0]["rule"] == "won-whatsapp"
+
+        family |= _descendants(dev.pid)
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=60) == 0, (tmp_path / "dev.log").read_text()
+        assert "revor-bridge dev: stopped" in (tmp_path / "dev.log").read_text()
+        deadline = time.monotonic() + 5
+        while [p for p in family if _alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in family if _alive(p)] == [], "children outlived `revor-bridge dev`"
+        assert _redis_servers_for(tmp_path / "data" / "redis") == []
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        _kill_all([p for p in family | set(_redis_servers_for(tmp_path / "data" / "redis")) if _alive(p)])
+        log.close()

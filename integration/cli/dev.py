@@ -1,0 +1,186 @@
+"""`revor-bridge dev`: the sandbox, the web process and a worker on this machine, until Ctrl-C.
+
+What a Procfile runner would do, without one: every process uses one Redis (REDIS_URL, else the
+embedded server, started once here and handed to the others), the example rules unless
+RULES_FILE is set, and the sandbox unless REVOR_API_KEY is set. Each child runs in a session of
+its own, so a Ctrl-C reaches this command only and the children are stopped in order (SIGTERM to
+each process group, SIGKILL after a grace period): nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, cli, load_settings
+from integration.storage import EmbeddedRedis, RedisUnavailable
+
+EVENTS = Path(__file__).resolve().parent.parent / "demo_data" / "events"
+STOP_GRACE_SECONDS = 20.0
+START_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class Child:
+    """One process `dev` started, and the loopback port it should listen on (None: it listens nowhere)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int | None = None
+
+
+class _Stop(Exception):
+    """SIGTERM (or SIGINT) arrived: stop the children and exit."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], port: int | None = None) -> Child:
+    # A session of its own: Ctrl-C in the terminal reaches `dev` only, which then stops each child in order.
+    proc = subprocess.Popen([sys.executable, "-m", "integration", *args], env=env, start_new_session=True)
+    return Child(name, proc, port)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_until_listening(children: list[Child]) -> Child | None:
+    """Wait for every child's port; the first child that exited instead, or None when all listen."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    pending = [c for c in children if c.port]
+    while pending and time.monotonic() < deadline:
+        for child in children:
+            if child.proc.poll() is not None:
+                return child
+        pending = [c for c in pending if not _listening(c.port or 0)]
+        time.sleep(0.1)
+    return pending[0] if pending else None
+
+
+def _stop(children: list[Child]) -> None:
+    """SIGTERM each child's process group (its gunicorn workers, the worker's clock and job), then SIGKILL."""
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            try:
+                os.killpg(child.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in reversed(children):
+        try:
+            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever is left in its group (also a grandchild whose parent already exited)
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        child.proc.wait()
+
+
+@cli.command()
+@click.option("--sandbox-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the sandbox [default: the port of REVOR_BASE_URL, else 8765].")
+@click.option("--time-scale", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+              help="Sandbox seconds per real second (60 makes a 180 s pacing interval pass in 3 s).")
+def dev(sandbox_port: int | None, time_scale: float) -> None:
+    """Run the sandbox, web and a worker together on one Redis until Ctrl-C (local development)."""
+    from integration.cli.rules import EXAMPLE_RULES, rules_or_exit
+
+    settings = load_settings()
+    rules_file = settings.rules_file or EXAMPLE_RULES
+    rules_or_exit(settings, str(rules_file))  # before anything starts: an invalid file leaves nothing running
+    env = dict(os.environ, RULES_FILE=str(rules_file), PYTHONUNBUFFERED="1")
+    notes: list[str] = []
+    if not settings.admin_token:
+        env["ADMIN_TOKEN"] = f"dev-{secrets.token_urlsafe(18)}"
+        notes.append(f"ADMIN_TOKEN={env['ADMIN_TOKEN']}  (made up for this run; set ADMIN_TOKEN to choose)")
+    if "zapier" not in settings.generic_webhook_secrets:
+        env["GENERIC_WEBHOOK_SECRET_ZAPIER"] = f"dev-{secrets.token_urlsafe(18)}"
+        notes.append(f"GENERIC_WEBHOOK_SECRET_ZAPIER={env['GENERIC_WEBHOOK_SECRET_ZAPIER']}  (made up for this run)")
+    admin, zapier = env["ADMIN_TOKEN"], env["GENERIC_WEBHOOK_SECRET_ZAPIER"]
+
+    embedded = None
+    if settings.redis_url:
+        redis_line = f"{settings.redis_url.split('@')[-1]}  (REDIS_URL)"
+    else:
+        try:
+            embedded = EmbeddedRedis(settings.data_dir).start()
+        except RedisUnavailable as exc:
+            click.echo(f"revor-bridge: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        env["REDIS_URL"] = embedded.url
+        redis_line = f"{embedded.url}  (embedded, data in {embedded.folder})"
+
+    children: list[Child] = []
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        if settings.uses_sandbox:
+            port = sandbox_port or urlsplit(settings.revor_base_url).port or 8765
+            env["REVOR_BASE_URL"] = f"http://127.0.0.1:{port}/api/v1"
+            children.append(_spawn("sandbox", ["sandbox", "--port", str(port), "--time-scale", str(time_scale)],
+                                   env, port))
+        children.append(_spawn("web", ["web"], env, settings.port))
+        children.append(_spawn("worker", ["worker"], env))
+        failed = _wait_until_listening(children)
+        if failed is not None:
+            state = "exited" if failed.proc.poll() is not None else "does not listen"
+            click.echo(f"revor-bridge: {failed.name} {state}; stopping the others", err=True)
+            code = EXIT_FINAL
+            return
+        web = f"http://127.0.0.1:{settings.port}"
+        sample = EVENTS / "zapier-won-deal.json"
+        lines = [
+            "", "revor-bridge dev: running (Ctrl-C stops everything)",
+            f"  redis    {redis_line}",
+            f"  sandbox  {env['REVOR_BASE_URL']}" if settings.uses_sandbox else "  revor    REVOR_API_KEY is set: "
+            f"the real Revor API at {settings.revor_base_url}",
+            f"  web      {web}  (webhooks under /webhooks/..., status API under /api/v1)",
+            f"  worker   pid {children[-1].proc.pid}",
+            f"  rules    {rules_file}" + ("" if settings.rules_file else "  (RULES_FILE is unset: the example rules)"),
+            *(f"  {note}" for note in notes),
+            "", "post a sample event (a Zapier hook the example rules turn into a WhatsApp message):",
+            f"  curl -s {web}/webhooks/generic/zapier -H 'Content-Type: application/json' "
+            f"-H 'X-Hook-Token: {zapier}' --data-binary @{sample}",
+            "see what became of it:",
+            f"  curl -s {web}/api/v1/dispatches -H 'Authorization: Bearer {admin}'", "",
+        ]
+        click.echo("\n".join(lines), err=True)
+        while True:
+            for child in children:
+                if child.proc.poll() is not None:
+                    click.echo(f"revor-bridge: {child.name} exited with code {child.proc.returncode}; "
+                               "stopping the others", err=True)
+                    code = EXIT_FINAL
+                    return
+            time.sleep(0.2)
+    except _Stop:
+        click.echo("revor-bridge dev: stopping", err=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop(children)
+        if embedded is not None and embedded.started_here:
+            embedded.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        click.echo("revor-bridge dev: stopped", err=True)
+        sys.exit(code)
