@@ -6,6 +6,7 @@ one and reports syntax errors with the rule and field, and the YAML line where p
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -162,6 +163,52 @@ class RuleSchema(Schema):
     enabled = fields.Boolean(load_default=True)
 
 
+BODY_EXAMPLE = ('body:\n  objectId: "{{ data.crm.object_id }}"\n  status: "{{ data.status }}"\n'
+                '  sequence: "{{ data.sequence }}"')
+MAX_BODY_DEPTH = 8
+MAX_BODY_LEAVES = 200
+
+
+class Body(fields.Field):
+    """A destination `body`: a mapping whose string leaves are templates (see integration/writeback/body.py).
+
+    The bridge renders each leaf and JSON-encodes the whole, so no CRM value can add a key. A
+    string body (the old "template that renders JSON") is refused with an example of the mapping.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(value, str):
+            raise ValidationError("body is a mapping whose values are templates, not one template that renders "
+                                  "JSON (a CRM value could change that JSON); write it as YAML, for example:\n"
+                                  + BODY_EXAMPLE)
+        if not isinstance(value, dict):
+            raise ValidationError("body is a mapping of JSON keys to values, for example:\n" + BODY_EXAMPLE)
+        leaves = [0]
+        errors = self._check(value, (), leaves)
+        if leaves[0] > MAX_BODY_LEAVES:
+            errors.append(f"body: at most {MAX_BODY_LEAVES} values.")
+        if errors:
+            raise ValidationError(errors)
+        return value
+
+    def _check(self, value: Any, path: tuple[Any, ...], leaves: list[int]) -> list[str]:
+        where = ".".join(["body", *(str(p) for p in path)])
+        if len(path) > MAX_BODY_DEPTH:
+            return [f"{where}: nested deeper than {MAX_BODY_DEPTH} levels."]
+        if isinstance(value, dict):
+            problems = [f"{where}: key {k!r} must be text (quote it)." for k in value if not isinstance(k, str)]
+            return problems + [p for k, v in value.items() for p in self._check(v, (*path, k), leaves)]
+        if isinstance(value, list):
+            return [p for i, v in enumerate(value) for p in self._check(v, (*path, i), leaves)]
+        leaves[0] += 1
+        if isinstance(value, float) and not math.isfinite(value):
+            return [f"{where}: {value} is not a JSON number."]
+        if value is None or isinstance(value, str | bool | int | float):
+            return []
+        return [f"{where}: expected text, a number, true, false, null, a list or a mapping, not "
+                f"{type(value).__name__} (quote dates and times)."]
+
+
 class DestinationSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -170,7 +217,7 @@ class DestinationSchema(Schema):
     secret = fields.String(required=True, validate=validate.Regexp(r"^whsec_[A-Za-z0-9+/=]{20,}$",
                                                                    error="Expected a whsec_ secret."))
     on = fields.List(fields.String(validate=validate.OneOf(STATES)), load_default=lambda: list(STATES))
-    body = fields.String(load_default=None, allow_none=True)
+    body = Body(load_default=None, allow_none=True)
 
 
 class DefaultsSchema(Schema):

@@ -1,4 +1,4 @@
-"""The README's examples are real: its write-back destinations load and render JSON."""
+"""The README's examples are real: its write-back destinations load and render the JSON they show."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import requests
 from integration.rules.loader import load_rules
 from integration.storage import free_port
 from integration.web import create_app
-from integration.writeback.body import SAMPLE, render_body
+from integration.writeback.body import SAMPLE, BodyTemplate, render_body
 from tests.conftest import ROOT, bridge_settings, cli_env
 from tests.servers import ThreadServer
 
 
 def test_readme_writeback_examples_load_and_render(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "body: |" in b]
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if re.search(r"^    body:$", b, re.M)]
     assert len(blocks) == 3
     destinations = "".join(b.replace("destinations:\n", "") for b in blocks)
     rules = ("version: 1\nrules:\n  - name: r\n    when: {source: hubspot}\n    dispatch: {account: connect_account_x, "
@@ -35,8 +35,25 @@ def test_readme_writeback_examples_load_and_render(tmp_path):
     hubspot = json.loads(render_body(ruleset.destination_bodies["hubspot-status"], SAMPLE))
     assert hubspot == {"hs_object_id": "18273645501", "outreach_status": "succeeded", "outreach_channel": "email",
                        "outreach_sequence": 4, "outreach_reason": ""}
+    zapier = json.loads(render_body(ruleset.destination_bodies["zapier-status"], SAMPLE))
+    assert zapier == {"deal_id": "18273645501", "status": "succeeded", "channel": "email",
+                      "recipient": {"address": "alex@example.com"}, "finished_at": "2026-01-01T12:00:08.000Z",
+                      "dispatch_id": "dsp_sample"}
     salesforce = json.loads(render_body(ruleset.destination_bodies["salesforce-status"], SAMPLE))
-    assert salesforce["opportunityId"] == "18273645501" and salesforce["detail"] == "succeeded"
+    assert salesforce == {"opportunityId": "18273645501", "status": "succeeded", "sequence": 4, "detail": "succeeded"}
+
+
+def test_readme_body_rules_hold():
+    """The claims in "Body templates": a lone expression keeps its type, `| string` makes text, null stays null."""
+    readme = (ROOT / "README.md").read_text()
+    for claim in ('`"{{ data.sequence }}"` sends the number `4`', '`"{{ data.reason }}"` `null`',
+                  '`"{{ data.sequence | string }}"`'):
+        assert claim in readme
+    body = BodyTemplate.from_mapping({"n": "{{ data.sequence }}", "s": "{{ data.sequence | string }}",
+                                      "r": "{{ data.reason }}", "o": "{{ data.recipient }}",
+                                      "t": "Revor: {{ data.status }}"})
+    assert json.loads(render_body(body, SAMPLE)) == {"n": 4, "s": "4", "r": None, "o": {"address": "alex@example.com"},
+                                                    "t": "Revor: succeeded"}
 
 
 def test_every_preview_example_in_the_readme_works_as_written():

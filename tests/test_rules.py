@@ -6,6 +6,7 @@ import random
 import textwrap
 
 import pytest
+from jinja2 import TemplateSyntaxError
 
 from integration.rules.build import plan_event
 from integration.rules.guards import claim_once, is_suppressed, recipient_key, suppress, suppressed, unsuppress
@@ -126,7 +127,7 @@ def test_crm_values_are_data_never_templates():
         ("{{ contact.items() | list }}", None),
         ("{% for i in range(999) %}{% for j in range(999) %}{% endfor %}{% endfor %}", "loops ran more than"),
         ("{{ range(10**6) | list }}", "limited"),
-        ("{{ 'x' * 1000000 }}", "repeating text"),
+        ("{{ 'x' * 1000001 }}", "template builds a string longer than 1000000 characters"),
         ("{{ 'a'.ljust(10**8) }}", "numbers passed to functions are limited"),
         ("{{ 9 ** 9999 }}", "exponents above 64"),
         ("{{ deal.name | indent(100000) }}", "numbers passed to functions are limited"),
@@ -144,6 +145,112 @@ def test_hostile_templates_are_contained(source, message):
     with pytest.raises(RenderError) as caught:
         template.render(VIEW)
     assert message in str(caught.value)
+
+
+# Each builds 100 MB or more on an unbounded sandbox (the issue's examples first).
+MEMORY_BOMBS = [
+    "{{ ('x'*10000)*10000 }}",
+    "{{ '%0100000000d'|format(1) }}",
+    "{{ '{:>100000000}'.format(1) }}",
+    "{{ '{a:>100000000}'.format_map({'a': 1}) }}",
+    "{{ ('x'*1000) | replace('x', 'y'*100000) }}",
+    "{{ ('x'*1000).replace('x', 'y'*100000) }}",
+    "{{ (['y'*100000]*1000) | join }}",
+    "{{ ('y'*100000).join(['x']*1000) }}",
+    "{{ ('y'*100000).join('x'*1000) }}",
+    "{{ ['x'*100000]*1000 }}",
+    "{{ [1]*100000000 }}",
+    "{{ ['x'*600000] + ['y'*600000] }}",
+    "{{ 'x'*600000 + 'y'*600000 }}",
+    "{% set a = 'x'*600000 %}{{ a ~ a }}",
+    "{{ '%s' % ('x'*600000) ~ 'y'*600000 }}",
+    "{{ '%0100000000d' % 1 }}",
+    "{{ '%(a)s%(a)s' % {'a': 'x'*600000} }}",
+    "{{ '{0}{0}'.format('x'*600000) }}",
+    "{{ ('a\n'*10000) | indent(10000) }}",
+    "{{ ('a\n'*10000) | indent('x'*1000) }}",
+    "{{ ('\t'*10000).expandtabs(10000) }}",
+    "{{ ('a'*100000).translate({97: 'b'*1000}) }}",
+    "{{ ('x'*600000).center(10000) ~ ('x'*600000) }}",
+    "{{ ('x'*200000) | list }}",
+    "{% set s %}{% for i in range(1000) %}{% for j in range(9) %}{{ 'x'*100000 }}{% endfor %}{% endfor %}{% endset %}",
+    "{% macro m() %}{{ 'x'*1000000 }}{% endmacro %}{% for i in range(1000) %}{% set y = m() %}{% endfor %}",
+    "{% set s %}{% for i in range(1000) %}{% for j in range(9) %}" + "z" * 100_000 + "{% endfor %}{% endfor %}"
+    "{% endset %}",
+]
+
+
+@pytest.mark.parametrize("source", MEMORY_BOMBS)
+def test_templates_cannot_build_huge_values(source):
+    """Refused before the value is built: the render never allocates more than a few MB."""
+    import tracemalloc
+
+    template = Template(source)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError, match=r"template builds (a string|a list|a value|more)"):
+            template.render(VIEW, max_chars=1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12_000_000, f"{peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [("{% set b = 9 ** 64 %}{{ " + " * ".join(["b"] * 30) + " }}", "limited to 4096 bits"),
+     ("{{ (9 ** 64) ** 64 }}", "limited to 4096 bits"),
+     ("{{ 5 | round(-1000000000) }}", "numbers passed to functions are limited"),
+     ("{{ deal.name | truncate(10**9) }}", "numbers passed to functions are limited"),
+     ("{{ range(10**9) | length }}", "range() is limited"),
+     ("{{ 'x' * 10**9 }}", "template builds a string longer than"),
+     ("{{ [1, 2] | tojson(100) }}", "tojson indent is limited"),
+     ("{{ '%*d' % (100000000, 1) }}", "'*' widths are not allowed"),
+     ("{{ '{:{}}'.format(1, 100000000) }}", "a format spec cannot take values"),
+     ("{{ '(' * 100000 }}", "rendered text is longer than"),
+     ("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}", "nested too deeply")],
+)
+def test_other_work_limits(source, message):
+    try:
+        template = Template(source)
+    except TemplateSyntaxError as exc:  # a template too deep to parse is a syntax error at load
+        assert message in str(exc)
+        return
+    with pytest.raises(RenderError) as caught:
+        template.render(VIEW)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [("{{ 20000 | tojson }}", "20000"), ("{{ 123456 | string }}", "123456"), ("{{ big | int }}", "123456789012"),
+     ("{{ big | int * 100 }}", "12345678901200"), ("{{ '%d' | format(big | int) }}", "123456789012"),
+     ("{{ '{:,}'.format(big | int) }}", "123,456,789,012"), ("{{ nothing | default(20000) }}", "20000"),
+     ("{{ 'n=' ~ 20000 }}", "n=20000"), ("{{ big | replace('1', '-') }}", "-234567890-2"),
+     ("{{ (big | int) | abs }}", "123456789012"), ("{{ ['a', 'b'] | join(', ') }}", "a, b"),
+     ("{{ 'x' * 20000 | length }}", None), ("{{ ('x' * 20000) | length }}", "20000"),
+     ("{{ 'ab' | center(6) }}|{{ 'ab'.ljust(4) }}|{{ 'a\tb'.expandtabs(4) }}", "  ab  |ab  |a   b"),
+     ("{{ '%.2f %s' % (3.14159, 'pi') }}", "3.14 pi"), ("{{ 'a,b' .split(',') | list | length }}", "2"),
+     ("{{ ([1] * 3 + [2]) | length }}", "4")],
+)
+def test_ordinary_templates_are_not_limited(source, expected):
+    """The filtered value is not an argument: big numbers in the event work with every filter."""
+    view = {**VIEW, "big": "123456789012"}
+    if expected is None:
+        with pytest.raises(RenderError):
+            Template(source).render(view)
+        return
+    assert Template(source).render(view) == expected
+
+
+def test_a_template_that_tries_to_build_a_huge_value_makes_the_dispatch_invalid(tmp_path):
+    """The worker's own code path (plan_event): an `invalid` plan with the reason, never an exception."""
+    for bomb in ("{{ ('x'*10000)*10000 }}", "{{ '%0100000000d'|format(1) }}", "{{ '{:>100000000}'.format(1) }}"):
+        rule = EMAIL_RULE.replace("Hi {{ contact.firstname }}", "Hi " + bomb)
+        plan = plan_event(one_rule(tmp_path, rule), EVENT)[0]
+        assert (plan.status, plan.reason) == (
+            "invalid", "dispatch.content.text: template builds a string longer than 1000000 characters")
+        assert plan.dispatch_id and plan.body is None
 
 
 def test_filters_for_outreach_copy():

@@ -6,14 +6,20 @@ The receiver verifies every signature with the `standardwebhooks` package; worke
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import textwrap
 import time
 
 import pytest
 import requests
+import yaml
+from standardwebhooks import Webhook
 
 from integration.rules.loader import RulesError, load_rules
+from integration.rules.templates import RenderError
+from integration.writeback.body import SAMPLE, BodyTemplate, render_body
 from tests.conftest import ADMIN_TOKEN, cli_env, revor_bridge
 from tests.servers import ThreadServer, writeback_receiver
 from tests.test_pipeline import (  # noqa: F401 - fixtures
@@ -146,43 +152,110 @@ TEMPLATED = RULES.replace("    writeback: [crm]\ndestinations:",
                           "    writeback: [crm, hubspot-workflow]\ndestinations:")
 
 
+HOSTILE_ID = 'x", "dealstage": "closedwon'
+
+
 def test_body_template_shapes_the_message(stack_with_rules):
+    """A body mapping: each leaf rendered and JSON-encoded by the bridge, so a CRM value that looks like JSON
+    (here a deal id) is one string and adds no key; the receiver verifies the signature over those bytes."""
     rules = TEMPLATED + textwrap.indent(textwrap.dedent("""\
         hubspot-workflow:
           url: "${RECEIVER_URL}"
           secret: "WRITEBACK_SECRET"
           on: [succeeded, failed]
-          body: |
-            {"objectId": {{ data.crm.object_id | tojson }},
-             "properties": {"outreach_status": {{ data.status | tojson }},
-                            "outreach_dispatch": {{ data.dispatch_id | tojson }}}}
+          body:
+            objectId: "{{ data.crm.object_id }}"
+            properties:
+              outreach_status: "{{ data.status }}"
+              outreach_dispatch: "{{ data.dispatch_id }}"
+              outreach_sequence: "{{ data.sequence }}"
+              outreach_note: "deal {{ data.crm.object_id }} is {{ data.status }}"
+            source: bridge
+            version: 2
         """).replace("WRITEBACK_SECRET", WRITEBACK_SECRET), "  ")
     stack = stack_with_rules(rules)
     stack["start_worker"]()
-    post_zaps(stack, 1)
+    hostile = json.loads(zap(0))
+    hostile["deal__id"] = HOSTILE_ID
+    answer = stack["bridge"].post("/webhooks/generic/zapier", json.dumps(hostile).encode(), ZAP_HEADERS)
+    assert answer.status_code == 200
     settle(stack, expected=1)
     wait_for(lambda: any("objectId" in m["body"] for m in stack["receiver"]["messages"]), what="templated message")
     shaped = [m["body"] for m in stack["receiver"]["messages"] if "objectId" in m["body"]]
-    dispatch_id = next(iter(dispatches(stack["redis"])))
-    assert shaped == [{"objectId": "9000", "properties": {"outreach_status": "succeeded",
-                                                          "outreach_dispatch": dispatch_id}}]
+    record = next(iter(dispatches(stack["redis"]).items()))
+    dispatch_id, sequence = record[0], int(record[1]["sequence"])
+    assert shaped == [{"objectId": HOSTILE_ID,
+                       "properties": {"outreach_status": "succeeded", "outreach_dispatch": dispatch_id,
+                                      "outreach_sequence": sequence,
+                                      "outreach_note": f"deal {HOSTILE_ID} is succeeded"},
+                       "source": "bridge", "version": 2}]
     assert stack["receiver"]["refused"] == 0  # signed over exactly the rendered bytes
 
 
 @pytest.mark.parametrize(
     ("body", "problem"),
-    [('{"status": {{ data.status }}}', "the body template rendered invalid JSON"),
-     ('{"status": {{ data.nothing | tojson }}}', "data.nothing has no value"),
-     ('{"status": {{ data.status | tojson }', "template error")],
+    [({"status": "{{ data.nothing }}"}, "destinations.crm.body.status: data.nothing has no value"),
+     ({"deep": {"items": ["ok", "{{ data.crm.nothing | upper }}"]}},
+      "destinations.crm.body.deep.items.1: data.crm.nothing has no value"),
+     ({"status": "{{ data.status }"}, "destinations.crm.body.status: template error"),
+     ({"status": "{{ range(3) }}"}, "gives a range, not a JSON value"),
+     ({"status": "{{ ('x' * 10000) * 10000 }}"}, "template builds a string longer than"),
+     ({"size": "{{ '%0100000000d' | format(1) }}"}, "template builds a string longer than"),
+     ('{"status": {{ data.status | tojson }}}', "body is a mapping whose values are templates, not one template"),
+     ("x", 'status: "{{ data.status }}"'),  # the error shows the mapping form
+     ({1: "x"}, "key 1 must be text"),
+     ({"when": datetime.date(2026, 1, 1)}, "quote dates"),
+     ([1, 2], "body is a mapping of JSON keys to values")],
 )
 def test_bad_body_templates_are_caught_when_the_rules_load(tmp_path, body, problem):
     path = tmp_path / "rules.yaml"
     line = f'    secret: "{WRITEBACK_SECRET}"\n'
-    path.write_text(RULES.replace(line, f"{line}    body: {json.dumps(body)}\n"))
+    text = yaml.safe_dump({"body": body}, default_flow_style=False, allow_unicode=True)
+    assert RULES.count(line) == 1
+    path.write_text(RULES.replace(line, line + textwrap.indent(text, "    ")))
     with pytest.raises(RulesError) as caught:
         load_rules(path, environ={"RECEIVER_URL": "http://127.0.0.1:1/status"})
     assert any(p.startswith("destinations.crm.body") and problem in p for p in caught.value.problems), \
         caught.value.problems
+    body_line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("    body:"))
+    lines = [int(n) for p in caught.value.problems for n in re.findall(r"\(line (\d+)\)", p)]
+    assert lines and all(body_line <= n <= body_line + 4 for n in lines), (body_line, lines)  # the body or its leaf
+
+
+# Strings a CRM could send that look like JSON or Jinja: each must arrive as exactly that one string.
+TRICKY = [HOSTILE_ID, '", "x": 1, "y": "', "\"}, {\"a\": 1", "{{ 7 * 7 }}", "{% if true %}yes{% endif %}",
+          "${SECRET}", "}\n{", "\\u0022", "\u2028\u2029", "null", "4", "[1, 2]", "true", "\x00", "'; DROP TABLE x; --",
+          "a" * 5000]
+
+
+@pytest.mark.parametrize("value", TRICKY)
+def test_crm_values_cannot_change_the_body(value):
+    body = BodyTemplate.from_mapping({"objectId": "{{ data.crm.object_id }}", "status": "{{ data.status }}",
+                                      "reason": "{{ data.reason }}", "note": "id={{ data.crm.object_id }}",
+                                      "sequence": "{{ data.sequence }}", "nested": {"list": ["{{ data.reason }}"]}})
+    message = json.loads(json.dumps(SAMPLE))
+    message["data"]["crm"]["object_id"] = value
+    message["data"]["reason"] = value
+    sent = render_body(body, message)
+    assert json.loads(sent) == {"objectId": value, "status": "succeeded", "reason": value, "note": f"id={value}",
+                                "sequence": 4, "nested": {"list": [value]}}
+    moment = datetime.datetime.now(tz=datetime.UTC)
+    signature = Webhook(WRITEBACK_SECRET).sign("msg_1", moment, sent.decode())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(moment.timestamp())), "webhook-signature": signature}
+    assert Webhook(WRITEBACK_SECRET).verify(sent, headers) == json.loads(sent)
+
+
+def test_body_leaves_keep_their_types():
+    body = BodyTemplate.from_mapping({"n": "{{ data.sequence }}", "text": "{{ data.sequence | string }}",
+                                      "padded": " {{ data.sequence }}", "none": "{{ data.error }}",
+                                      "object": "{{ data.crm }}", "list": "{{ [data.sequence, data.status] }}",
+                                      "flag": "{{ data.sequence > 3 }}", "ratio": "{{ data.sequence / 8 }}",
+                                      "fixed": [1, 2.5, True, None, "plain"]})
+    assert json.loads(render_body(body, SAMPLE)) == {
+        "n": 4, "text": "4", "padded": " 4", "none": None, "object": SAMPLE["data"]["crm"], "list": [4, "succeeded"],
+        "flag": True, "ratio": 0.5, "fixed": [1, 2.5, True, None, "plain"]}
+    with pytest.raises(RenderError, match="body.x: inf is not a JSON number"):
+        render_body(BodyTemplate.from_mapping({"x": "{{ 1e308 * 10 }}"}), SAMPLE)
 
 
 def test_deliveries_cli_needs_a_destination_or_rules(tmp_path, redis_url):

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from jinja2 import TemplateSyntaxError
@@ -21,6 +21,9 @@ from marshmallow import ValidationError
 
 from integration.rules.templates import Template
 from schemas.rules import RulesFileSchema
+
+if TYPE_CHECKING:
+    from integration.writeback.body import BodyTemplate
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_FILE_BYTES = 1024 * 1024
@@ -78,7 +81,7 @@ class RuleSet:
     accounts: dict[str, str]
     defaults: dict[str, Any]
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    destination_bodies: dict[str, Template] = field(default_factory=dict)
+    destination_bodies: dict[str, BodyTemplate] = field(default_factory=dict)
 
     def destination_statuses(self) -> dict[str, list[str]]:
         """Destination name -> the dispatch states it wants messages for."""
@@ -106,6 +109,8 @@ def _line_map(text: str) -> dict[tuple[Any, ...], int]:
 
 
 def _flatten(messages: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    if isinstance(messages, dict) and path and set(messages) == {"value"}:
+        return _flatten(messages["value"], path)  # marshmallow's Dict field files a value's errors under "value"
     if isinstance(messages, dict):
         return [pair for key, value in messages.items() for pair in _flatten(value, (*path, key))]
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
@@ -251,11 +256,12 @@ def _syntax(value: Any, where: tuple[Any, ...], report: _Reporter, html: bool = 
             _syntax(item, (*where, index), report, html=html)
 
 
-def _template(source: str | None, where: tuple[Any, ...], report: _Reporter, html: bool = False) -> Template | None:
+def _template(source: str | None, where: tuple[Any, ...], report: _Reporter, html: bool = False,
+              native: bool = False) -> Template | None:
     if source is None:
         return None
     try:
-        return Template(source, html=html)
+        return Template(source, html=html, native=native)
     except TemplateSyntaxError as exc:
         report.add(where, f"template error: {exc.message}", extra_lines=max(0, (exc.lineno or 1) - 1))
         return None
@@ -287,17 +293,42 @@ def _compile(clean: dict[str, Any], path: Path, report: _Reporter) -> RuleSet:
             suppress_if=_template(rule["suppress_if"], (*base, "suppress_if"), report),
             writeback=rule["writeback"], enabled=rule["enabled"],
         ))
-    from integration.writeback.body import check_template
+    from integration.writeback.body import BodyTemplate, check_template
 
     bodies = {}
     for name, destination in clean["destinations"].items():
-        body = _template(destination["body"], ("destinations", name, "body"), report)
-        if body is not None:
-            problem = check_template(body)
-            if problem:
-                report.add(("destinations", name, "body"), problem)
-            bodies[name] = body
+        if destination["body"] is None:
+            continue
+        where = ("destinations", name, "body")
+        leaves = _body_leaves(destination["body"], where, report)
+        if leaves is None:
+            continue
+        body = BodyTemplate(leaves)
+        problem = check_template(body)
+        if problem:
+            report.add((*where, *problem.path), problem.reason)
+        bodies[name] = body
     return RuleSet(str(path), rules, clean["accounts"], defaults, clean["destinations"], bodies)
+
+
+def _body_leaves(spec: Any, where: tuple[Any, ...], report: _Reporter) -> Any:
+    """A destination body with each string leaf compiled (see integration/writeback/body.py); None on an error."""
+    failed = False
+
+    def walk(node: Any, path: tuple[Any, ...]) -> Any:
+        nonlocal failed
+        if isinstance(node, dict):
+            return {k: walk(v, (*path, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(node)]
+        if isinstance(node, str):
+            template = _template(node, path, report, native=True)
+            failed = failed or template is None
+            return template
+        return node
+
+    leaves = walk(spec, where)
+    return None if failed else leaves
 
 
 def _attachments(specs: list[dict[str, Any]], folder: Path, limit: int, where: tuple[Any, ...],

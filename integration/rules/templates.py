@@ -6,29 +6,57 @@
 - `StrictUndefined`: a missing value fails the render with a reason naming it (the dispatch
   becomes `invalid`); it never renders "Hi ,". Values that are None or "" count as missing, so
   `{{ contact.firstname | default("there") }}` is how a rule asks for a fallback.
-- Bounded: every `for` loop draws on one budget of iterations per render, `range` is capped,
-  numeric arguments and string repetition are capped, output stops at a size limit, and the
-  whole render at a time limit. A CRM value that looks like a template is only ever data.
+- Bounded work: every `for` loop draws on one budget of iterations per render, `range` is
+  capped, numbers that set a size (`truncate(n)`, `center(n)`, `indent(n)`, `round(x, n)`, ...)
+  are capped, and the whole render has a time limit.
+- Bounded memory: a template can build nothing longer than `MAX_STRING_CHARS` characters (or a
+  list of more than `MAX_LIST_ITEMS` items), and one render builds and outputs at most
+  `MAX_BUILT_CHARS` characters in all. Operations that can grow a value (`*`, `+`, `%`, `~`,
+  `format`, `str.format`, `replace`, `join`, `center`, `indent`, `ljust`, `expandtabs`,
+  `translate`, ...) work out the size of their result *before* building it and refuse when it is
+  too large, so a hostile template fails with a reason instead of taking the worker's memory.
+  Whatever still goes wrong (MemoryError, RecursionError, OverflowError) is a `RenderError` too.
+- A CRM value that looks like a template is only ever data.
 - Auto-escaping only for `content.html`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import itertools
+import re
+import string
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, nodes, pass_eval_context
+from jinja2 import (
+    StrictUndefined,
+    TemplateError,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+    nodes,
+    pass_eval_context,
+)
+from jinja2.runtime import markup_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from jinja2.utils import missing
+from jinja2.utils import _PassArg, missing
+from jinja2.visitor import NodeTransformer
 
 MAX_ITERATIONS = 10_000
 MAX_RANGE = 1_000
 MAX_INT_ARGUMENT = 10_000
 MAX_SECONDS = 1.0
 DEFAULT_MAX_CHARS = 20_000
+MAX_STRING_CHARS = 1_000_000
+MAX_LIST_ITEMS = 100_000
+MAX_BUILT_CHARS = 10_000_000
+MAX_INT_BITS = 4096
+MAX_JSON_INDENT = 8
 
 
 class RenderError(Exception):
@@ -43,6 +71,7 @@ class TemplateLimit(RenderError):
 class _Budget:
     deadline: float
     iterations: int
+    chars: int = MAX_BUILT_CHARS
 
     def tick(self) -> None:
         self.iterations -= 1
@@ -50,6 +79,11 @@ class _Budget:
             raise TemplateLimit(f"template loops ran more than {MAX_ITERATIONS} times")
         if time.monotonic() > self.deadline:
             raise TemplateLimit(f"template took longer than {MAX_SECONDS} s")
+
+    def spend(self, chars: int) -> None:
+        self.chars -= chars
+        if self.chars < 0:
+            raise TemplateLimit(f"template builds more than {MAX_BUILT_CHARS} characters in one render")
 
 
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("template_budget", default=None)
@@ -59,6 +93,175 @@ def _tick() -> None:
     budget = _budget.get()
     if budget is not None:
         budget.tick()
+
+
+def _spend(chars: int) -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.spend(chars)
+
+
+# ---- sizes: what a value costs as text, checked before anything large is built --------------------
+
+
+def size_of(value: Any, seen: dict[int, int] | None = None) -> int:
+    """About how many characters `value` takes as text (what `str()` or `tojson` of it builds).
+
+    Shared items (`[s] * 100` holds one string a hundred times) are measured once but counted
+    every time, so the answer is the size of the text while the work stays proportional to the
+    number of distinct objects.
+    """
+    if isinstance(value, str | bytes):
+        return len(value)
+    if value is None or isinstance(value, bool):
+        return 5
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 2
+    if isinstance(value, float):
+        return 24
+    if not isinstance(value, list | tuple | dict | set | frozenset):
+        return 16
+    seen = {} if seen is None else seen
+    key = id(value)
+    if key not in seen:
+        seen[key] = 0  # a container that holds itself (impossible in the sandbox) counts as empty
+        if isinstance(value, dict):
+            seen[key] = 2 + sum(size_of(k, seen) + size_of(v, seen) + 4 for k, v in value.items())
+        else:
+            seen[key] = 2 + sum(size_of(item, seen) + 2 for item in value)
+    return seen[key]
+
+
+def _expect(chars: int, items: int = 0, what: str = "a string") -> None:
+    """Refuse an operation whose result would be `chars` long (or hold `items` items) before it runs."""
+    if items > MAX_LIST_ITEMS:
+        raise TemplateLimit(f"template builds a list longer than {MAX_LIST_ITEMS} items")
+    if chars > MAX_STRING_CHARS:
+        raise TemplateLimit(f"template builds {what} longer than {MAX_STRING_CHARS} characters")
+
+
+def _built(value: Any) -> Any:
+    """Check and account for a value an operation just built; other values pass unchanged."""
+    if isinstance(value, str | bytes):
+        _expect(len(value))
+        _spend(len(value))
+    elif isinstance(value, list | tuple | dict):
+        chars = size_of(value)
+        _expect(chars, len(value), "a value that is")
+        _spend(chars)
+    return value
+
+
+def _number(text: str) -> int:
+    """A width or precision from a format spec, without converting an absurd one."""
+    return int(text) if len(text) <= 9 else MAX_STRING_CHARS + 1
+
+
+_PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.S)
+
+
+def printf_size(fmt: str | bytes, values: Any) -> int:
+    """An upper bound for the length of `fmt % values` (one conversion per `%`)."""
+    text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
+    specs = _PRINTF.findall(text)
+    if any("*" in (width, precision) for width, precision, _ in specs):
+        raise TemplateLimit("'*' widths are not allowed in rule templates; write the width in the format")
+    widest = max((_number(n) for width, precision, _ in specs for n in (width, precision) if n), default=0)
+    items = values.values() if isinstance(values, dict) else values if isinstance(values, tuple) else (values,)
+    largest = max((size_of(v) for v in items), default=0)
+    return len(text) + len(specs) * (widest + largest)
+
+
+def format_size(fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """An upper bound for the length of `fmt.format(*args, **kwargs)`."""
+    total, fields, widest = 0, 0, 0
+    for literal, name, spec, _ in string.Formatter().parse(fmt):
+        total += len(literal)
+        if name is None:
+            continue
+        fields += 1
+        if spec and "{" in spec:
+            raise TemplateLimit("a format spec cannot take values from the arguments in rule templates")
+        widest = max([widest, *(_number(n) for n in re.findall(r"\d+", spec or ""))])
+    largest = max((size_of(v) for v in (*args, *kwargs.values())), default=0)
+    return total + fields * (widest + largest)
+
+
+def _materialize(values: Any) -> list[Any]:
+    """A list of at most MAX_LIST_ITEMS items, so its joined size can be known first."""
+    if isinstance(values, Undefined):
+        values._fail_with_undefined_error()
+    items = values if isinstance(values, list | tuple) else list(itertools.islice(values, MAX_LIST_ITEMS + 1))
+    _expect(0, len(items))
+    return list(items)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _replace_size(text: str | bytes, old: Any, new: Any, count: Any) -> int:
+    if not isinstance(old, str | bytes) or not isinstance(new, str | bytes):
+        return len(text)  # the call itself refuses the types
+    found = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        found = min(found, count)
+    return len(text) + found * max(0, len(new) - len(old))
+
+
+def _translate_size(text: str | bytes, table: Any) -> int:
+    if isinstance(table, dict):
+        values = table.values()
+    elif isinstance(table, list | tuple | str | bytes):
+        values = table
+    elif table is None:
+        values = ()
+    else:
+        raise TemplateLimit("translate() takes a mapping or a sequence in rule templates")
+    longest = max((len(v) if isinstance(v, str | bytes) else 1 for v in values), default=1)
+    return len(text) * max(1, longest)
+
+
+def _width(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, default: int) -> int:
+    value = args[0] if args else kwargs.get(name, default)
+    return value if isinstance(value, int) else 0
+
+
+# Methods of str/bytes that can make a result larger than their input: the size they would build.
+_METHOD_SIZES: dict[str, Callable[[Any, tuple[Any, ...], dict[str, Any]], int]] = {
+    "center": lambda s, a, k: max(len(s), _width(a, k, "width", 0)),
+    "ljust": lambda s, a, k: max(len(s), _width(a, k, "width", 0)),
+    "rjust": lambda s, a, k: max(len(s), _width(a, k, "width", 0)),
+    "zfill": lambda s, a, k: max(len(s), _width(a, k, "width", 0)),
+    "expandtabs": lambda s, a, k: len(s) + s.count("\t" if isinstance(s, str) else b"\t") * max(
+        0, _width(a, k, "tabsize", 8)),
+    "replace": lambda s, a, k: _replace_size(s, *(a + (None, None, -1))[:2], (a + (None, None, k.get("count", -1)))[2]),
+    "translate": lambda s, a, k: _translate_size(s, a[0] if a else k.get("table")),
+    "join": lambda s, a, k: sum(size_of(item) for item in a[0]) + len(s) * max(0, len(a[0]) - 1) if a else 0,
+    "format": lambda s, a, k: format_size(s, a, k),
+    "format_map": lambda s, a, k: format_size(s, (), dict(a[0]) if a and isinstance(a[0], dict) else {}),
+}
+_SIZE_ARGUMENT_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+def _sized_method(owner: str | bytes, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """A str/bytes method that refuses to build more than the limits allow."""
+    estimate = _METHOD_SIZES.get(name)
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if name in _SIZE_ARGUMENT_METHODS:
+            _check_arguments(args, kwargs)
+        if name == "join" and args:
+            args = (_materialize(args[0]), *args[1:])
+        if estimate is not None:
+            _expect(estimate(owner, args, kwargs))
+        return _built(method(*args, **kwargs))
+
+    return call
+
+
+# ---- globals the rewritten templates call ---------------------------------------------------------
 
 
 def _bounded(iterable: Any) -> Any:
@@ -72,6 +275,68 @@ def _range(*args: int) -> range:
     if len(numbers) > MAX_RANGE:
         raise TemplateLimit(f"range() is limited to {MAX_RANGE} items in rule templates")
     return numbers
+
+
+def _concat_markup(*values: Any) -> str:
+    """`a ~ b` with auto-escaping: the size is known before the text is joined."""
+    parts = [v if isinstance(v, str) else str(v) for v in values]  # str(Undefined) names the value
+    _expect(sum(len(p) for p in parts))
+    return _built(markup_join(parts))
+
+
+def _concat_plain(*values: Any) -> str:
+    """`a ~ b`: the size is known before the text is joined."""
+    parts = [str(v) for v in values]
+    _expect(sum(len(p) for p in parts))
+    return _built("".join(parts))
+
+
+def _output(value: Any) -> Any:
+    """Every `{{ ... }}`, wherever it is (a macro, a `set` block), counts toward the render's budget."""
+    _spend(size_of(value))
+    return value
+
+
+def _output_text(chars: int) -> str:
+    """Literal text in a template counts too (a loop can repeat it)."""
+    _spend(chars)
+    return ""
+
+
+_INTERNAL = frozenset({_bounded, _concat_markup, _concat_plain, _output, _output_text})
+
+
+class _Bound(NodeTransformer):
+    """Rewrites a parsed template so loops, `~` and output go through the budget above."""
+
+    def __init__(self, concat: str) -> None:
+        self.concat = concat
+
+    @staticmethod
+    def _call(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
+        return nodes.Call(nodes.Name(name, "load", lineno=lineno), args, [], None, None, lineno=lineno)
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        node = self.generic_visit(node)
+        node.iter = self._call("rb_bounded", [node.iter], node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        node = self.generic_visit(node)
+        return self._call(self.concat, list(node.nodes), node.lineno)
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Node:
+        node = self.generic_visit(node)
+        literal = sum(len(child.data) for child in node.nodes if isinstance(child, nodes.TemplateData))
+        children: list[nodes.Expr] = [child if isinstance(child, nodes.TemplateData)
+                                      else self._call("rb_output", [child], child.lineno) for child in node.nodes]
+        if literal:
+            children.insert(0, self._call("rb_output_text", [nodes.Const(literal, lineno=node.lineno)], node.lineno))
+        node.nodes = children
+        return node
+
+
+# ---- the context --------------------------------------------------------------------------------
 
 
 class Record(dict):
@@ -112,18 +377,77 @@ def first_name(full_name: Any) -> str:
     return parts[0]
 
 
+# ---- filters ------------------------------------------------------------------------------------
+
+
 def _check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Numbers that set a size or a count (`truncate(n)`, `center(n)`, `round(x, n)`) are capped."""
     for value in (*args, *kwargs.values()):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_ARGUMENT:
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_INT_ARGUMENT:
             raise TemplateLimit(f"numbers passed to functions are limited to {MAX_INT_ARGUMENT} in rule templates")
 
 
-def _guarded(function: Any) -> Any:
+def _indent_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    text = _text(value)
+    width = args[0] if args else kwargs.get("width", 4)
+    prefix = width if isinstance(width, int) else len(_text(width))
+    return len(text) + (text.count("\n") + 1) * max(0, prefix)
+
+
+def _join_size(value: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    separator = _text(args[0] if args else kwargs.get("d", ""))
+    return sum(size_of(item) for item in value) + len(separator) * max(0, len(value) - 1)
+
+
+def _replace_filter_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    old, new = (args + (kwargs.get("old"), kwargs.get("new")))[:2]
+    count = args[2] if len(args) > 2 else kwargs.get("count")
+    return _replace_size(_text(value), _text(old), _text(new), -1 if count is None else count)
+
+
+def _format_filter_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    return printf_size(_text(value), kwargs or args)
+
+
+def _list_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    if hasattr(value, "__len__"):
+        _expect(0, len(value))
+    return 0
+
+
+def _tojson_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    indent = args[0] if args else kwargs.get("indent")
+    if isinstance(indent, int) and indent > MAX_JSON_INDENT:
+        raise TemplateLimit(f"tojson indent is limited to {MAX_JSON_INDENT} in rule templates")
+    return 0
+
+
+_FILTER_SIZES: dict[str, Callable[[Any, tuple[Any, ...], dict[str, Any]], int]] = {
+    "center": lambda v, a, k: max(len(_text(v)), _width(a, k, "width", 80)),
+    "indent": _indent_size, "join": _join_size, "replace": _replace_filter_size, "format": _format_filter_size,
+    "list": _list_size, "tojson": _tojson_size,
+}
+# Filters whose arguments are values rather than sizes: their size is estimated instead.
+_DATA_ARGUMENT_FILTERS = frozenset({"default", "d", "format", "replace", "join"})
+
+
+def _guarded(name: str, function: Any) -> Any:
+    """A filter that checks its size arguments and the size of what it would build, then ticks."""
+    skip = 2 if _PassArg.from_obj(function) is not None else 1  # (context,) value, arguments...
+    estimate = _FILTER_SIZES.get(name)
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _check_arguments(args[1:], kwargs)  # the first argument is the value being filtered
+        if name not in _DATA_ARGUMENT_FILTERS:
+            _check_arguments(args[skip:], kwargs)
         _tick()
-        return function(*args, **kwargs)
+        if estimate is not None and len(args) >= skip:
+            value = args[skip - 1]
+            if name == "join":
+                value = _materialize(value)
+                args = (*args[:skip - 1], value, *args[skip:])
+            _expect(estimate(value, args[skip:], kwargs))
+        return _built(function(*args, **kwargs))
 
     return wrapper
 
@@ -146,39 +470,68 @@ ALLOWED_FILTERS = ("abs", "capitalize", "default", "d", "first", "float", "int",
                    "format", "tojson")
 
 
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, str | bytes | list | tuple)
+
+
 class BridgeSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self, autoescape: bool = False) -> None:
         super().__init__(undefined=NamedUndefined, autoescape=autoescape, keep_trailing_newline=True,
                          extensions=[])
-        self.filters = {name: _guarded(self.filters[name]) for name in ALLOWED_FILTERS}
-        self.filters["first_name"] = _guarded(first_name)
+        self.filters = {name: _guarded(name, self.filters[name]) for name in ALLOWED_FILTERS}
+        self.filters["first_name"] = _guarded("first_name", first_name)
         self.filters["tojson"] = _strict_tojson(self.filters["tojson"])
-        self.globals = {"range": _range, "rb_bounded": _bounded}
+        self.globals = {"range": _range, "rb_bounded": _bounded, "rb_concat": _concat_markup,
+                        "rb_concat_plain": _concat_plain, "rb_output": _output, "rb_output_text": _output_text}
         self.tests = dict(self.tests)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-            raise TemplateLimit("exponents above 64 are not allowed in rule templates")
-        if operator == "*" and (isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple)):
-            count = right if isinstance(left, str | list | tuple) else left
-            if isinstance(count, int) and count > MAX_INT_ARGUMENT:
-                raise TemplateLimit("repeating text more than 10000 times is not allowed in rule templates")
-        return super().call_binop(context, operator, left, right)
+        """`*`, `+`, `%` and `**` work out the size of their result before computing it."""
+        both_ints = isinstance(left, int) and isinstance(right, int)
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > 64:
+                raise TemplateLimit("exponents above 64 are not allowed in rule templates")
+            if both_ints and right > 0 and abs(left).bit_length() * right > MAX_INT_BITS:
+                raise TemplateLimit(f"numbers in rule templates are limited to {MAX_INT_BITS} bits")
+        elif operator == "*":
+            if _is_sequence(left) or _is_sequence(right):
+                sequence, count = (left, right) if _is_sequence(left) else (right, left)
+                if isinstance(count, int) and count > 0:
+                    text = isinstance(sequence, str | bytes)
+                    _expect(size_of(sequence) * count, 0 if text else len(sequence) * count,
+                            "a string" if text else "a list that is")
+            elif both_ints and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise TemplateLimit(f"numbers in rule templates are limited to {MAX_INT_BITS} bits")
+        elif operator == "+":
+            if _is_sequence(left) and _is_sequence(right):
+                text = isinstance(left, str | bytes)
+                _expect(size_of(left) + size_of(right), 0 if text else len(left) + len(right),
+                        "a string" if text else "a list that is")
+        elif operator == "%" and isinstance(left, str | bytes):
+            _expect(printf_size(left, right))
+        return _built(super().call_binop(context, operator, left, right))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., Any] | None:
+        """Every public str/bytes method (not only `format`) is size-checked when it is looked up."""
+        sandboxed = super().wrap_str_format(value)
+        owner = getattr(value, "__self__", None)
+        name = getattr(value, "__name__", "")
+        if isinstance(owner, str | bytes) and callable(value) and not name.startswith("_"):
+            return _sized_method(owner, name, sandboxed or value)
+        return sandboxed
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        _check_arguments(args, kwargs)
+        if __obj in _INTERNAL:
+            return __context.call(__obj, *args, **kwargs)
         _tick()
         return super().call(__context, __obj, *args, **kwargs)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """Route every `for` loop through the per-render iteration budget."""
+        """Route loops, `~` and output through the per-render budget."""
         tree = super()._parse(source, name, filename)
-        for loop in tree.find_all(nodes.For):
-            loop.iter = nodes.Call(nodes.Name("rb_bounded", "load", lineno=loop.lineno), [loop.iter], [], None, None,
-                                   lineno=loop.lineno)
-        return tree
+        return _Bound("rb_concat" if self.autoescape else "rb_concat_plain").visit(tree)
 
 
 _PLAIN: BridgeSandbox | None = None
@@ -195,17 +548,50 @@ def environment(html: bool = False) -> BridgeSandbox:
     return _PLAIN
 
 
-class Template:
-    """A compiled rule template; `source` is kept to show in previews and errors."""
+@contextlib.contextmanager
+def _rendering() -> Iterator[None]:
+    """One render's budget; every way a template can fail becomes a RenderError with a reason."""
+    token = _budget.set(_Budget(time.monotonic() + MAX_SECONDS, MAX_ITERATIONS))
+    try:
+        yield
+    except RenderError:
+        raise
+    except UndefinedError as exc:
+        raise RenderError(str(exc)) from None
+    except SecurityError as exc:
+        raise RenderError(f"not allowed in a rule template: {exc}") from None
+    except MemoryError:
+        raise RenderError("template ran out of memory") from None
+    except RecursionError:
+        raise RenderError("template nests or recurses too deeply") from None
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+        raise RenderError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        _budget.reset(token)
 
-    def __init__(self, source: str, html: bool = False) -> None:
+
+class Template:
+    """A compiled rule template; `source` is kept to show in previews and errors.
+
+    With `native=True` a template that is exactly one `{{ expression }}` (nothing around it) can
+    also give the expression's value with its own type (`value()`): a number stays a number, a
+    string stays a string, whatever it contains.
+    """
+
+    def __init__(self, source: str, html: bool = False, native: bool = False) -> None:
         self.source = source
         self.html = html
-        self.compiled = environment(html).from_string(source)  # raises TemplateSyntaxError
+        self.expression: Any = None
+        env = environment(html)
+        try:
+            self.compiled = env.from_string(source)  # raises TemplateSyntaxError
+            if native:
+                self.expression = _single_expression(env, source)
+        except (RecursionError, MemoryError):
+            raise TemplateSyntaxError("the template is nested too deeply", 1) from None
 
     def render(self, context: dict[str, Any], max_chars: int = DEFAULT_MAX_CHARS) -> str:
-        token = _budget.set(_Budget(time.monotonic() + MAX_SECONDS, MAX_ITERATIONS))
-        try:
+        with _rendering():
             size, chunks = 0, []
             for chunk in self.compiled.generate(context):
                 size += len(chunk)
@@ -214,16 +600,31 @@ class Template:
                 _tick()
                 chunks.append(chunk)
             return "".join(chunks)
-        except RenderError:
-            raise
-        except UndefinedError as exc:
-            raise RenderError(str(exc)) from None
-        except SecurityError as exc:
-            raise RenderError(f"not allowed in a rule template: {exc}") from None
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, RecursionError) as exc:
-            raise RenderError(f"{type(exc).__name__}: {exc}") from None
-        finally:
-            _budget.reset(token)
+
+    def value(self, context: dict[str, Any], max_chars: int = DEFAULT_MAX_CHARS) -> Any:
+        """The single expression's own value (an undefined one fails), else the rendered text."""
+        if self.expression is None:
+            return self.render(context, max_chars)
+        with _rendering():
+            frame = self.expression.new_context(dict(context))
+            for _ in self.expression.root_render_func(frame):
+                pass
+            result = frame.vars["result"]
+            if isinstance(result, Undefined):
+                result._fail_with_undefined_error()
+            return result
+
+
+def _single_expression(env: BridgeSandbox, source: str) -> Any:
+    """A compiled `result = <expression>` when `source` is exactly one `{{ expression }}`, else None."""
+    tree = env.parse(source)
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output) or len(tree.body[0].nodes) != 1:
+        return None
+    expression = tree.body[0].nodes[0]
+    if isinstance(expression, nodes.TemplateData):
+        return None
+    body = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)], lineno=1)
+    return env.from_string(body)
 
 
 def truthy(rendered: str, what: str) -> bool:
