@@ -41,18 +41,21 @@ def hubspot_standin(token: str) -> tuple[Flask, dict[str, Any]]:
     """A local stand-in for the HubSpot CRM API, serving the hydration fixture.
 
     `state["fail_next"]` holds (status, headers) answers to give before the real ones, so tests
-    can inject 429s; `state["calls"]` records every request.
+    can inject 429s; `state["delay"]` slows every answer (seconds); `state["calls"]` records
+    every request.
     """
     data = json.loads(fixture_bytes("hubspot-crm-deal-with-contacts.json"))
     deal = data["response"]
     contacts = {c["id"]: c for c in data["follow_up_response"]["results"]}
-    state: dict[str, Any] = {"calls": [], "fail_next": [], "deals": {deal["id"]: deal}}
+    state: dict[str, Any] = {"calls": [], "fail_next": [], "deals": {deal["id"]: deal}, "delay": 0.0}
     app = Flask("hubspot_standin")
 
     @app.before_request
     def check() -> Response | None:
         state["calls"].append({"method": request.method, "path": request.path, "args": request.args.to_dict(),
                                "auth": request.headers.get("Authorization")})
+        if state["delay"]:
+            time.sleep(state["delay"])
         if request.headers.get("Authorization") != f"Bearer {token}":
             return Response(json.dumps({"status": "error", "category": "INVALID_AUTHENTICATION"}), 401,
                             mimetype="application/json")

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import requests
 
 from integration.jobs.events import MAX_ATTEMPTS
 from integration.rules.build import dispatch_id_for
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, revor_bridge
 from tests.servers import fixture_bytes
 from tests.test_pipeline import RULES, SIGS, ZAP_HEADERS, _stack, dispatches, settle, zap
 
 BATCH = "hubspot-deal-propertychange-batch.json"
 WON = "24681357-2718281-3471102201-18273645501-1767268795123"
+AMOUNT = "24681357-2718282-3471101990-18273645501-1767268412007"
 DEAL_ID = "18273645501"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -48,6 +52,19 @@ def wait_for(check, timeout: float, what: str, stack) -> None:
     raise AssertionError(f"{what} did not happen within {timeout} s\n{log}")
 
 
+def kill_worker_and_horse(proc) -> None:
+    """SIGKILL a worker with its clock and scheduler (its process group) and its RQ work-horse,
+    which RQ moves into a process group of its own."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in children:
+        try:
+            os.kill(int(child), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def deal_reads(stack) -> int:
     return sum(1 for call in stack["hub"]["calls"] if call["path"] == f"/crm/v3/objects/deals/{DEAL_ID}")
 
@@ -64,8 +81,9 @@ def test_a_poison_event_fails_after_bounded_attempts_and_an_operator_retry_proce
     answer = stack["bridge"].post("/webhooks/hubspot", fixture_bytes(BATCH), SIGS["requests"][BATCH]["headers"])
     assert answer.status_code == 200, answer.text
 
-    wait_for(lambda: api(stack, "GET", f"/events/hubspot/{WON}").json()["status"] == "failed", 60,
-             "the poison event ending failed", stack)
+    # The batch's third event (an amount change) reads the same deal: a second poison event.
+    wait_for(lambda: {api(stack, "GET", f"/events/hubspot/{event_id}").json()["status"]
+                      for event_id in (WON, AMOUNT)} == {"failed"}, 60, "the poison events ending failed", stack)
     failed = api(stack, "GET", f"/events/hubspot/{WON}").json()
     assert failed["attempts"] == MAX_ATTEMPTS
     assert failed["error"]["type"] == "AttributeError" and "'list' object has no attribute" in \
@@ -73,9 +91,7 @@ def test_a_poison_event_fails_after_bounded_attempts_and_an_operator_retry_proce
     assert failed["reason"].startswith(f"processing failed {MAX_ATTEMPTS} times: AttributeError")
     assert failed["dispatches"] == []
     reads = deal_reads(stack)
-    # The batch's third event (an amount change) reads the same deal: two poison events, one
-    # HubSpot read per attempt each, not one per lease period for ever.
-    assert reads == 2 * MAX_ATTEMPTS
+    assert reads == 2 * MAX_ATTEMPTS  # one HubSpot read per attempt, not one per lease period for ever
     time.sleep(5)  # well over two lease periods: nothing runs it again
     assert deal_reads(stack) == reads
     assert stack["redis"].zscore("rb:lease:event", f"rb:event:hubspot:{WON}") is None
@@ -85,6 +101,9 @@ def test_a_poison_event_fails_after_bounded_attempts_and_an_operator_retry_proce
     one = next(item for item in listed["items"] if item["event_id"] == WON)
     assert one["error"]["type"] == "AttributeError" and one["attempts"] == MAX_ATTEMPTS
     assert api(stack, "GET", "/events?status=nonsense").status_code == 400
+    cli = revor_bridge("events", "list", "--status", "failed", "--json", env=stack["env"], cwd=stack["tmp"])
+    assert cli.returncode == 0, cli.stderr
+    assert WON in [item["event_id"] for item in json.loads(cli.stdout)]
 
     stack["hub"]["deals"][DEAL_ID] = good  # the cause is fixed
     retried = api(stack, "POST", f"/events/hubspot/{WON}/retry")
@@ -102,6 +121,28 @@ def test_a_poison_event_fails_after_bounded_attempts_and_an_operator_retry_proce
     again = api(stack, "POST", f"/events/hubspot/{WON}/retry")
     assert again.status_code == 409 and "processed" in again.json()["error"]["message"]
     assert api(stack, "POST", "/events/hubspot/no-such-event/retry").status_code == 404
+    cli = revor_bridge("events", "retry", "hubspot", WON, env=stack["env"], cwd=stack["tmp"])
+    assert cli.returncode == 1 and "only a failed event can be retried" in cli.stderr
+
+
+def test_a_run_killed_with_sigkill_still_counts_as_an_attempt(pipeline_stack):
+    """The count lives in the event's record and grows before the run does anything, so a worker
+    that dies mid-run (SIGKILL, out of memory) cannot reset it."""
+    stack = pipeline_stack(RULES, BRIDGE_LEASE_SECONDS="2")
+    stack["hub"]["delay"] = 5.0  # hydration hangs: the worker is killed in the middle of it
+    first = stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/hubspot", fixture_bytes(BATCH), SIGS["requests"][BATCH]["headers"]).ok
+    wait_for(lambda: deal_reads(stack) >= 1, 30, "a HubSpot read", stack)
+    key = f"rb:event:hubspot:{WON}"
+    assert stack["redis"].hget(key, "attempts") == b"1"
+    kill_worker_and_horse(first)
+    stack["hub"]["delay"] = 0.0
+    stack["start_worker"]()
+    wait_for(lambda: stack["redis"].hget(key, "status") == b"processed", 30, "the event processed", stack)
+    settle(stack, expected=1)
+    won = api(stack, "GET", f"/events/hubspot/{WON}").json()
+    assert won["attempts"] == 2 and won["error"] is None
+    assert [d["status"] for d in won["dispatches"]] == ["succeeded"]
 
 
 NO_EMAIL_RULES = RULES.replace("""  - name: zap-won

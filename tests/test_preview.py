@@ -152,3 +152,36 @@ def test_suppress_commands(tmp_path, redis_url, redis_db):
     assert revor_bridge("suppress", "list", env=env, cwd=tmp_path).stdout.splitlines() == ["phone:+14155552671"]
     wrong = revor_bridge("suppress", "add", "not-a-recipient", env=env, cwd=tmp_path)
     assert wrong.returncode == 2 and "is not an email address" in wrong.stderr
+
+
+NO_EMAIL_RULES = """\
+version: 1
+rules:
+  - name: welcome
+    when: {source: hubspot, type: deal.stage_changed}
+    dispatch:
+      account: connect_account_sandbox_email
+      channel: email
+      recipient: {address: "{{ contact.email }}"}
+      content: {subject: "Welcome", text: "Hi {{ contact.firstname }}"}
+"""
+
+
+def test_preview_shows_a_matched_rule_that_cannot_render_as_invalid_with_its_dispatch_id(tmp_path):
+    """The contact has no email: the rule matches, its recipient cannot render. The worker records
+    this as an `invalid` dispatch; the preview shows the same verdict, reason and id."""
+    from integration.rules.build import dispatch_id_for
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(NO_EMAIL_RULES)
+    event = {"source": "hubspot", "event_id": "e-no-email", "type": "deal.stage_changed",
+             "object": {"type": "deal", "id": "7"}, "occurred_at": None, "properties": {"dealstage": "closedwon"},
+             "previous": None, "account": "1", "contact": {"id": "3", "firstname": "Dana"}}
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    rule = by_name(preview(str(path), "--rules", str(rules), tmp_path=tmp_path))["welcome"]
+    assert (rule["matched"], rule["status"]) == (True, "invalid")
+    assert rule["reason"] == "dispatch.recipient.address: contact.email has no value"
+    assert rule["dispatch_id"] == dispatch_id_for("welcome", "hubspot", "e-no-email", None)
+    human = revor_bridge("preview", str(path), "--rules", str(rules), env=cli_env(), cwd=tmp_path)
+    assert "+ welcome: invalid: dispatch.recipient.address: contact.email has no value" in human.stdout
