@@ -185,3 +185,29 @@ def test_preview_shows_a_matched_rule_that_cannot_render_as_invalid_with_its_dis
     assert rule["dispatch_id"] == dispatch_id_for("welcome", "hubspot", "e-no-email", None)
     human = revor_bridge("preview", str(path), "--rules", str(rules), env=cli_env(), cwd=tmp_path)
     assert "+ welcome: invalid: dispatch.recipient.address: contact.email has no value" in human.stdout
+
+
+MEMORY_RULES = """\
+version: 1
+rules:
+  - name: bomb
+    when: {source: generic:zapier}
+    dispatch: {account: connect_account_x, channel: whatsapp, recipient: {phone: "{{ contact.phone }}"},
+               content: {text: "{{ '%0100000000d' | format(1) }}"}}
+  - name: amount
+    when: {source: generic:zapier}
+    dispatch: {account: connect_account_x, channel: whatsapp, recipient: {phone: "{{ contact.phone }}"},
+               content: {text: "Deal of {{ deal.amount | int | tojson }} ({{ deal.amount | int * 100 }} cents)"}}
+"""
+
+
+def test_preview_shows_a_template_that_builds_too_much_as_invalid(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(MEMORY_RULES)
+    result = preview(str(FIXTURES / "zapier-generic.json"), "--source", "generic:zapier", tmp_path=tmp_path,
+                     RULES_FILE=str(rules))
+    rules_by_name = by_name(result)
+    assert (rules_by_name["bomb"]["status"], rules_by_name["bomb"]["reason"]) == (
+        "invalid", "dispatch.content.text: template builds a string longer than 1000000 characters")
+    assert rules_by_name["amount"]["status"] == "ready", rules_by_name["amount"]["reason"]
+    assert rules_by_name["amount"]["dispatch"]["content"]["text"] == "Deal of 12500 (1250000 cents)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import textwrap
 
@@ -13,6 +14,9 @@ from integration.rules.guards import claim_once, is_suppressed, recipient_key, s
 from integration.rules.loader import RulesError, load_rules
 from integration.rules.matching import check, evaluate
 from integration.rules.templates import RenderError, Template, clean_context
+from tests.test_pipeline import RULES as PIPELINE_RULES
+from tests.test_pipeline import ZAP_HEADERS, settle, zap
+from tests.test_pipeline import _stack as pipeline_stack
 
 EVENT = {
     "source": "hubspot", "event_id": "e-1", "type": "deal.stage_changed",
@@ -251,6 +255,30 @@ def test_a_template_that_tries_to_build_a_huge_value_makes_the_dispatch_invalid(
         assert (plan.status, plan.reason) == (
             "invalid", "dispatch.content.text: template builds a string longer than 1000000 characters")
         assert plan.dispatch_id and plan.body is None
+
+
+BOMB_RULES = PIPELINE_RULES.replace(
+    'content: {text: "Hi {{ contact.first_name }}, welcome!"}',
+    """content: {text: "{{ '{:>100000000}'.format(1) if contact.first_name == 'Bomb' else 'Hi' }}"}""")
+
+
+def test_a_worker_ends_a_memory_bomb_as_an_invalid_dispatch_and_goes_on(tmp_path, make_bridge, redis_url, redis_db):
+    """A real `revor-bridge worker`: the bomb's dispatch is `invalid` with the reason, the worker lives on."""
+    assert BOMB_RULES != PIPELINE_RULES
+    with pipeline_stack(tmp_path, make_bridge, redis_url, redis_db, BOMB_RULES, {}) as stack:
+        worker = stack["start_worker"]()
+        bomb = json.loads(zap(1))
+        bomb["contact__first_name"] = "Bomb"
+        for body in (json.dumps(bomb).encode(), zap(2)):
+            assert stack["bridge"].post("/webhooks/generic/zapier", body, ZAP_HEADERS).status_code == 200
+        found = settle(stack, expected=2, timeout=60)
+        assert worker.poll() is None
+    by_status = {record["status"]: record for record in found.values()}
+    assert set(by_status) == {"invalid", "succeeded"}
+    assert by_status["invalid"]["reason"] == (
+        "dispatch.content.text: template builds a string longer than 1000000 characters")
+    log = (tmp_path / "worker0.log").read_text()
+    assert "Traceback" not in log and "MemoryError" not in log
 
 
 def test_filters_for_outreach_copy():
