@@ -192,3 +192,47 @@ def test_a_matched_rule_whose_recipient_cannot_render_is_an_invalid_dispatch_wri
     assert list(dispatches(stack["redis"])) == [dispatch_id]
     assert [m["body"]["type"] for m in stack["receiver"]["messages"]] == ["dispatch.invalid"]
     assert json.loads(stack["redis"].hget(key, "dispatches")) == [dispatch_id]
+
+
+def test_an_unrenderable_rule_gets_a_stable_id_and_a_rendered_recipient_keeps_its_own(tmp_path):
+    """Unit: the id of an `invalid` plan does not depend on luck or on a recipient that failed."""
+    from integration.rules.build import plan_event
+    from integration.rules.loader import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""\
+version: 1
+rules:
+  - name: welcome
+    when: {source: hubspot}
+    dispatch:
+      account: connect_account_x
+      channel: email
+      recipient: {address: "{{ contact.email }}"}
+      content: {subject: "Welcome", text: "Hi {{ contact.firstname }}"}
+""")
+    ruleset = load_rules(rules, environ={})
+    event = {"source": "hubspot", "event_id": "e9", "type": "deal.updated", "object": {"type": "deal", "id": "1"},
+             "properties": {}, "contact": {"id": "3", "firstname": "Dana"}}
+    first, again = plan_event(ruleset, event)[0], plan_event(ruleset, event)[0]
+    assert first.status == again.status == "invalid"
+    assert first.dispatch_id == again.dispatch_id == dispatch_id_for("welcome", "hubspot", "e9", None)
+    no_name = {**event, "contact": {"id": "3", "email": "Dana@Example.com"}}
+    plan = plan_event(ruleset, no_name)[0]
+    assert (plan.status, plan.reason) == ("invalid", "dispatch.content.text: contact.firstname has no value")
+    assert plan.dispatch_id == dispatch_id_for("welcome", "hubspot", "e9", "email:dana@example.com")
+    assert plan.recipient == {"address": "Dana@Example.com"}
+
+
+def test_a_stored_error_names_its_type_and_never_a_configured_secret():
+    """Unit: the message of an unexpected error is not under the bridge's control."""
+    from integration.jobs.events import describe
+    from integration.settings import Secret, Settings
+
+    settings = Settings(hubspot_access_token=Secret("pat-na1-0123456789abcdef"),
+                        generic_webhook_secrets={"zapier": Secret("zap-token-0123")})
+    error = describe(RuntimeError("GET with pat-na1-0123456789abcdef and zap-token-0123 failed " + "x" * 500),
+                     settings)
+    assert error["type"] == "RuntimeError"
+    assert "pat-na1" not in error["message"] and "zap-token" not in error["message"]
+    assert error["message"].startswith("GET with [redacted] and [redacted] failed") and len(error["message"]) <= 303
