@@ -111,3 +111,17 @@ def test_health_endpoints_answer_as_the_readme_says(make_bridge):
         assert requests.get(down.url + "/healthz", timeout=5).status_code == 200
         answer = requests.get(down.url + "/readyz", timeout=10)
         assert answer.status_code == 503 and answer.json() == unavailable
+
+
+def test_readme_template_limits_match_the_code():
+    from integration.rules import templates as t
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    claims = (f"{t.MAX_ITERATIONS:,} loop iterations and {t.MAX_SECONDS:g} s per render",
+              f"`range` up to {t.MAX_RANGE:,} items",
+              f"up to {t.MAX_INT_ARGUMENT:,}, integers up to {t.MAX_INT_BITS:,} bits",
+              f"longer than {t.MAX_STRING_CHARS:,} characters, no list longer than {t.MAX_LIST_ITEMS:,} items",
+              f"at most {t.MAX_BUILT_CHARS:,} characters in all",
+              f"`template builds a string longer than {t.MAX_STRING_CHARS} characters`")
+    for claim in claims:
+        assert claim in readme, claim
