@@ -73,7 +73,11 @@ def test_preview_human_output_and_errors(tmp_path):
                           env=cli_env(), cwd=tmp_path)
     assert "+ won-whatsapp: ready" in result.stdout and '"phone": "+14155550123"' in result.stdout
     assert "- demo-booked: no match: source is generic:zapier, rule wants hubspot" in result.stdout
-    unknown = revor_bridge("preview", str(FIXTURES / "zapier-generic.json"), env=cli_env(), cwd=tmp_path)
+    guessed = revor_bridge("preview", str(FIXTURES / "zapier-generic.json"), env=cli_env(), cwd=tmp_path)
+    assert guessed.returncode == 0 and "reading it as generic:zapier, from the file name" in guessed.stderr
+    anonymous = tmp_path / "hook.json"  # a generic body with a name that says nothing: the user must say
+    anonymous.write_bytes((FIXTURES / "zapier-generic.json").read_bytes())
+    unknown = revor_bridge("preview", str(anonymous), env=cli_env(), cwd=tmp_path)
     assert unknown.returncode == 2 and "pass --source" in unknown.stderr
     garbage = tmp_path / "garbage.json"
     garbage.write_bytes(b"\x00\x01not json")
