@@ -256,6 +256,8 @@ def test_body_leaves_keep_their_types():
         "flag": True, "ratio": 0.5, "fixed": [1, 2.5, True, None, "plain"]}
     with pytest.raises(RenderError, match="body.x: inf is not a JSON number"):
         render_body(BodyTemplate.from_mapping({"x": "{{ 1e308 * 10 }}"}), SAMPLE)
+    with pytest.raises(RenderError, match="body.big: the value is longer than 20000 characters"):
+        render_body(BodyTemplate.from_mapping({"big": "{{ ['x' * 1000] * 30 }}"}), SAMPLE)
 
 
 def test_deliveries_cli_needs_a_destination_or_rules(tmp_path, redis_url):

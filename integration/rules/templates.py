@@ -612,6 +612,8 @@ class Template:
             result = frame.vars["result"]
             if isinstance(result, Undefined):
                 result._fail_with_undefined_error()
+            if size_of(result) > max_chars:
+                raise TemplateLimit(f"the value is longer than {max_chars} characters")
             return result
 
 
