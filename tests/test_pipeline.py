@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
@@ -140,6 +141,19 @@ def _stop(workers: list[subprocess.Popen]) -> None:
                 proc.wait()
 
 
+def kill_worker_and_horse(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker with its clock and scheduler (its process group) and the RQ work-horse
+    running the current job, which RQ moves into a process group of its own (os.setpgrp)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in children:
+        try:
+            os.kill(int(child), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def dispatches(redis_db) -> dict[str, dict]:
     found = {}
     for key in redis_db.keys("rb:dispatch:*"):
@@ -264,8 +278,7 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(stack, slow):
         while time.monotonic() < deadline and stack["receiver"]["attempts"] < 2:
             time.sleep(0.05)
     time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_worker_and_horse(first)
     killed_at = time.monotonic()
     before = dispatches(stack["redis"])
     unfinished = [k for k, v in before.items() if v["status"] not in TERMINAL] + stack["redis"].keys("rb:outbox:*")

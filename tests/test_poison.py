@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,7 +18,7 @@ from integration.jobs.events import MAX_ATTEMPTS
 from integration.rules.build import dispatch_id_for
 from tests.conftest import ADMIN_TOKEN, revor_bridge
 from tests.servers import fixture_bytes
-from tests.test_pipeline import RULES, SIGS, ZAP_HEADERS, _stack, dispatches, settle, zap
+from tests.test_pipeline import RULES, SIGS, ZAP_HEADERS, _stack, dispatches, kill_worker_and_horse, settle, zap
 
 BATCH = "hubspot-deal-propertychange-batch.json"
 WON = "24681357-2718281-3471102201-18273645501-1767268795123"
@@ -50,19 +47,6 @@ def wait_for(check, timeout: float, what: str, stack) -> None:
         time.sleep(0.2)
     log = (stack["tmp"] / "worker0.log").read_text()[-4000:]
     raise AssertionError(f"{what} did not happen within {timeout} s\n{log}")
-
-
-def kill_worker_and_horse(proc) -> None:
-    """SIGKILL a worker with its clock and scheduler (its process group) and its RQ work-horse,
-    which RQ moves into a process group of its own."""
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    os.killpg(proc.pid, signal.SIGKILL)
-    for child in children:
-        try:
-            os.kill(int(child), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
 
 
 def deal_reads(stack) -> int:
