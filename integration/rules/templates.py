@@ -235,7 +235,7 @@ _METHOD_SIZES: dict[str, Callable[[Any, tuple[Any, ...], dict[str, Any]], int]] 
     "zfill": lambda s, a, k: max(len(s), _width(a, k, "width", 0)),
     "expandtabs": lambda s, a, k: len(s) + s.count("\t" if isinstance(s, str) else b"\t") * max(
         0, _width(a, k, "tabsize", 8)),
-    "replace": lambda s, a, k: _replace_size(s, *(a + (None, None, -1))[:2], (a + (None, None, k.get("count", -1)))[2]),
+    "replace": lambda s, a, k: _replace_size(s, *(a + (None, None))[:2], a[2] if len(a) > 2 else k.get("count", -1)),
     "translate": lambda s, a, k: _translate_size(s, a[0] if a else k.get("table")),
     "join": lambda s, a, k: sum(size_of(item) for item in a[0]) + len(s) * max(0, len(a[0]) - 1) if a else 0,
     "format": lambda s, a, k: format_size(s, a, k),
