@@ -1,4 +1,4 @@
-"""The normalized CRM event: the one shape every source is parsed into (DESIGN.md).
+"""The normalized CRM event: the one shape every source is parsed into (README, "The normalized event").
 
 Rules match it and templates see it, so it is validated on the way in: a parser bug that
 produced a malformed event must fail loudly here, not as a confusing rule miss later.

@@ -1,4 +1,4 @@
-"""The rules file (DESIGN.md "The rules file"), strictly: unknown keys RAISE so typos are caught.
+"""The rules file (README, "Rules"), strictly: unknown keys RAISE so typos are caught.
 
 Template strings are only checked for type here; `integration/rules/loader.py` compiles each
 one and reports syntax errors with the rule and field, and the YAML line where possible.

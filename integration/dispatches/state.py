@@ -96,7 +96,7 @@ def timeline(connection: redis.Redis, dispatch_id: str) -> list[dict[str, Any]]:
 
 
 def status_body(record: dict[str, Any], now: float) -> dict[str, Any]:
-    """DESIGN.md's default write-back body for the record's current state."""
+    """The default write-back body (README, "Write-back") for the record's current state."""
     recipient = record.get("recipient") or {}
     return {
         "type": f"dispatch.{record['status']}",

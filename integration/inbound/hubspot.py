@@ -1,6 +1,6 @@
 """HubSpot: signatures v3/v2/v1, app-webhook batches and workflow "Send a webhook" bodies.
 
-Authentication (crm-webhooks.md §1.4): v3 when its headers are present (HMAC-SHA256 over
+Authentication (HubSpot's request-validation docs): v3 when its headers are present (HMAC-SHA256 over
 method + URI + body + timestamp, 5-minute window both ways, URI decoded by HubSpot's table);
 otherwise v2 (workflow actions) or v1 (legacy), which have no timestamp and rely on dedupe.
 HubSpot sends v1 next to v3, so stripping the v3 headers would turn any captured app request

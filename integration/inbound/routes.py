@@ -5,7 +5,7 @@ sender is authenticated over those exact bytes before anything is parsed, the ev
 with their dedupe keys and enqueued in one Redis transaction, and only then does the sender get
 its 2xx (or Salesforce its Ack). Redis down is 503 so that every sender retries later.
 
-Answers follow what each sender does with them (crm-webhooks.md): a HubSpot app batch that
+Answers follow what each sender does with them (README, "Receiving CRM events"): a HubSpot app batch that
 verified but holds events the bridge does not handle still gets 200, because HubSpot retries
 every 4xx for a day.
 """

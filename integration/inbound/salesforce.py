@@ -1,6 +1,6 @@
 """Salesforce Outbound Messages: SOAP 1.1, authenticated by a URL token, parsed safely, acked exactly.
 
-Salesforce signs nothing (crm-webhooks.md §2.1) and the organization id is public (it is in every
+Salesforce signs nothing (Outbound Messages carry no signature) and the organization id is public (it is in every
 Web-to-Lead form), so the org check alone lets anyone who knows the id post a message. What
 authenticates is a secret token the admin pastes into the Outbound Message's endpoint URL
 (`?token=`, `SALESFORCE_WEBHOOK_TOKEN`), compared in constant time before the body is parsed and

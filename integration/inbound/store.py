@@ -29,7 +29,7 @@ from integration.inbound.normalize import InboundEvent
 TTL_SECONDS = 7 * 24 * 3600
 PREFIX = "rb:"
 # The first delivery job retries on this schedule (exactly `max` long: RQ repeats the first
-# interval when the list is shorter, see stack-notes §1.2).
+# interval when the list is shorter, as RQ's Retry does).
 FAN_OUT_RETRY = Retry(max=5, interval=[1, 5, 30, 120, 600])
 PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
 

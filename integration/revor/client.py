@@ -1,6 +1,6 @@
 """The Revor API v1 client: list accounts, create a dispatch, read a job.
 
-Why it looks the way it does (revor-api.md):
+Why it looks the way it does (docs/revor.md):
 - one pooled `requests.Session`, connect and read timeouts, no redirects followed, response
   bodies read with a size cap: Revor is an outside system and may answer anything;
 - every POST carries an `Idempotency-Key`, and retries resend the *same bytes*: a re-rendered
@@ -50,7 +50,7 @@ class RevorProtocolError(RevorRetryableError):
 
 @dataclass(frozen=True)
 class RateLimit:
-    """Revor's rate-limit headers; each may be absent (revor-api.md §4)."""
+    """Revor's rate-limit headers; each may be absent (docs/revor.md, "Rate limits")."""
 
     limit: int | None = None
     remaining: int | None = None
@@ -208,7 +208,7 @@ class RevorClient:
         if can_send is not None:
             params["can_send"] = "true" if can_send else "false"
         answer = self._call(retry, AccountsEnvelopeSchema, "GET", "/connect/accounts", params=params)
-        # revor-api.md §13.11: filter client-side as well, in case the server ignored a filter.
+        # docs/revor.md, "What Revor does not say": filter client-side as well, in case the server ignored a filter.
         items = [a for a in answer.data["items"] if (not channel or a["channel"] == channel)
                  and (can_send is None or a["can_send"] == can_send)]
         return RevorResponse(answer.status, answer.request_id, items, answer.rate_limit, answer.attempts)

@@ -1,4 +1,4 @@
-"""Typed Revor errors and the retry classification of revor-api.md §12.
+"""Typed Revor errors and the retry classification of docs/revor.md ("Errors").
 
 Callers branch on the class (`RevorRetryableError` vs `RevorFinalError`) and on `status` /
 `code`, never on the message. Every error carries Revor's `request_id`, which support asks for.
@@ -79,7 +79,7 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def classify(status: int) -> type[RevorError]:
-    """The error class for a non-2xx HTTP status, per revor-api.md §12."""
+    """The error class for a non-2xx HTTP status, per docs/revor.md ("Errors")."""
     if status in RETRYABLE_STATUSES or status >= 500:
         return RevorRetryableError
     return RevorFinalError

@@ -1,4 +1,4 @@
-"""When to ask Revor about a job again (revor-api.md §9): shared by the worker and `job --wait`.
+"""When to ask Revor about a job again (docs/revor.md, "Job statuses"): shared by the worker and `job --wait`.
 
 No earlier than `next_attempt_at` / `scheduled_at` when they are ahead (pacing can put a job
 hours out), then back off while it is queued or scheduled, and poll every second while running.

@@ -1,6 +1,6 @@
 """Dispatch validation as Revor answers it: the first problem found, as a snake_case code.
 
-The codes are the ones revor-api.md §6 lists for the sandbox (a third-party imitation's names);
+The codes are the ones the README lists for the sandbox (a third-party imitation's names);
 the bridge's client never branches on them, it treats every 400 as final.
 """
 

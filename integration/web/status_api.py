@@ -121,7 +121,7 @@ def one_dispatch(dispatch_id: str) -> ResponseReturnValue:
 @status_api.post("/dispatches/<dispatch_id>/retry")
 def retry_dispatch(dispatch_id: str) -> ResponseReturnValue:
     """An operator's new attempt at a failed, rejected or cancelled dispatch: a new Revor action,
-    so a new Idempotency-Key (`<id>-r<attempt>`), as revor-api.md §12 advises."""
+    so a new Idempotency-Key (`<id>-r<attempt>`), as docs/revor.md ("Errors") advises."""
     record = state.load(_redis(), dispatch_id)
     if record is None:
         return jsonify(error={"code": "not_found", "message": f"no dispatch {dispatch_id!r}"}), 404

@@ -1,4 +1,4 @@
-"""The body of a status message: DESIGN's default, or the destination's own `body` mapping.
+"""The body of a status message: the default (README, "Write-back"), or the destination's own `body` mapping.
 
 A `body` lets one bridge feed a HubSpot workflow trigger, a Zapier catch hook or a Salesforce
 Apex REST endpoint in the shape each expects. It is a mapping (nested mappings and lists
