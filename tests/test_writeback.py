@@ -263,3 +263,169 @@ def test_body_leaves_keep_their_types():
 def test_deliveries_cli_needs_a_destination_or_rules(tmp_path, redis_url):
     result = revor_bridge("deliveries", "list", env=cli_env(REDIS_URL=f"{redis_url}/1"), cwd=tmp_path)
     assert result.returncode == 2 and "name a --destination" in result.stderr
+
+
+# ---- a slow receiver: the deadline, the attempt on record, the job's own budget -------------
+
+class TricklingReceiver:
+    """A raw HTTP receiver on 127.0.0.1 that reads a request, then answers one byte per `interval`.
+
+    A per-read socket timeout never fires on it (each byte arrives well within one), so only a
+    deadline on the whole exchange ends an attempt. Records (start, end, webhook-id) per connection.
+    """
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+    def __init__(self, interval: float = 1.0) -> None:
+        import socket
+        import threading
+
+        self.interval, self.attempts, self.stopping = interval, [], threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/status"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        self.sock.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        import select
+
+        record = {"start": time.time(), "end": None, "id": None}
+        self.attempts.append(record)
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+            record["id"] = headers.get("webhook-id")
+            while len(body) < int(headers.get("content-length", 0)):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            for byte in self.ANSWER:
+                readable, _, _ = select.select([conn], [], [], self.interval)
+                if self.stopping.is_set():
+                    return
+                try:
+                    if readable and not conn.recv(1):  # the bridge gave up and closed the connection
+                        break
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    break
+            record["end"] = time.time()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+
+
+def test_a_trickling_receiver_is_timed_out_counted_retried_and_dead_lettered(stack_with_rules):
+    """Issue 9 item 12: one byte a second kept the old per-read timeout happy until RQ killed the job."""
+    from integration.writeback.deliver import RETRY_SCHEDULE
+
+    trickle = TricklingReceiver(interval=1.0)
+    scale, timeout = 0.00002, 1.5
+    rules = RULES.replace(f'    secret: "{WRITEBACK_SECRET}"\n',
+                          f'    secret: "{WRITEBACK_SECRET}"\n    on: [succeeded]\n')
+    try:
+        stack = stack_with_rules(rules, RECEIVER_URL=trickle.url, WRITEBACK_TIMEOUT_SECONDS=str(timeout),
+                                 WRITEBACK_RETRY_SCALE=str(scale))
+        stack["start_worker"]()
+        post_zaps(stack, 1)
+        redis_db = stack["redis"]
+        wait_for(lambda: redis_db.zcard("rb:dead:crm") == 1, timeout=60, what="the dead letter")
+        found = settle(stack, expected=1)  # and nothing left in any outbox: not re-queued forever
+    finally:
+        trickle.close()
+    (dispatch_id,) = found
+    message_id = f"msg_{dispatch_id}_{found[dispatch_id]['sequence']}_crm"
+    shown = json.loads(revor_bridge("deliveries", "show", message_id, env=stack["env"], cwd=stack["tmp"]).stdout)
+    assert shown["attempts"] == 8 and shown["dead_reason"].startswith("no 2xx after 8 attempts; last: timed out")
+    tries = [a for a in trickle.attempts if a["id"] == message_id]
+    assert len(tries) == 8
+    for one in tries:  # each attempt ended at the deadline, not at the 15 s per-read timeout
+        assert one["end"] is not None and timeout - 0.1 <= one["end"] - one["start"] <= timeout + 1.0
+    for number, (one, two) in enumerate(zip(tries, tries[1:], strict=False)):  # the retry schedule
+        assert two["start"] - one["start"] >= timeout + RETRY_SCHEDULE[number] * scale - 0.05
+    health = {k.decode(): v.decode() for k, v in redis_db.hgetall("rb:destination:crm").items()}
+    assert int(health["failures"]) == 8 and int(health["opens"]) >= 1  # the circuit opened on the way
+    assert health["last_error"].startswith("timed out")
+    assert redis_db.zscore("rb:lease:deliver", f"{dispatch_id}|crm") is None
+
+
+def _outbox_with(redis_db, dispatch_id: str, count: int) -> list[str]:
+    """`count` status messages queued for destination `crm`, as the state machine writes them."""
+    from integration.dispatches.state import delivery_member, outbox_key
+
+    ids = []
+    for sequence in range(2, 2 + count):
+        message_id = f"msg_{dispatch_id}_{sequence}_crm"
+        body = {"type": "dispatch.accepted", "timestamp": "2026-01-01T12:00:00.000Z",
+                "data": {"dispatch_id": dispatch_id, "sequence": sequence, "status": "accepted"}}
+        redis_db.set(f"rb:msg:{message_id}", json.dumps({"id": message_id, "destination": "crm",
+                                                         "dispatch_id": dispatch_id, "sequence": sequence,
+                                                         "body": body, "created_at": time.time()}))
+        redis_db.rpush(outbox_key(dispatch_id, "crm"), f"rb:msg:{message_id}")
+        ids.append(message_id)
+    redis_db.zadd("rb:lease:deliver", {delivery_member(dispatch_id, "crm"): time.time()})
+    return ids
+
+
+def test_a_delivery_run_starts_no_attempt_it_cannot_finish_within_its_budget(redis_db):
+    from integration.writeback.deliver import deliver_outbox
+
+    app, state = writeback_receiver(WRITEBACK_SECRET)
+    state["delay"] = 0.6
+    ids = _outbox_with(redis_db, "dsp_budget", 3)
+    with ThreadServer(app) as receiver:
+        config = {"url": receiver.url + "/status", "secret": WRITEBACK_SECRET}
+        outcome = deliver_outbox(redis_db, "dsp_budget", "crm", config, 3, timeout=1.0, budget=1.5)
+        assert outcome == "yielded" and [m["id"] for m in state["messages"]] == ids[:1]
+        due = redis_db.zscore("rb:lease:deliver", "dsp_budget|crm")
+        assert due is not None and due <= time.time()  # the clock hands the rest to a fresh job at once
+        assert deliver_outbox(redis_db, "dsp_budget", "crm", config, 3, timeout=1.0, budget=20) == "empty"
+    assert [m["id"] for m in state["messages"]] == ids
+
+
+def test_the_attempt_is_on_record_before_the_receiver_sees_it_and_an_interrupted_one_counts(redis_db):
+    from flask import Flask, Response
+
+    from integration.writeback.deliver import deliver_outbox
+
+    (message_id,) = _outbox_with(redis_db, "dsp_record", 1)
+    seen = []
+    app = Flask("recorder")
+
+    @app.post("/status")
+    def receive() -> Response:
+        seen.append({k.decode(): v.decode() for k, v in redis_db.hgetall(f"rb:msg:{message_id}:attempts").items()})
+        return Response("{}", 500, mimetype="application/json")
+
+    with ThreadServer(app) as receiver:
+        config = {"url": receiver.url + "/status", "secret": WRITEBACK_SECRET}
+        assert deliver_outbox(redis_db, "dsp_record", "crm", config, 3, retry_scale=0.0001).startswith("retry_in_")
+        assert seen[0]["count"] == "1" and seen[0]["sending"] == "1"
+        # A worker killed mid-send leaves the attempt unfinished: the next run counts it as failed.
+        redis_db.hset(f"rb:msg:{message_id}:attempts", mapping={"count": 2, "sending": 1})
+        redis_db.delete("rb:outbox:dsp_record:crm:not_before")
+        assert deliver_outbox(redis_db, "dsp_record", "crm", config, 3, retry_scale=0.0001).startswith("retry_in_")
+    assert len(seen) == 1  # not sent again: the interrupted attempt was a failure with its own wait
+    attempts = {k.decode(): v.decode() for k, v in redis_db.hgetall(f"rb:msg:{message_id}:attempts").items()}
+    assert attempts["count"] == "2" and attempts["last"] == "no answer: the attempt was interrupted"
+    assert redis_db.hget("rb:destination:crm", "failures") == b"2"

@@ -270,4 +270,5 @@ def deliver(dispatch_id: str, destination: str) -> str:
     config = ctx.rules.destinations.get(destination) if ctx.rules else None
     template = ctx.rules.destination_bodies.get(destination) if ctx.rules else None
     return deliver_outbox(ctx.redis, dispatch_id, destination, config, ctx.settings.lease_seconds,
-                          retry_scale=ctx.settings.writeback_retry_scale, body_template=template)
+                          retry_scale=ctx.settings.writeback_retry_scale, body_template=template,
+                          timeout=ctx.settings.writeback_timeout_seconds)

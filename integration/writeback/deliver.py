@@ -6,23 +6,39 @@ after a 2xx, then the next; a failure leaves it at the head, so a later status i
 before an earlier one. Retries follow the schedule below, measured from the failure, honouring
 `Retry-After`; the outbox's lease deadline is the next attempt time.
 
+Every attempt is recorded in Redis before its first byte is sent, and the whole exchange
+(connect, send, status line and headers) has one wall-clock deadline, shorter than the job's
+timeout: a receiver that trickles its answer byte by byte would defeat a per-read socket timeout
+and let RQ kill the job first, leaving the attempt uncounted and the message re-queued forever.
+A timeout is a failure like any other (retry schedule, circuit breaker, dead letter), and an
+attempt whose worker died mid-send counts as failed when the next run finds it unfinished.
+
 Only URLs from the rules file are called, redirects are never followed, response bodies are
 read with a cap, and nothing secret is logged.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
+import io
 import json
 import logging
+import ssl
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-import requests
+import requests.certs
+from requests.utils import requote_uri
 from standardwebhooks import Webhook
 
 from integration.dispatches.state import delivery_member, outbox_key
 from integration.jobs import leases
+from integration.jobs.enqueue import JOB_TIMEOUT
 from integration.revor.client import parse_retry_after
 from integration.rules.templates import RenderError, Template
 from integration.writeback import destinations
@@ -31,37 +47,153 @@ from integration.writeback.body import render_body
 log = logging.getLogger(__name__)
 # After the first attempt fails: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (Standard Webhooks / Svix).
 RETRY_SCHEDULE = [5, 300, 1800, 7200, 18000, 36000, 36000]
-TIMEOUT = (5.0, 15.0)
+CONNECT_TIMEOUT = 5.0
+# One attempt, connect to the last header byte (WRITEBACK_TIMEOUT_SECONDS).
+DEFAULT_TIMEOUT = 15.0
+# A delivery job starts no attempt that could still be running this close to RQ's job timeout.
+JOB_BUDGET = JOB_TIMEOUT - 5.0
 MAX_RESPONSE_BYTES = 64 * 1024
 
+EXTEND_LOCK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+               "end return 0")
 
-def send(url: str, secret: str, message: dict[str, Any], session: requests.Session | None = None,
-         now: float | None = None, body: bytes | None = None) -> tuple[int | None, float | None, str]:
-    """POST one signed message; (HTTP status or None, Retry-After seconds, short outcome text)."""
-    body = (body or render_body(None, message["body"])).decode("utf-8")
+
+class _DeadlineSocket:
+    """A connected socket whose every send and receive ends by one wall-clock deadline.
+
+    http.client only needs `sendall`, `makefile` and `close`. Each blocking call waits at most
+    `tick` seconds at a time, and every `tick` seconds `keepalive` runs (it extends the delivery's
+    lock and lease), so a slow receiver never lets them lapse while a killed worker's lapse soon.
+    """
+
+    def __init__(self, sock: Any, deadline: float, tick: float, keepalive: Callable[[], None]) -> None:
+        self.sock, self.deadline, self.tick, self.keepalive = sock, deadline, tick, keepalive
+        self.kept = time.monotonic()
+
+    def _bounded(self, operation: Callable[[], Any]) -> Any:
+        while True:
+            now = time.monotonic()
+            if now - self.kept >= self.tick:
+                self.keepalive()
+                self.kept = now
+            left = self.deadline - now
+            if left <= 0:
+                raise TimeoutError("delivery deadline passed")
+            self.sock.settimeout(min(left, self.tick))
+            try:
+                return operation()
+            except TimeoutError:
+                if self.deadline - time.monotonic() <= 0:
+                    raise
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self._bounded(lambda chunk=view: self.sock.send(chunk))
+            view = view[sent:]
+
+    def recv_into(self, buffer: Any) -> int:
+        return self._bounded(lambda: self.sock.recv_into(buffer))
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """Certificates checked against the same CA bundle `requests` uses (certifi)."""
+    return ssl.create_default_context(cafile=requests.certs.where())
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], deadline: float, tick: float,
+          keepalive: Callable[[], None]) -> tuple[int, float | None]:
+    """One POST whose connect, send, status line and headers all end by `deadline`."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("write-back URL must be http(s)://host/...")
+    target = requote_uri((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    headers = dict(headers)
+    if parts.username:  # user:password@host, as requests would send it
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    connect_timeout = max(0.001, min(CONNECT_TIMEOUT, deadline - time.monotonic()))
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=connect_timeout, context=_tls_context())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
+    try:
+        connection.connect()
+        connection.sock = _DeadlineSocket(connection.sock, deadline, tick, keepalive)  # type: ignore[assignment]
+        connection.request("POST", target, body=body, headers=headers)
+        response = connection.getresponse()
+        status, retry_after = response.status, parse_retry_after(response.getheader("Retry-After"))
+        try:  # the answer is known; the body is read (capped) only so the receiver can finish
+            response.read(MAX_RESPONSE_BYTES)
+        except (OSError, http.client.HTTPException):
+            pass
+        return status, retry_after
+    finally:
+        connection.close()
+
+
+def send(url: str, secret: str, message: dict[str, Any], now: float | None = None, body: bytes | None = None,
+         timeout: float = DEFAULT_TIMEOUT, deadline: float | None = None, tick: float = 1.0,
+         keepalive: Callable[[], None] = lambda: None) -> tuple[int | None, float | None, str]:
+    """POST one signed message; (HTTP status or None, Retry-After seconds, short outcome text).
+
+    The whole attempt ends by `deadline` (time.monotonic()), or `timeout` seconds from now.
+    """
+    started = time.monotonic()
+    deadline = started + timeout if deadline is None else deadline
+    body = body or render_body(None, message["body"])
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     headers = {"Content-Type": "application/json", "User-Agent": "revor-bridge",
                "webhook-id": message["id"], "webhook-timestamp": str(int(moment.timestamp())),
-               "webhook-signature": Webhook(secret).sign(message["id"], moment, body)}
-    http = session or requests
+               "webhook-signature": Webhook(secret).sign(message["id"], moment, body.decode("utf-8"))}
     try:
-        response = http.post(url, data=body.encode("utf-8"), headers=headers, timeout=TIMEOUT, allow_redirects=False,
-                             stream=True)
-        response.raw.read(MAX_RESPONSE_BYTES, decode_content=True)
-        response.close()
-    except requests.RequestException as exc:
+        status, retry_after = _post(url, body, headers, deadline, tick, keepalive)
+    except TimeoutError:
+        return None, None, f"timed out: no answer within {time.monotonic() - started:.1f} s"
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return None, None, f"no answer ({type(exc).__name__})"
-    return response.status_code, parse_retry_after(response.headers.get("Retry-After")), f"HTTP {response.status_code}"
+    return status, retry_after, f"HTTP {status}"
 
 
 def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: dict[str, Any] | None,
-                   lease_seconds: float, session: requests.Session | None = None, retry_scale: float = 1.0,
-                   body_template: Template | None = None) -> str:
-    """Send what the outbox holds, in order; returns what happened (for logs and tests)."""
+                   lease_seconds: float, retry_scale: float = 1.0, body_template: Template | None = None,
+                   timeout: float = DEFAULT_TIMEOUT, budget: float = JOB_BUDGET) -> str:
+    """Send what the outbox holds, in order; returns what happened (for logs and tests).
+
+    `timeout` bounds one attempt; `budget` the whole run: an attempt is only started when it can
+    end within the budget, otherwise the run stops and the clock starts a fresh job at once.
+    """
+    job_deadline = time.monotonic() + budget
+    timeout = min(timeout, budget)
     member = delivery_member(dispatch_id, destination)
     lock = leases.Lock(connection, f"deliver:{member}", lease_seconds)
     if not lock.acquire():
         return "busy"
+
+    def keepalive() -> None:
+        """While an attempt waits on the receiver: keep this run's lock and lease from lapsing."""
+        connection.eval(EXTEND_LOCK, 1, lock.key, lock.token, lock.ms)
+        leases.hold(connection, leases.DELIVER, member, lease_seconds)
+
     try:
         outbox = outbox_key(dispatch_id, destination)
         not_before = float(connection.get(f"{outbox}:not_before") or 0)
@@ -69,6 +201,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             # A retry is scheduled: a newer state change must not jump the queue or the wait.
             leases.hold(connection, leases.DELIVER, member, not_before - time.time())
             return "waiting"
+        attempted = False
         while True:
             head = connection.lindex(outbox, 0)
             if head is None:
@@ -81,7 +214,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             message_key = head.decode()
             raw = connection.get(message_key)
             if raw is None:  # expired or removed: nothing to send for this entry
-                connection.lpop(outbox)
+                connection.lrem(outbox, 1, message_key)
                 continue
             message = json.loads(raw)
             state = destinations.health(connection, destination)
@@ -97,13 +230,31 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             except RenderError as exc:
                 _give_up(connection, outbox, destination, message_key, f"body template: {exc}")
                 continue
-            leases.hold(connection, leases.DELIVER, member, lease_seconds)
-            status, retry_after, outcome = send(config["url"], config["secret"], message, session, body=body)
-            attempts = connection.hincrby(f"{message_key}:attempts", "count", 1)
-            connection.hset(f"{message_key}:attempts", mapping={"last": outcome, "at": f"{time.time():.3f}"})
+            attempts_key = f"{message_key}:attempts"
+            unfinished = connection.hget(attempts_key, "sending")
+            if unfinished == b"1":
+                # The worker of the last attempt died or was killed mid-send: that attempt failed.
+                attempts = int(connection.hget(attempts_key, "count") or 1)
+                outcome = "no answer: the attempt was interrupted"
+                connection.hset(attempts_key, mapping={"last": outcome, "sending": 0})
+                return _failed(connection, outbox, destination, member, message, message_key, attempts,
+                               None, None, outcome, retry_scale)
+            if attempted and time.monotonic() + timeout > job_deadline:
+                leases.hold(connection, leases.DELIVER, member, 0)  # the clock enqueues a fresh job now
+                return "yielded"
+            deadline = min(time.monotonic() + timeout, job_deadline)
+            keepalive()
+            # Counted before the first byte leaves: whatever happens next, this attempt is on record.
+            attempts = connection.hincrby(attempts_key, "count", 1)
+            connection.hset(attempts_key, mapping={"last": "sending", "at": f"{time.time():.3f}", "sending": 1})
+            attempted = True
+            status, retry_after, outcome = send(config["url"], config["secret"], message, body=body,
+                                                deadline=deadline, tick=max(0.2, lease_seconds / 3),
+                                                keepalive=keepalive)
+            connection.hset(attempts_key, mapping={"last": outcome, "sending": 0})
             if status is not None and 200 <= status < 300:
                 destinations.record_success(connection, destination)
-                connection.lpop(outbox)
+                connection.lrem(outbox, 1, message_key)
                 connection.delete(f"{outbox}:not_before")
                 continue
             if status == 410:
@@ -113,23 +264,30 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                           "letters until `revor-bridge deliveries enable %s`.", destination, destination)
                 _give_up(connection, outbox, destination, message_key, "410 Gone: destination disabled")
                 continue
-            open_until = destinations.record_failure(connection, destination, outcome, retry_scale)
-            if attempts > len(RETRY_SCHEDULE):
-                _give_up(connection, outbox, destination, message_key,
-                         f"no 2xx after {attempts} attempts; last: {outcome}")
-                leases.hold(connection, leases.DELIVER, member, max(0.0, open_until - time.time()))
-                return "dead_letter"
-            wait = RETRY_SCHEDULE[attempts - 1] * retry_scale
-            if retry_after is not None and status in (429, 503):
-                wait = max(wait, retry_after)
-            wait = max(wait, open_until - time.time())
-            connection.set(f"{outbox}:not_before", f"{time.time() + wait:.3f}", ex=int(wait) + 86400)
-            leases.hold(connection, leases.DELIVER, member, wait)
-            log.info("write-back %s to %s: %s; attempt %d, next in %.1f s", message["id"], destination, outcome,
-                     attempts, wait)
-            return f"retry_in_{wait:.1f}"
+            return _failed(connection, outbox, destination, member, message, message_key, attempts, status,
+                           retry_after, outcome, retry_scale)
     finally:
         lock.release()
+
+
+def _failed(connection: Any, outbox: str, destination: str, member: str, message: dict[str, Any],
+            message_key: str, attempts: int, status: int | None, retry_after: float | None, outcome: str,
+            retry_scale: float) -> str:
+    """A failed attempt (an error status, no answer, a timeout): circuit, then retry or dead letter."""
+    open_until = destinations.record_failure(connection, destination, outcome, retry_scale)
+    if attempts > len(RETRY_SCHEDULE):
+        _give_up(connection, outbox, destination, message_key, f"no 2xx after {attempts} attempts; last: {outcome}")
+        leases.hold(connection, leases.DELIVER, member, max(0.0, open_until - time.time()))
+        return "dead_letter"
+    wait = RETRY_SCHEDULE[attempts - 1] * retry_scale
+    if retry_after is not None and status in (429, 503):
+        wait = max(wait, retry_after)
+    wait = max(wait, open_until - time.time())
+    connection.set(f"{outbox}:not_before", f"{time.time() + wait:.3f}", ex=int(wait) + 86400)
+    leases.hold(connection, leases.DELIVER, member, wait)
+    log.info("write-back %s to %s: %s; attempt %d, next in %.1f s", message["id"], destination, outcome,
+             attempts, wait)
+    return f"retry_in_{wait:.1f}"
 
 
 def state_now() -> str:
@@ -138,6 +296,7 @@ def state_now() -> str:
 
 def _give_up(connection: Any, outbox: str, destination: str, message_key: str, reason: str) -> None:
     destinations.dead_letter(connection, destination, message_key, reason)
-    connection.lpop(outbox)
+    connection.lrem(outbox, 1, message_key)  # by name: never a message this run did not look at
+    connection.delete(f"{outbox}:not_before")  # its retry wait is not the next message's
     log.warning("write-back %s to %s moved to the dead letters: %s", message_key.removeprefix("rb:msg:"),
                 destination, reason)
