@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -96,6 +97,7 @@ def worker(burst: bool) -> None:
     context = JobContext.build(settings)
     install(context)  # jobs run with these settings and clients, like flask-rq's app context
     connection = context.redis
+    reachable_or_exit(connection, settings.redis_url or "")
     queues = [Queue(name, connection=connection, serializer="json") for name in QUEUES]
     clock = None
     if not burst:
@@ -108,13 +110,31 @@ def worker(burst: bool) -> None:
                                                             name="revor-bridge-clock", daemon=True)
         clock.start()
     try:
+        from integration.jobs.outage import REDIS_DOWN, describe
         from integration.jobs.worker import BridgeWorker
 
         BridgeWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
+    except REDIS_DOWN as exc:  # gone again before the loop started; in the loop, outages are waited out
+        click.echo(f"revor-bridge: Redis unreachable ({describe(exc)})", err=True)
+        sys.exit(EXIT_UNREACHABLE)
     finally:
         if clock is not None:
             clock.terminate()
             clock.join(timeout=5)
+
+
+def reachable_or_exit(connection: redis.Redis, url: str) -> None:
+    """One line and exit 3 when Redis does not answer (after redis-py's own retries)."""
+    from integration.jobs.outage import describe
+
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else "REDIS_URL"  # never the password
+        click.echo(f"revor-bridge: Redis unreachable at {where} ({describe(exc)}); start it or fix REDIS_URL",
+                   err=True)
+        sys.exit(EXIT_UNREACHABLE)
 
 
 @cli.command()

@@ -6,7 +6,8 @@ Every second the clock that holds the leader lock (one at a time, across all wor
   deliver whose worker died, or whose retry time has come.
 
 It runs as a child process of `revor-bridge worker`, started before the RQ worker so no thread
-is forked, and exits when its parent is gone or on SIGTERM.
+is forked, and exits when its parent is gone or on SIGTERM. A Redis outage pauses it (one log line)
+and it goes on by itself when Redis is back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rq import Queue
 
 from integration.jobs import leases
 from integration.jobs.enqueue import enqueue_once
+from integration.jobs.outage import REDIS_DOWN, Outage, describe
 from integration.settings import Settings
 from integration.storage import connect
 
@@ -53,7 +55,7 @@ def tick(connection: Any, queue: Queue, token: str, lease_seconds: float) -> int
 
 
 def run(settings: Settings, interval: float = 1.0) -> None:
-    """The loop of the clock process."""
+    """The loop of the clock process; a Redis outage of any length only pauses it."""
     parent = os.getppid()
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -61,9 +63,18 @@ def run(settings: Settings, interval: float = 1.0) -> None:
     connection = connect(settings.redis_url or "")
     queue = Queue("default", connection=connection, serializer="json")
     token = f"{os.getpid()}-{time.time():.6f}"
-    while not stop["now"] and os.getppid() == parent:
+    outage = Outage(log, "clock")
+
+    def stopping() -> bool:
+        return stop["now"] or os.getppid() != parent
+
+    while not stopping():
         try:
             tick(connection, queue, token, settings.lease_seconds)
-        except Exception as exc:  # Redis away for a moment: keep ticking, never die
-            log.warning("clock: %s", type(exc).__name__)
+        except REDIS_DOWN as exc:  # one line per outage, back-off, then on with the ticks
+            if not outage.wait(exc, connection.ping, stopping):
+                break
+            continue
+        except Exception as exc:  # a bug in one tick must not stop the clock
+            log.warning("clock: %s", describe(exc))
         time.sleep(interval)
