@@ -340,7 +340,7 @@ def test_a_trickling_receiver_is_timed_out_counted_retried_and_dead_lettered(sta
     from integration.writeback.deliver import RETRY_SCHEDULE
 
     trickle = TricklingReceiver(interval=1.0)
-    scale, timeout = 0.00002, 1.5
+    scale, timeout = 0.00002, 1.2
     rules = RULES.replace(f'    secret: "{WRITEBACK_SECRET}"\n',
                           f'    secret: "{WRITEBACK_SECRET}"\n    on: [succeeded]\n')
     try:
