@@ -6,6 +6,7 @@ one and reports syntax errors with the rule and field, and the YAML line where p
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from typing import Any
@@ -209,13 +210,30 @@ class Body(fields.Field):
                 f"{type(value).__name__} (quote dates and times)."]
 
 
+MIN_SECRET_BYTES = 24  # the Standard Webhooks minimum for a whsec_ secret
+MAKE_SECRET = ('python -c "import base64,os;print(\'whsec_\'+base64.b64encode(os.urandom(32)).decode())"')
+
+
+def whsec_secret(value: str) -> None:
+    """A destination's signing secret: `whsec_` + base64 of at least 24 random bytes; says what is wrong."""
+    how = f"; make one with: {MAKE_SECRET}"
+    if not value.startswith("whsec_"):
+        raise ValidationError(f"Expected a whsec_ secret (whsec_ + base64 of {MIN_SECRET_BYTES}+ random bytes){how}")
+    encoded = value.removeprefix("whsec_")
+    bare = encoded.rstrip("=")
+    if not re.fullmatch(r"[A-Za-z0-9+/]+", bare) or len(bare) % 4 == 1 or len(encoded) - len(bare) > 2:
+        raise ValidationError(f"The part after whsec_ is not base64 (A-Z a-z 0-9 + / and = padding){how}")
+    size = len(base64.b64decode(bare + "=" * (-len(bare) % 4)))
+    if size < MIN_SECRET_BYTES:
+        raise ValidationError(f"The whsec_ secret decodes to {size} bytes; it needs at least {MIN_SECRET_BYTES}{how}")
+
+
 class DestinationSchema(Schema):
     class Meta:
         unknown = RAISE
 
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
-    secret = fields.String(required=True, validate=validate.Regexp(r"^whsec_[A-Za-z0-9+/=]{20,}$",
-                                                                   error="Expected a whsec_ secret."))
+    secret = fields.String(required=True, validate=whsec_secret)
     on = fields.List(fields.String(validate=validate.OneOf(STATES)), load_default=lambda: list(STATES))
     body = Body(load_default=None, allow_none=True)
 

@@ -215,3 +215,38 @@ def test_preview_shows_a_template_that_builds_too_much_as_invalid(tmp_path):
         "invalid", "dispatch.content.text: template builds a string longer than 1000000 characters")
     assert rules_by_name["amount"]["status"] == "ready", rules_by_name["amount"]["reason"]
     assert rules_by_name["amount"]["dispatch"]["content"]["text"] == "Deal of 12500 (1250000 cents)"
+
+
+UNSET_DESTINATION_RULES = """\
+version: 1
+rules:
+  - name: won
+    when: {source: generic:zapier}
+    dispatch: {account: connect_account_sandbox_whatsapp, channel: whatsapp, recipient: {phone: "{{ contact.phone }}"},
+               content: {text: "Hi"}}
+    writeback: [crm]
+destinations:
+  crm:
+    url: "${MY_CRM_URL}"
+    secret: "${MY_CRM_SECRET}"
+"""
+
+
+def test_preview_needs_no_destination_settings_but_check_does(tmp_path):
+    """Issue 9 item 6c: preview sends nothing, so unset destination variables are one warning line; check (like
+    web and worker) still refuses, naming each variable once."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(UNSET_DESTINATION_RULES)
+    env = cli_env(RULES_FILE=str(rules))
+    shown = revor_bridge("preview", str(FIXTURES / "zapier-generic.json"), "--source", "generic:zapier",
+                         env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "+ won: ready" in shown.stdout
+    assert shown.stderr.splitlines() == [
+        "(warning: ${MY_CRM_URL}, ${MY_CRM_SECRET} not set: destinations use placeholders here (nothing is sent); "
+        "web, worker and check need them set)"]
+    checked = revor_bridge("check", env=env, cwd=tmp_path)
+    assert checked.returncode == 2
+    assert checked.stderr.splitlines()[1:] == [
+        "  destinations.crm.url: ${MY_CRM_URL} is not set in the environment (line 10)",
+        "  destinations.crm.secret: ${MY_CRM_SECRET} is not set in the environment (line 11)"]

@@ -181,6 +181,23 @@ MEMORY_BOMBS = [
     "{% macro m() %}{{ 'x'*1000000 }}{% endmacro %}{% for i in range(1000) %}{% set y = m() %}{% endfor %}",
     "{% set s %}{% for i in range(1000) %}{% for j in range(9) %}" + "z" * 100_000 + "{% endfor %}{% endfor %}"
     "{% endset %}",
+    # Security review, F2a: a key may hold parentheses, as in CPython (`%(x())` is key `x()`).
+    "{{ '%(x())900000000s' % {'x()': contact.firstname} }}",
+    "{{ '%(x())100000000s' | format(**{'x()': contact.firstname}) }}",
+    "{{ '%((a)b)100000000s' % {'(a)b': 1} }}",
+    "{{ '%(a)s%(b))100000000d' % {'a': 1, 'b)': 2} }}",
+    "{{ '%.100000000f' % 1.5 }}",
+    "{{ '%-#0100000000.3hx' % 255 }}",
+    # F2b: indentation grows with depth, and `[n] * 300` repeats one deep value 300 times.
+    "{% set leaf = ['\U0001F600'] * 1000 %}{% set n = " + "[" * 60 + "leaf" + "]" * 60 + " %}"
+    "{{ ([n] * 300) | tojson(8) | length }}",
+    "{{ (['\U0001F600' * 100000] * 9) | tojson }}",
+    "{{ ['<' * 200000] | tojson }}",
+    "{{ ['x' * 100000] | tojson('\t\t\t\t\t\t\t\t') * 1 ~ (['a'] * 100000) | tojson(8) }}",
+    # A container's str() is the repr of its items: '\x00' is 4 characters there.
+    "{{ ['\x00' * 900000] }}",
+    "{{ '{!a}'.format('\U0001F600' * 900000) }}",
+    "{{ '%r' % ('\x00' * 900000) }}",
 ]
 
 
@@ -484,3 +501,101 @@ def test_suppression_list(redis_db):
     assert suppressed(redis_db) == ["linkedin:https://www.linkedin.com/in/dana-lee", "phone:+14155550123"]
     with pytest.raises(ValueError, match="not an email address"):
         suppress(redis_db, ["hello"])
+
+
+# ---- issue 9 items 2 and 6: a first-time user's rules-file errors, each said once and precisely -------------
+
+DESTINATION_RULES = BASE + """\
+  - name: r1
+    when: {source: hubspot}
+    dispatch:
+      account: wa
+      channel: whatsapp
+      recipient: {phone: "{{ contact.phone }}"}
+      content: {text: x}
+      attachments: [{file: missing.pdf}]
+    writeback: [crm]
+destinations:
+  crm:
+    url: "${CRM_URL}"
+    secret: "${CRM_SECRET}"
+"""
+
+
+def test_an_unset_variable_is_reported_once_and_every_other_problem_too(tmp_path):
+    """Item 6a/6b: one line per unset ${VAR} (no `Not a valid URL.` after it), and the missing attachment."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(DESTINATION_RULES)
+    with pytest.raises(RulesError) as caught:
+        load_rules(path, environ={})
+    assert caught.value.problems == [
+        "destinations.crm.url: ${CRM_URL} is not set in the environment (line 18)",
+        "destinations.crm.secret: ${CRM_SECRET} is not set in the environment (line 19)",
+        "rule 'r1' dispatch.attachments.0.file: no such file: missing.pdf (line 14)",
+    ]
+
+
+def test_a_missing_attachment_is_reported_next_to_schema_errors(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(DESTINATION_RULES.replace("channel: whatsapp", "channel: fax"))
+    with pytest.raises(RulesError) as caught:
+        load_rules(path, environ={"CRM_URL": "https://crm.example.com/hook",
+                                  "CRM_SECRET": "whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk="})
+    assert "rule 'r1' dispatch.attachments.0.file: no such file: missing.pdf (line 14)" in caught.value.problems
+    assert any("dispatch.channel: Must be one of" in p for p in caught.value.problems)
+
+
+def test_preview_loads_unset_destination_variables_as_placeholders_with_one_warning(tmp_path):
+    """Item 6c: lenient for preview only; the strict load (web, worker, check) still refuses."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(DESTINATION_RULES.replace("      attachments: [{file: missing.pdf}]\n", ""))
+    ruleset = load_rules(path, environ={}, lenient_destinations=True)
+    assert ruleset.warnings == ["${CRM_URL}, ${CRM_SECRET} not set: destinations use placeholders here "
+                                "(nothing is sent); web, worker and check need them set"]
+    assert ruleset.destinations["crm"]["url"] == "http://unset.invalid/"
+    with pytest.raises(RulesError):
+        load_rules(path, environ={})
+    assert load_rules(path, environ={"CRM_URL": "https://crm.example.com/hook",
+                                     "CRM_SECRET": "whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk="}).warnings == []
+
+
+def test_an_unset_variable_outside_destinations_is_an_error_even_for_preview(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch: {account: wa, "
+                           "channel: whatsapp, recipient: {phone: '${PHONE_VAR}'}, content: {text: x}}\n")
+    with pytest.raises(RulesError, match=r"\$\{PHONE_VAR\} is not set"):
+        load_rules(path, environ={}, lenient_destinations=True)
+
+
+def test_an_unquoted_template_gets_a_hint(tmp_path):
+    """Item 6d: `text: {{ contact.email }}` is a YAML error; the message says to quote it."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(BASE + "  - name: r1\n    when: {source: hubspot}\n    dispatch:\n      account: wa\n"
+                           "      channel: whatsapp\n      recipient: {phone: x}\n      content:\n"
+                           "        text: {{ contact.email }}\n")
+    with pytest.raises(RulesError) as caught:
+        load_rules(path, environ={})
+    assert caught.value.problems == ['not valid YAML: found unhashable key (line 14); a value starting with {{ '
+                                     'must be quoted: text: "{{ ... }}"']
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("whsec_abc", "The whsec_ secret decodes to 2 bytes; it needs at least 24"),
+        ("whsec_YWJj", "The whsec_ secret decodes to 3 bytes; it needs at least 24"),
+        ("whsec_K8Z4cuMxaeU=", "The whsec_ secret decodes to 8 bytes; it needs at least 24"),
+        ("whsec_not*base64", "The part after whsec_ is not base64"),
+        ("s3cret-token-0123456789", "Expected a whsec_ secret (whsec_ + base64 of 24+ random bytes)"),
+    ],
+)
+def test_a_bad_destination_secret_says_what_is_wrong_and_how_to_make_one(tmp_path, secret, problem):
+    """Item 2: not `Expected a whsec_ secret.` for a secret that is one, only too short."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(DESTINATION_RULES.replace("      attachments: [{file: missing.pdf}]\n", ""))
+    with pytest.raises(RulesError) as caught:
+        load_rules(path, environ={"CRM_URL": "https://crm.example.com/hook", "CRM_SECRET": secret})
+    [line] = caught.value.problems
+    assert line.startswith(f"destinations.crm.secret: {problem}"), line
+    assert ("make one with: python -c \"import base64,os;print('whsec_'+base64.b64encode(os.urandom(32)).decode())\""
+            in line)

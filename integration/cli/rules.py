@@ -20,13 +20,18 @@ from integration.settings import Settings
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "demo_data" / "rules.yaml"
 
 
-def rules_or_exit(settings: Settings, path: str | None = None) -> RuleSet:
+def rules_or_exit(settings: Settings, path: str | None = None, *, lenient_destinations: bool = False) -> RuleSet:
+    """The rules, or every problem printed and exit 2. `lenient_destinations` is for `preview`, which sends
+    nothing: unset `${VAR}` in destinations become placeholders, said in one warning line."""
     chosen = Path(path) if path else settings.rules_file
     if chosen is None:
         click.echo("revor-bridge: no rules file: set RULES_FILE or pass --rules", err=True)
         sys.exit(EXIT_USAGE)
     try:
-        return load_rules(chosen)
+        ruleset = load_rules(chosen, lenient_destinations=lenient_destinations)
+        for warning in ruleset.warnings:
+            click.echo(f"(warning: {warning})", err=True)
+        return ruleset
     except RulesError as error:
         click.echo(f"revor-bridge: invalid rules file {error.path}:", err=True)
         for problem in error.problems:
@@ -45,7 +50,7 @@ def preview_command(event_file: str, source: str | None, rules_path: str | None,
     if not rules_path and settings.rules_file is None:
         rules_path = str(EXAMPLE_RULES)
         click.echo(f"(RULES_FILE is unset: using the example rules {EXAMPLE_RULES})", err=True)
-    ruleset = rules_or_exit(settings, rules_path)
+    ruleset = rules_or_exit(settings, rules_path, lenient_destinations=True)
     raw = Path(event_file).read_bytes()
     try:
         events = events_from_payload(raw, source)

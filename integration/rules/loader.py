@@ -2,7 +2,9 @@
 
 Every problem is collected and reported at once, each naming the rule, the field and the YAML
 line, so `revor-bridge check` shows a user everything to fix in one go. Web and worker refuse to
-start on any of them.
+start on any of them. An unset `${VAR}` is reported once (its placeholder's own schema error is
+dropped), and `preview`, which sends nothing, may load a file whose destinations use unset
+variables: they get placeholders and one warning instead of an error.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ if TYPE_CHECKING:
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_FILE_BYTES = 1024 * 1024
+# What an unset ${VAR} becomes when it is a destination's whole url or secret: valid values, so the rest of the
+# file is still checked (attachments, templates) and nothing is reported twice. Nothing is ever sent to them:
+# web, worker and check refuse a file with an unset variable; only preview (which sends nothing) accepts one.
+PLACEHOLDER_URL = "http://unset.invalid/"
+PLACEHOLDER_SECRET = "whsec_" + base64.b64encode(b"placeholder-for-an-unset-variable").decode()
+# An unquoted `key: {{ ... }}` (or `- {{ ... }}`): YAML reads `{` as the start of a flow mapping.
+UNQUOTED_TEMPLATE = re.compile(r"(?:^|[:\-\[,])\s*\{\{")
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -82,6 +91,7 @@ class RuleSet:
     defaults: dict[str, Any]
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_bodies: dict[str, BodyTemplate] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # said once, e.g. by preview: placeholders in use
 
     def destination_statuses(self) -> dict[str, list[str]]:
         """Destination name -> the dispatch states it wants messages for."""
@@ -124,6 +134,12 @@ class _Reporter:
     def __init__(self, data: Any, lines: dict[tuple[Any, ...], int]) -> None:
         self.data, self.lines = data, lines
         self.problems: list[str] = []
+        self.unset: set[tuple[Any, ...]] = set()  # where a ${VAR} was missing: already reported, once
+        self.placeholders: list[str] = []  # unset variables a lenient (preview) load replaced, in order
+
+    def already_unset(self, path: tuple[Any, ...]) -> bool:
+        """Whether `path` (or a part above it) holds an unset ${VAR}: its schema error would repeat that."""
+        return any(path[:n] in self.unset for n in range(1, len(path) + 1))
 
     def add(self, path: tuple[Any, ...], message: str, extra_lines: int = 0) -> None:
         where = ""
@@ -148,26 +164,42 @@ class _Reporter:
         return ".".join(str(p) for p in path) or "file"
 
 
-def _substitute(value: Any, environ: Mapping[str, str], path: tuple[Any, ...], report: _Reporter) -> Any:
+def _substitute(value: Any, environ: Mapping[str, str], path: tuple[Any, ...], report: _Reporter,
+                lenient_destinations: bool = False) -> Any:
     if isinstance(value, dict):
-        return {k: _substitute(v, environ, (*path, k), report) for k, v in value.items()}
+        return {k: _substitute(v, environ, (*path, k), report, lenient_destinations) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, environ, (*path, i), report) for i, v in enumerate(value)]
+        return [_substitute(v, environ, (*path, i), report, lenient_destinations) for i, v in enumerate(value)]
     if isinstance(value, str):
+        whole = ENV_REF.fullmatch(value) is not None
+
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in environ:
                 return environ[name]
             if default is not None:
                 return default
-            report.add(path, f"${{{name}}} is not set in the environment")
-            return ""
+            if lenient_destinations and path[:1] == ("destinations",):
+                if name not in report.placeholders:
+                    report.placeholders.append(name)
+            else:
+                report.add(path, f"${{{name}}} is not set in the environment")
+            report.unset.add(path)
+            if whole and path[:1] == ("destinations",) and path[-1:] in (("url",), ("secret",)):
+                return PLACEHOLDER_URL if path[-1] == "url" else PLACEHOLDER_SECRET
+            return "unset" if path[:1] == ("destinations",) else ""
 
         return ENV_REF.sub(replace, value)
     return value
 
 
-def load_rules(path: Path | str, environ: Mapping[str, str] | None = None) -> RuleSet:
+def load_rules(path: Path | str, environ: Mapping[str, str] | None = None, *,
+               lenient_destinations: bool = False) -> RuleSet:
+    """The compiled rules of `path`, or RulesError listing every problem.
+
+    `lenient_destinations` (for `preview`, which sends nothing): an unset `${VAR}` in a destination gets a
+    placeholder and is named in `RuleSet.warnings` instead of being an error.
+    """
     path = Path(path)
     environ = os.environ if environ is None else environ
     try:
@@ -185,27 +217,47 @@ def load_rules(path: Path | str, environ: Mapping[str, str] | None = None) -> Ru
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise RulesError(path, [f"not valid YAML: {getattr(exc, 'problem', exc)}{where}"]) from None
+        raise RulesError(path, [f"not valid YAML: {getattr(exc, 'problem', exc)}{where}"
+                                + _unquoted_template_hint(text, exc)]) from None
     if not isinstance(data, dict):
         raise RulesError(path, ["expected a mapping with version, accounts, defaults, rules, destinations"])
     report = _Reporter(data, lines)
-    data = _substitute(data, environ, (), report)
+    data = _substitute(data, environ, (), report, lenient_destinations)
     try:
         clean = RulesFileSchema().load(data)
     except ValidationError as exc:
         for field_path, message in _flatten(exc.messages_dict):
-            report.add(field_path, message)
-        _check_unvalidated(data, report)
+            if not report.already_unset(field_path):
+                report.add(field_path, message)
+        _check_unvalidated(data, path.parent, report)
         raise RulesError(path, report.problems) from None
     ruleset = _compile(clean, path, report)  # also when a ${VAR} is missing: its template errors belong in this run
     if report.problems:
         raise RulesError(path, report.problems)
+    if report.placeholders:
+        names = ", ".join(f"${{{name}}}" for name in report.placeholders)
+        ruleset.warnings.append(f"{names} not set: destinations use placeholders here (nothing is sent); "
+                                "web, worker and check need them set")
     return ruleset
 
 
-def _check_unvalidated(data: dict[str, Any], report: _Reporter) -> None:
-    """What a failed schema load leaves unchecked, read from the raw data: writeback and account references, and
-    every template's syntax.
+def _unquoted_template_hint(text: str, exc: yaml.YAMLError) -> str:
+    """How to fix the commonest YAML error in a rules file: a template left unquoted (`text: {{ x }}`)."""
+    rows = text.splitlines()
+    for mark in (getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)):
+        if mark is None or mark.line >= len(rows):
+            continue
+        row = rows[mark.line]
+        found = UNQUOTED_TEMPLATE.search(row)
+        if found:
+            key = row[:found.start()].strip(" -") or "text"
+            return f'; a value starting with {{{{ must be quoted: {key}: "{{{{ ... }}}}"'
+    return ""
+
+
+def _check_unvalidated(data: dict[str, Any], folder: Path, report: _Reporter) -> None:
+    """What a failed schema load leaves unchecked, read from the raw data: writeback and account references,
+    attachment files, and every template's syntax.
 
     marshmallow skips the file-level reference checks when any field is wrong, and templates are compiled only
     from a valid file, so without this a user would fix schema errors, then unknown destinations, then template
@@ -231,6 +283,11 @@ def _check_unvalidated(data: dict[str, Any], report: _Reporter) -> None:
         _syntax(rule.get("suppress_if"), (*base, "suppress_if"), report)
         if not isinstance(dispatch, dict):
             continue
+        attachments = dispatch.get("attachments")
+        for number, spec in enumerate(attachments if isinstance(attachments, list) else []):
+            file = spec.get("file") if isinstance(spec, dict) else None
+            if isinstance(file, str) and file and not (folder / file).is_file():
+                report.add((*base, "dispatch", "attachments", number, "file"), f"no such file: {file}")
         account = dispatch.get("account")
         if (isinstance(account, str) and not account.startswith("connect_account_")
                 and isinstance(accounts, dict | None) and account not in (accounts or {})):
