@@ -22,19 +22,31 @@ SECRET = SIGS["secrets"]["hubspot_client_secret"]
 BASIC = "Basic " + base64.b64encode(b"pd-hook:fixture-pass-123").decode()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+# Text with a lone UTF-16 surrogate somewhere: json.dumps writes it as a `\\ud800` escape, which JSON
+# allows and Python decodes into a str Redis cannot take (security review F3: 503s until fixed).
+lone_surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+surrogate_text = st.builds(lambda head, lone, tail: head + lone + tail, st.text(max_size=6), lone_surrogates,
+                           st.text(max_size=6))
+
+
+def texts(max_size: int) -> st.SearchStrategy[str]:
+    """Any text, sometimes with a lone surrogate in it."""
+    return st.one_of(st.text(max_size=max_size), surrogate_text)
+
+
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
+                    st.floats(allow_nan=False, allow_infinity=False), texts(30))
 # (NaN and infinity are not JSON: json.dumps writes them anyway, and the bridge answers 400, see the
 # explicit examples below and test_inbound_pipedrive_generic.py; here values are what senders send.)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.text(max_size=15), inner, max_size=5), max_leaves=25)
+    texts(15), inner, max_size=5), max_leaves=25)
 hubspot_events = st.fixed_dictionaries(
-    {"eventId": st.one_of(st.integers(), st.text(max_size=10)), "subscriptionId": st.integers(),
-     "portalId": st.one_of(st.integers(), st.text(max_size=5)), "occurredAt": st.one_of(st.integers(), scalars),
+    {"eventId": st.one_of(st.integers(), texts(10)), "subscriptionId": st.integers(),
+     "portalId": st.one_of(st.integers(), texts(5)), "occurredAt": st.one_of(st.integers(), scalars),
      "subscriptionType": st.sampled_from(["deal.propertyChange", "contact.creation", "object.creation",
                                           "deal.deletion", "x.y", "conversation.creation", ""]),
-     "objectId": st.one_of(st.integers(), st.text(max_size=8), st.none())},
-    optional={"propertyName": st.text(max_size=12), "propertyValue": json_values,
+     "objectId": st.one_of(st.integers(), texts(8), st.none())},
+    optional={"propertyName": texts(12), "propertyValue": json_values,
               "objectTypeId": st.sampled_from(["0-1", "0-3", "2-99", "", "../x"])})
 # requests refuses to send leading whitespace or control characters, so values start with a visible one.
 header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_categories=["Cc"]),
@@ -71,6 +83,15 @@ def test_anything_unauthenticated(bridge, body, headers, path):
                  "subscriptionType": "deal.propertyChange", "objectId": 0}])
 @example(batch=[{"eventId": "²", "subscriptionId": 0, "portalId": "١٢", "occurredAt": 10**20,
                  "subscriptionType": "contact.creation", "objectId": 12345678901234567890}])
+# Found in review (F3): a lone surrogate in a value that becomes a Redis key or argument was a 503.
+@example(batch=[{"eventId": 1, "subscriptionId": 2, "portalId": 3, "occurredAt": 1767268795000,
+                 "subscriptionType": "deal.propertyChange", "objectId": 4, "propertyName": "deal\ud800",
+                 "propertyValue": "x"},
+                {"eventId": 5, "subscriptionId": 2, "portalId": 3, "occurredAt": 1767268795000,
+                 "subscriptionType": "deal.creation", "objectId": 6}])
+@example(batch={"dealId": "5\ud800", "portalId": 62515, "properties": {}})
+@example(batch={"dealId": 5, "portalId": "\ud800", "properties": {}})
+@example(batch={"dealId": 5, "portalId": 62515, "event_id": "wf\ud800", "properties": {}})
 def test_signed_hubspot_bodies(bridge, batch):
     body = json.dumps(batch).encode()
     ts = str(int(bridge.clock.now * 1000))
@@ -96,6 +117,11 @@ def test_signed_hubspot_bodies(bridge, batch):
                                "timestamp": float("nan")})
 @example(body={"x": float("inf")}, meta={"id": "e6", "action": "change", "entity": "deal", "entity_id": 1,
                                         "attempt": float("inf")})
+# Found in review (F3): a lone surrogate in meta.id, meta.entity_id or meta.company_id was a 503.
+@example(body={"id": 1}, meta={"id": "e\ud800", "action": "change", "entity": "deal", "entity_id": 1})
+@example(body={"id": 1}, meta={"id": "e7", "action": "change", "entity": "deal", "entity_id": "1\ud800"})
+@example(body={"id": 1}, meta={"id": "e8", "action": "change", "entity": "deal", "entity_id": 1,
+                               "company_id": "\ud800"})
 def test_authenticated_pipedrive_bodies(bridge, body, meta):
     payload = {"meta": meta, "data": body if isinstance(body, dict) else None, "previous": body}
     headers = {"Content-Type": "application/json", "Authorization": BASIC}
@@ -112,6 +138,10 @@ def test_authenticated_pipedrive_bodies(bridge, body, meta):
 @example(body={"occurred_at": float("nan")}, flat={"occurred_at": "²"})
 @example(body={"occurred_at": float("-inf")}, flat={"occurred_at": "12345678901234567890"})
 @example(body=[{"event": "deal.updated", "id": 1, "timestamp": -1}], flat={"occurred_at": 10**20})
+# Found in review (F3): a lone surrogate in event_id, deal__id / deal.id or account was a 503.
+@example(body={"type": "deal.updated", "deal__id": "1", "event_id": "ev\ud800"}, flat={"event_id": "ev\udfff"})
+@example(body={"type": "deal.updated", "deal": {"id": "\ud800"}}, flat={"deal__id": "1\ud800"})
+@example(body={"type": "deal.updated", "deal__id": "1", "account": "\ud800"}, flat={"\ud800": 1})
 def test_authenticated_generic_bodies(bridge, body, flat):
     headers = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
     for payload in (body, flat, {**flat, "event": "deal.updated", "deal__id": "1"}):
@@ -120,14 +150,20 @@ def test_authenticated_generic_bodies(bridge, body, flat):
 
 @FUZZ
 @given(fields=st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True),
-                              st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
-                                      max_size=20), max_size=5),
+                              st.one_of(st.text(alphabet=st.characters(codec="utf-8",
+                                                                       exclude_categories=["Cs", "Cc"]), max_size=20),
+                                        surrogate_text), max_size=5),
        org=st.sampled_from(["00D5e000000Fxq2EAC", "00D5e000000Fxq2", "bogus", ""]),
        sobject=st.sampled_from(["sf:Opportunity", "sf:Contact", "", "x:y:z", "sf:Weird_Object__c"]))
+# XML cannot carry a lone surrogate: as a character reference it is not well-formed (400), never a 5xx.
+@example(fields={"Name": "x\ud800"}, org="00D5e000000Fxq2EAC", sobject="sf:Opportunity")
 def test_salesforce_messages(bridge, fields, org, sobject):
     from xml.sax.saxutils import escape
 
-    inner = "".join(f"<sf:{k}>{escape(v)}</sf:{k}>" for k, v in fields.items())
+    def text(value: str) -> str:  # a surrogate can only be written as a character reference
+        return "".join(f"&#x{ord(c):X};" if 0xD800 <= ord(c) <= 0xDFFF else c for c in escape(value))
+
+    inner = "".join(f"<sf:{k}>{text(v)}</sf:{k}>" for k, v in fields.items())
     body = (f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv='
             f'"http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
             f'<soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound">'

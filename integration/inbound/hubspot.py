@@ -23,6 +23,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from integration.inbound import jsonbody
 from integration.inbound.errors import InboundError, malformed, unauthorized
 from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, validated
 from integration.inbound.signatures import safe_equal, whole_number, within_window
@@ -151,6 +152,12 @@ def parse_app_batch(batch: list[Any]) -> tuple[list[InboundEvent], list[dict[str
     events: list[InboundEvent] = []
     skipped: list[dict[str, Any]] = []
     for index, item in enumerate(batch):
+        # Checked here, not by the reader for the whole body: its ids become Redis keys, which
+        # cannot hold a lone surrogate, and one such item must not fail the other 99.
+        where = jsonbody.lone_surrogate_path(item, f"$[{index}]")
+        if where is not None:
+            skipped.append({"index": index, "reason": jsonbody.lone_surrogate_reason(where)})
+            continue
         try:
             data = HubSpotAppEventSchema().load(item if isinstance(item, dict) else {"_": item})
         except ValidationError as exc:
@@ -312,14 +319,22 @@ def _stringify_ids(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def read(raw: bytes) -> Any:
+    """The body as JSON values (jsonbody.parse), leaving a batch's lone surrogates to `parse`."""
+    return jsonbody.parse(raw, items_checked_by_caller=True)
+
+
 def parse(body: Any, query: dict[str, str]) -> tuple[list[InboundEvent], list[dict[str, Any]]]:
-    """An app batch (JSON array) or a workflow body (JSON object)."""
+    """An app batch (JSON array) or a workflow body (JSON object), as `read` returns it."""
     if isinstance(body, list):
         if len(body) > MAX_BATCH:
             raise InboundError(413, "batch_too_large",
                                f"a HubSpot batch holds at most {MAX_BATCH} events; this one has {len(body)}")
         return parse_app_batch(body)
     if isinstance(body, dict):
+        where = jsonbody.lone_surrogate_path(body)
+        if where is not None:  # `read` refuses this already; callers that read the body otherwise (preview)
+            raise malformed(jsonbody.lone_surrogate_reason(where))
         try:
             return [parse_workflow(body, query)], []
         except InboundError:

@@ -103,7 +103,7 @@ def hubspot_webhook() -> Response:
     hubspot.verify(settings.hubspot_client_secret.get(), request.method, url, raw, request.headers,
                    int(_now() * 1000), settings.hubspot_signature_versions)
     _require_type(JSON_TYPES)
-    events, skipped = hubspot.parse(_json(raw), request.args.to_dict())
+    events, skipped = hubspot.parse(hubspot.read(raw), request.args.to_dict())
     if skipped:
         log.info("hubspot: %d event(s) of a verified batch skipped: %s", len(skipped),
                  "; ".join(s["reason"] for s in skipped[:5]))
