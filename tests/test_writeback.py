@@ -358,6 +358,7 @@ def test_a_trickling_receiver_is_timed_out_counted_retried_and_dead_lettered(sta
     shown = json.loads(revor_bridge("deliveries", "show", message_id, env=stack["env"], cwd=stack["tmp"]).stdout)
     assert shown["attempts"] == 8 and shown["dead_reason"].startswith("no 2xx after 8 attempts; last: timed out")
     tries = [a for a in trickle.attempts if a["id"] == message_id]
+    assert abs(shown["last_attempt_at"] - tries[-1]["start"]) < 0.5  # recorded as the last attempt began
     assert len(tries) == 8
     for one in tries:  # each attempt ended at the deadline, not at the 15 s per-read timeout
         assert one["end"] is not None and timeout - 0.1 <= one["end"] - one["start"] <= timeout + 1.0

@@ -1,8 +1,8 @@
 """Destination health (the circuit breaker, disabling on 410) and the dead-letter lists.
 
-Health, per destination, in `rb:destination:<name>`: consecutive failures; after
-FAILURES_TO_OPEN of them the circuit opens and nothing is sent to it until `open_until`, when one
-delivery probes it (a success closes the circuit, a failure reopens it for twice as long, up to
+Health, per destination, in `rb:destination:<name>`: consecutive failures (an error status, no
+answer, or no whole answer within the attempt's deadline); after FAILURES_TO_OPEN of them the
+circuit opens and nothing is sent to it until `open_until`, when one delivery probes it (a success closes the circuit, a failure reopens it for twice as long, up to
 MAX_COOLDOWN). A 410 Gone disables the destination until an operator enables it again.
 
 Dead letters, per destination, in `rb:dead:<name>` (scored by time): messages that used up the
@@ -108,6 +108,8 @@ def summary(connection: redis.Redis, message_id: str) -> dict[str, Any]:
     return {"id": message_id, "destination": message["destination"], "dispatch_id": message["dispatch_id"],
             "sequence": message["sequence"], "type": message["body"].get("type"),
             "attempts": int(attempts.get("count") or 0), "last_outcome": attempts.get("last") or None,
+            # Recorded when the attempt started (before sending), so a killed attempt is on record too.
+            "last_attempt_at": float(attempts["at"]) if attempts.get("at") else None,
             "dead": bool(dead), "dead_reason": dead.get("reason") or None, "body": message["body"]}
 
 
