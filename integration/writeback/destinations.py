@@ -2,8 +2,9 @@
 
 Health, per destination, in `rb:destination:<name>`: consecutive failures (an error status, no
 answer, or no whole answer within the attempt's deadline); after FAILURES_TO_OPEN of them the
-circuit opens and nothing is sent to it until `open_until`, when one delivery probes it (a success closes the circuit, a failure reopens it for twice as long, up to
-MAX_COOLDOWN). A 410 Gone disables the destination until an operator enables it again.
+circuit opens and nothing is sent to it until `open_until`, when one delivery probes it (a
+success closes the circuit, a failure reopens it for twice as long, up to MAX_COOLDOWN). A 410
+Gone disables the destination until an operator enables it again.
 
 Dead letters, per destination, in `rb:dead:<name>` (scored by time): messages that used up the
 retry schedule, that could not be rendered, or that were meant for a disabled destination. A
