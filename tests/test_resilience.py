@@ -35,6 +35,39 @@ def test_worker_with_redis_unreachable_at_start_says_so_in_one_line_and_exits_3(
     assert "hunter2" not in result.stderr
 
 
+def test_an_outage_is_one_line_when_it_starts_and_one_when_it_ends_with_back_off(caplog):
+    import logging
+
+    from integration.jobs.outage import Outage
+
+    answers = [redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
+               redis.exceptions.TimeoutError("Timeout reading from socket"),
+               redis.exceptions.ConnectionError("Connection closed by server."), None]
+    probes = []
+
+    def ping() -> None:
+        probes.append(time.monotonic())
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    outage = Outage(logging.getLogger("test.outage"), "worker", first=0.02, cap=0.05)
+    with caplog.at_level(logging.INFO, logger="test.outage"):
+        started = time.monotonic()
+        assert outage.wait(redis.exceptions.ConnectionError("gone"), ping, lambda: False)
+    gaps = [b - a for a, b in zip([started, *probes], probes, strict=False)]
+    assert len(probes) == 4  # back-off: 0.02 s, doubling, up to the 0.05 s cap
+    assert all(gap >= pause - 0.005 for gap, pause in zip(gaps, (0.02, 0.04, 0.05, 0.05), strict=True)), gaps
+    assert [r.getMessage().split(" (")[0].split(" after")[0] for r in caplog.records] == [
+        "worker: Redis unreachable", "worker: Redis is back"]
+    assert not outage.ongoing
+    # A stop requested during an outage ends the wait at once, without waiting for Redis.
+    stopped = time.monotonic()
+    assert not Outage(logging.getLogger("test.outage"), "clock", first=5.0).wait(
+        redis.exceptions.ConnectionError("gone"), ping, lambda: time.monotonic() - stopped > 0.1)
+    assert time.monotonic() - stopped < 1.0
+
+
 class RedisServer:
     """A redis-server on a fixed port and folder that can be stopped and started again."""
 

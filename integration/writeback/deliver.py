@@ -121,7 +121,13 @@ def _tls_context() -> ssl.SSLContext:
 
 def _post(url: str, body: bytes, headers: dict[str, str], deadline: float, tick: float,
           keepalive: Callable[[], None]) -> tuple[int, float | None]:
-    """One POST whose connect, send, status line and headers all end by `deadline`."""
+    """One POST whose connect, send, status line and headers all end by `deadline`.
+
+    http.client rather than requests: requests' timeout applies to each socket read, and its
+    status line and headers are read before any code of ours runs again. Not bounded here: the
+    DNS lookup (the system resolver's own timeouts apply); proxies from the environment are not
+    used (write-backs go straight to the URL in the rules file).
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("write-back URL must be http(s)://host/...")
