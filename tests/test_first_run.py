@@ -237,10 +237,11 @@ def _alive(pid: int) -> bool:
 def test_dev_runs_sandbox_web_and_worker_until_ctrl_c(tmp_path):
     from integration.storage import free_port
 
-    web_port, sandbox_port = free_port(), free_port()
+    web_port, sandbox_port, receiver_port = free_port(), free_port(), free_port()
     log = (tmp_path / "dev.log").open("w+")
     env = cli_env(PORT=str(web_port), BRIDGE_DATA_DIR=str(tmp_path / "data"), WEB_CONCURRENCY="1",
-                  WRITEBACK_RETRY_SCALE="0.01")
+                  WRITEBACK_RETRY_SCALE="0.01",
+                  CRM_STATUS_WEBHOOK_URL=f"http://127.0.0.1:{receiver_port}/revor-status")
     for name in ("RULES_FILE", "ADMIN_TOKEN"):
         env.pop(name, None)
     dev = subprocess.Popen([sys.executable, "-m", "integration", "dev", "--sandbox-port", str(sandbox_port),
@@ -278,6 +279,16 @@ def test_dev_runs_sandbox_web_and_worker_until_ctrl_c(tmp_path):
             assert time.monotonic() < deadline, (event, listed)
             time.sleep(0.3)
         assert listed["items"][0]["rule"] == "won-whatsapp"
+        # Issue 9 item 4a: the example rules' write-back reaches a verifying receiver that prints each status.
+        assert f"write-back crm-status -> http://127.0.0.1:{receiver_port}/revor-status" in banner
+        deadline = time.monotonic() + 30
+        while not re.search(r"write-back crm-status: won-whatsapp +whatsapp +\+14155550123 +succeeded",
+                            (tmp_path / "dev.log").read_text()):
+            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()
+            time.sleep(0.3)
+        assert "bad signature" not in (tmp_path / "dev.log").read_text()
+        # Issue 9 item 4d: the web process listens on 127.0.0.1 only, as the banner says.
+        assert _listen_addresses(web_port) == {"127.0.0.1"}
 
         family |= _descendants(dev.pid)
         dev.send_signal(signal.SIGINT)
@@ -293,4 +304,101 @@ def test_dev_runs_sandbox_web_and_worker_until_ctrl_c(tmp_path):
             dev.kill()
             dev.wait()
         _kill_all([p for p in family | set(_redis_servers_for(tmp_path / "data" / "redis")) if _alive(p)])
+        log.close()
+
+
+# ---- issue 9 item 4: `dev` checks its ports first, binds loopback only, and fits its hints to the rules ----
+
+def _listen_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            address, number = local.rsplit(":", 1)
+            if state == "0A" and int(number, 16) == port:
+                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))) if len(address) == 8
+                          else address)
+    return found
+
+
+@pytest.mark.parametrize("taken", ["sandbox", "web"])
+def test_dev_with_a_port_in_use_says_which_setting_to_change_and_starts_nothing(tmp_path, taken):
+    import socket
+
+    from integration.storage import free_port
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    busy = blocker.getsockname()[1]
+    web_port, sandbox_port = (free_port(), busy) if taken == "sandbox" else (busy, free_port())
+    env = cli_env(PORT=str(web_port), BRIDGE_DATA_DIR=str(tmp_path / "data"),
+                  CRM_STATUS_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/revor-status")
+    env.pop("RULES_FILE", None)
+    try:
+        result = subprocess.run([sys.executable, "-m", "integration", "dev", "--sandbox-port", str(sandbox_port)],
+                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    finally:
+        blocker.close()
+    assert result.returncode == 2, result.stderr
+    fix = "choose another with --sandbox-port" if taken == "sandbox" else "set PORT to another"
+    what = "sandbox" if taken == "sandbox" else "web process"
+    assert result.stderr.splitlines() == [f"revor-bridge: port {busy} for the {what} is in use ({fix}); "
+                                          "nothing was started"]
+    assert "running" not in result.stderr + result.stdout
+    assert not (tmp_path / "data" / "redis").exists()  # not even the embedded Redis was started
+
+
+USER_RULES = """\
+version: 1
+rules:
+  - name: mine
+    when: {source: generic:crm}
+    dispatch: {account: connect_account_sandbox_email, channel: email, recipient: {address: "{{ contact.email }}"},
+               content: {subject: Hi, text: Hello}}
+    writeback: [mine]
+destinations:
+  mine:
+    url: http://127.0.0.1:%d/status
+    secret: whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk=
+"""
+
+
+def test_dev_with_your_own_rules_gives_no_example_hints_and_listens_on_loopback_only(tmp_path):
+    """Item 4c/4d: no Zapier/WhatsApp hint or made-up Zapier token for a user's rules, a loud line for a
+    write-back destination on 127.0.0.1 that nothing serves, and gunicorn bound to 127.0.0.1."""
+    from integration.storage import free_port
+
+    web_port, sandbox_port, nobody = free_port(), free_port(), free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(USER_RULES % nobody)
+    log = (tmp_path / "dev.log").open("w+")
+    env = cli_env(PORT=str(web_port), BRIDGE_DATA_DIR=str(tmp_path / "data"), WEB_CONCURRENCY="1",
+                  RULES_FILE=str(rules), ADMIN_TOKEN="admin-token-0123456789")
+    dev = subprocess.Popen([sys.executable, "-m", "integration", "dev", "--sandbox-port", str(sandbox_port)],
+                           env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "see the dispatches:" not in (tmp_path / "dev.log").read_text():
+            assert dev.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()
+            time.sleep(0.2)
+        banner = (tmp_path / "dev.log").read_text()
+        assert f"rules    {rules}\n" in banner
+        for example_only in ("Zapier", "WhatsApp", "zapier", "example rules"):
+            assert example_only not in banner, example_only
+        assert (f"WARNING: write-back mine -> http://127.0.0.1:{nobody}/status: nothing listens there" in banner)
+        assert _listen_addresses(web_port) == {"127.0.0.1"}
+        assert _listen_addresses(sandbox_port) == {"127.0.0.1"}
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=60) == 0
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        _kill_all(_redis_servers_for(tmp_path / "data" / "redis"))
         log.close()

@@ -24,10 +24,10 @@ from typing import Any
 
 import click
 import requests
-from flask import Flask, Response, request
-from standardwebhooks import Webhook, WebhookVerificationError
+from standardwebhooks import Webhook
 
 from integration.cli import EXIT_FINAL, cli, load_settings
+from integration.cli.receiver import receiver_app, status_line
 from integration.inbound import hubspot
 from integration.localserver import LocalServer
 from integration.sandbox.core import Faults
@@ -46,23 +46,6 @@ SALESFORCE_TOKEN = "demo-salesforce-token-0123456789"
 PIPEDRIVE = ("demo-pipedrive", "demo-pipedrive-password")
 ADMIN = "demo-admin-token-0123456789"
 FINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
-
-
-def _receiver(on_message: Any) -> Flask:
-    """The CRM side of write-back: verifies each status message as a receiver should."""
-    verifier = Webhook(RECEIVER_SECRET)
-    app = Flask("demo_receiver")
-
-    @app.post("/revor-status")
-    def status() -> Response:
-        try:
-            body = verifier.verify(request.get_data(), dict(request.headers))
-        except WebhookVerificationError:
-            return Response("bad signature", 401)
-        on_message(request.headers["webhook-id"], body)
-        return Response("{}", 200, mimetype="application/json")
-
-    return app
 
 
 def _requests(web: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
@@ -119,11 +102,9 @@ def demo(time_scale: float, timeout: float) -> None:
                 return
             seen[data["dispatch_id"]]["messages"].add(message_id)
             seen[data["dispatch_id"]]["status"] = data["status"]
-            recipient = next(iter(data["recipient"].values()), "")
-            extra = f"  ({data['reason']})" if data.get("reason") else ""
-            click.echo(f"  {data['rule']:<22} {data['channel']:<9} {recipient:<45} {data['status']}{extra}")
+            click.echo(f"  {status_line(body)}")
 
-    receiver = LocalServer(_receiver(on_message)).start()
+    receiver = LocalServer(receiver_app(RECEIVER_SECRET, on_message)).start()
     click.echo(f"write-back       {receiver.url}/revor-status (verifies signatures)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "REDIS_", "HUBSPOT_", "GENERIC_",
                                                                        "PIPEDRIVE_", "SALESFORCE_"))}

@@ -68,7 +68,9 @@ def redis_settings(settings: Settings) -> Settings:
 
 
 @cli.command()
-def web() -> None:
+@click.option("--host", default="0.0.0.0", show_default=True,  # noqa: S104 - a dyno must listen on every address
+              help="Address to listen on (`dev` uses 127.0.0.1).")
+def web(host: str) -> None:
     """Run the web process (gunicorn on $PORT: $WEB_CONCURRENCY processes of $WEB_THREADS threads)."""
     from integration.cli.rules import rules_or_exit
     from integration.web.serving import WebServer, gunicorn_options
@@ -78,7 +80,9 @@ def web() -> None:
         rules_or_exit(settings)  # refuse to start on an invalid rules file, with every problem listed
     settings = redis_settings(settings)
     os.environ["REDIS_URL"] = settings.redis_url or ""
-    WebServer(gunicorn_options(settings)).run()
+    options = gunicorn_options(settings)
+    options["bind"] = [f"{host}:{settings.port}"]
+    WebServer(options).run()
 
 
 @cli.command()
