@@ -122,8 +122,75 @@ def test_unreachable_revor_exits_3(tmp_path):
 def test_check_reports_each_part(sandbox_process, redis_url, tmp_path):
     result = revor_bridge("check", env=cli_env(REVOR_BASE_URL=sandbox_process, REDIS_URL=redis_url), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == ["settings: ok", "rules: RULES_FILE unset; no rules will match", "redis: ok",
-                                          "revor: ok (sandbox, 4 accounts, 3 can send)"]
+    assert result.stdout.splitlines() == [
+        "settings: ok",
+        "rules: RULES_FILE is unset: web and worker use no rules (events are stored and processed, nothing is sent); "
+        "preview and dev use the example rules",
+        "redis: ok", "revor: ok (sandbox, 4 accounts, 3 can send)"]
+
+
+SOURCES_RULES = """\
+version: 1
+rules:
+""" + "".join(f"""\
+  - name: from-{name.replace(':', '-')}
+    when: {{source: "{name}"}}
+    dispatch: {{account: connect_account_sandbox_email, channel: email, recipient: {{address: x@example.com}},
+               content: {{subject: s, text: t}}}}
+""" for name in ("hubspot", "salesforce", "pipedrive", "generic:zapier-eu", "generic:ok"))
+
+
+def test_check_warns_about_rule_sources_whose_endpoint_is_not_configured(sandbox_process, redis_url, tmp_path):
+    """Issue 9 item 5a: a rule for a source nobody configured gets no events; check names the setting."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SOURCES_RULES)
+    env = cli_env(REVOR_BASE_URL=sandbox_process, REDIS_URL=redis_url, RULES_FILE=str(rules),
+                  SALESFORCE_ORG_IDS="00D5e000000Fxq2EAC", GENERIC_WEBHOOK_SECRET_OK="token-0123456789abcdef")
+    result = revor_bridge("check", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr  # a warning: the endpoints wait, nothing is lost
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: source hubspot ('from-hubspot'): HUBSPOT_CLIENT_SECRET unset, so /webhooks/hubspot answers 503 "
+        "and these rules get no events",
+        "warning: source salesforce ('from-salesforce'): SALESFORCE_WEBHOOK_TOKEN unset, so /webhooks/salesforce "
+        "answers 503 and these rules get no events",
+        "warning: source pipedrive ('from-pipedrive'): PIPEDRIVE_WEBHOOK_USER and PIPEDRIVE_WEBHOOK_PASSWORD unset, "
+        "so /webhooks/pipedrive answers 503 and these rules get no events",
+        "warning: source generic:zapier-eu ('from-generic-zapier-eu'): GENERIC_WEBHOOK_SECRET_ZAPIER_EU unset, so "
+        "/webhooks/generic/zapier-eu answers 404 (no such hook) and these rules get no events",
+    ]
+
+
+def test_check_without_redis_url_checks_the_running_embedded_server_or_says_why_not(sandbox_process, tmp_path):
+    """Issue 9 item 5b: with REDIS_URL unset, check pings the embedded server if one runs, and never starts one."""
+    from integration.storage import EmbeddedRedis
+
+    env = cli_env(REVOR_BASE_URL=sandbox_process, BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    alone = revor_bridge("check", env=env, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert (f"redis: not checked: REDIS_URL is unset and no embedded server runs in {tmp_path / 'data' / 'redis'}; "
+            "web, worker and dev start one there (a deployed app needs REDIS_URL)") in alone.stdout.splitlines()
+    assert not (tmp_path / "data" / "redis" / "redis.pid").exists()
+    embedded = EmbeddedRedis(tmp_path / "data").start()
+    try:
+        shared = revor_bridge("check", env=env, cwd=tmp_path)
+        assert shared.returncode == 0, shared.stdout + shared.stderr
+        assert (f"redis: ok (REDIS_URL is unset: the embedded server at 127.0.0.1:{embedded.port})"
+                in shared.stdout.splitlines())
+    finally:
+        embedded.stop()
+
+
+def test_check_exits_3_when_revor_or_redis_cannot_be_reached(sandbox_process, tmp_path):
+    """Issue 9 item 5d: unreachable is exit 3, as the README's exit codes say (a failed check is 1)."""
+    nowhere = f"http://127.0.0.1:{free_port()}/api/v1"
+    revor = revor_bridge("check", env=cli_env(REVOR_BASE_URL=nowhere), cwd=tmp_path, timeout=120)
+    assert revor.returncode == 3, revor.stdout + revor.stderr
+    redis_down = revor_bridge("check", env=cli_env(REVOR_BASE_URL=sandbox_process,
+                                                   REDIS_URL=f"redis://127.0.0.1:{free_port()}"), cwd=tmp_path,
+                              timeout=120)
+    assert redis_down.returncode == 3, redis_down.stdout + redis_down.stderr
+    assert "redis: unreachable (ConnectionError)" in redis_down.stdout
 
 
 def test_demo_runs_the_whole_service_to_succeeded_on_every_channel(tmp_path):

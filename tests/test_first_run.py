@@ -201,7 +201,7 @@ def test_check_with_the_sandbox_down_says_how_to_start_it(tmp_path):
     result = subprocess.run([sys.executable, "-m", "integration", "check"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60,
                             env=cli_env(REVOR_BASE_URL=f"http://127.0.0.1:{free_port()}/api/v1"))
-    assert result.returncode == 1
+    assert result.returncode == 3  # unreachable, as the README's exit codes say (issue 9 item 5d)
     assert ("is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY"
             in result.stdout), result.stdout
 

@@ -148,24 +148,37 @@ def check() -> None:
 
     settings = load_settings()
     click.echo("settings: ok")
-    failed = False
+    failed = unreachable = False
     ruleset = None
     if settings.rules_file:
         ruleset = rules_or_exit(settings)
         click.echo(f"rules: ok ({len(ruleset.rules)} rules in {settings.rules_file})")
+        for warning in missing_source_settings(ruleset, settings):
+            click.echo(f"warning: {warning}")
     else:
-        click.echo("rules: RULES_FILE unset; no rules will match")
+        click.echo("rules: RULES_FILE is unset: web and worker use no rules (events are stored and processed, "
+                   "nothing is sent); preview and dev use the example rules")
     if settings.redis_url:
-        try:
-            connect(settings.redis_url).ping()
-            click.echo("redis: ok")
-        except redis.RedisError as exc:
-            click.echo(f"redis: unreachable ({type(exc).__name__})")
-            failed = True
+        embedded_note, connection = "", connect(settings.redis_url)
     else:
-        click.echo("redis: REDIS_URL unset; local commands use the embedded server")
+        from integration.storage import EmbeddedRedis
+
+        running = EmbeddedRedis(settings.data_dir)._running()  # noqa: SLF001 - find it, never start one here
+        embedded_note = f" (REDIS_URL is unset: the embedded server at 127.0.0.1:{running[1]})" if running else ""
+        connection = connect(f"redis://127.0.0.1:{running[1]}/0") if running else None
+        if connection is None:
+            click.echo(f"redis: not checked: REDIS_URL is unset and no embedded server runs in "
+                       f"{EmbeddedRedis(settings.data_dir).folder}; web, worker and dev start one there (a deployed "
+                       "app needs REDIS_URL)")
+    if connection is not None:
+        try:
+            connection.ping()
+            click.echo(f"redis: ok{embedded_note}")
+        except redis.RedisError as exc:
+            click.echo(f"redis: unreachable ({type(exc).__name__}){embedded_note}")
+            unreachable = True
     from integration.cli.revor import report_errors_once
-    from integration.revor.errors import RevorConnectionError
+    from integration.revor.errors import RevorConnectionError, RevorFinalError
 
     report_errors_once()
     try:
@@ -179,10 +192,47 @@ def check() -> None:
         if settings.uses_sandbox and isinstance(error, RevorConnectionError):
             click.echo(f"  REVOR_API_KEY is unset, so this is the local sandbox at {settings.revor_base_url}: "
                        "is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY")
-        sys.exit(EXIT_FINAL)
+        sys.exit(EXIT_FINAL if isinstance(error, RevorFinalError) else EXIT_UNREACHABLE)
     if ruleset is not None:
         failed = _check_rule_accounts(ruleset, accounts) or failed
-    sys.exit(EXIT_FINAL if failed else 0)
+    sys.exit(EXIT_UNREACHABLE if unreachable else EXIT_FINAL if failed else 0)
+
+
+def missing_source_settings(ruleset: object, settings: Settings) -> list[str]:
+    """One line per rule source whose endpoint is not configured: its events could never arrive.
+
+    A warning, not a failure: the endpoint answers 503 (a generic hook 404) until it is configured, and a
+    deploy may come before the setting. It names the setting(s) to set and the rules that wait for it.
+    """
+    from integration.inbound.generic import setting_name
+
+    needs: dict[str, list[str]] = {}
+    for rule in ruleset.rules:  # type: ignore[attr-defined]
+        for source in rule.when["source"]:
+            needs.setdefault(source, []).append(rule.name)
+    lines = []
+    for source, rules in needs.items():
+        if source == "hubspot":
+            missing = [] if settings.hubspot_client_secret else ["HUBSPOT_CLIENT_SECRET"]
+        elif source == "salesforce":
+            missing = [name for name, value in (("SALESFORCE_ORG_IDS", settings.salesforce_org_ids),
+                                                ("SALESFORCE_WEBHOOK_TOKEN", settings.salesforce_webhook_token))
+                       if not value]
+        elif source == "pipedrive":
+            missing = [name for name, value in (("PIPEDRIVE_WEBHOOK_USER", settings.pipedrive_webhook_user),
+                                                ("PIPEDRIVE_WEBHOOK_PASSWORD", settings.pipedrive_webhook_password))
+                       if not value]
+        else:
+            hook = source.split(":", 1)[1]
+            missing = ([] if setting_name(hook) in settings.generic_webhook_secrets
+                       else [f"GENERIC_WEBHOOK_SECRET_{setting_name(hook).upper()}"])
+        if missing:
+            endpoint = f"/webhooks/generic/{source.split(':', 1)[1]}" if source.startswith("generic:") \
+                else f"/webhooks/{source}"
+            answer = "404 (no such hook)" if source.startswith("generic:") else "503"
+            lines.append(f"source {source} ({', '.join(repr(r) for r in rules)}): {' and '.join(missing)} "
+                         f"unset, so {endpoint} answers {answer} and these rules get no events")
+    return lines
 
 
 def _check_rule_accounts(ruleset: object, accounts: list[dict]) -> bool:
