@@ -231,3 +231,30 @@ def test_web_serves_health_and_worker_runs_a_burst(redis_url, tmp_path):
     assert web.returncode == 0
     burst = revor_bridge("worker", "--burst", env=env, cwd=tmp_path)
     assert burst.returncode == 0, burst.stderr
+
+
+def test_deliveries_destinations_prints_a_table_or_json(redis_url, redis_db, tmp_path):
+    """Issue 9 item 8: a table a person can read (not raw JSON lines), `--json` for scripts, times in ISO."""
+    import re
+
+    from integration.writeback import destinations
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules: []\ndestinations:\n" + "".join(
+        f"  {name}:\n    url: http://127.0.0.1:9/status\n    secret: whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk=\n"
+        for name in ("crm-status", "other")))
+    destinations.record_success(redis_db, "crm-status")
+    for _ in range(destinations.FAILURES_TO_OPEN):
+        destinations.record_failure(redis_db, "crm-status", "HTTP 503")
+    env = cli_env(REDIS_URL=f"{redis_url}/1", RULES_FILE=str(rules))
+    table = revor_bridge("deliveries", "destinations", env=env, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    header, crm, other = table.stdout.splitlines()
+    assert header.split("  ")[0] == "DESTINATION" and "DEAD LETTERS" in header and "LAST ERROR" in header
+    assert re.match(r"^crm-status +circuit open until \d{4}-\d\d-\d\dT[\d:.]+Z +5 +0 +\d{4}-\d\d-\d\dT[\d:.]+Z +"
+                    r"HTTP 503$", crm), crm
+    assert re.match(r"^other +ok +0 +0 +never$", other), other
+    assert header.index("FAILURES") == crm.index(" 5 ") + 1 == other.index(" 0 ") + 1  # columns line up
+    as_json = json.loads(revor_bridge("deliveries", "destinations", "--json", env=env, cwd=tmp_path).stdout)
+    assert [item["destination"] for item in as_json] == ["crm-status", "other"]
+    assert as_json[0]["consecutive_failures"] == 5 and as_json[0]["last_success_at"].endswith("Z")

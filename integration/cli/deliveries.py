@@ -118,10 +118,44 @@ def enable_command(destination: str) -> None:
                f"--destination {destination}")
 
 
+def _iso(epoch: float | None) -> str | None:
+    from integration.dispatches.state import iso_now
+
+    return iso_now(epoch) if epoch else None
+
+
+HEALTH_COLUMNS = ("DESTINATION", "STATE", "FAILURES", "DEAD LETTERS", "LAST SUCCESS", "LAST ERROR")
+
+
+def _health_row(item: dict) -> tuple[str, ...]:
+    if item["disabled"]:
+        where = f"disabled: {item['disabled_reason']}" if item["disabled_reason"] else "disabled"
+    elif item["circuit"] == "open":
+        where = f"circuit open until {item['open_until']}"
+    else:
+        where = "ok"
+    return (item["destination"], where, str(item["consecutive_failures"]), str(item["dead_letters"]),
+            item["last_success_at"] or "never", item["last_error"] or "")
+
+
 @deliveries.command("destinations")
 @click.option("--destination", help="Only this destination.")
-def destinations_command(destination: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def destinations_command(destination: str | None, as_json: bool) -> None:
     """Health of each destination: circuit, failures, disabled, dead letters."""
     connection, known = _context()
-    for name in _names(destination, known):
-        click.echo(json.dumps(dest.health(connection, name)))
+    try:
+        items = [dest.health(connection, name) for name in _names(destination, known)]
+    except redis.RedisError as exc:
+        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    items = [{**item, "open_until": _iso(item["open_until"]), "last_success_at": _iso(item["last_success_at"])}
+             for item in items]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [HEALTH_COLUMNS, *(_health_row(item) for item in items)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEALTH_COLUMNS) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())

@@ -86,9 +86,36 @@ def _redis():
     return current_app.extensions["revor_bridge.redis"]
 
 
+# Redis hashes hold text; the API answers with JSON types: counts as integers, every time as ISO 8601 UTC.
+_COUNTS = ("attempt_count", "polls")
+_EPOCH_TIMES = ("updated_at",)  # written as epoch seconds by the state machine's script
+
+
+def _iso(epoch: float | str | None) -> str | None:
+    """Epoch seconds (a number or its text) as ISO 8601 UTC with milliseconds, None for none."""
+    if epoch in (None, ""):
+        return None
+    return state.iso_now(float(epoch))
+
+
 def _public(record: dict) -> dict:
-    """A dispatch as the API shows it: everything but the stored request body."""
-    return {k: v for k, v in record.items() if k not in ("body",)}
+    """A dispatch as the API shows it: everything but the stored request body, with JSON types."""
+    shown = {k: v for k, v in record.items() if k not in ("body",)}
+    for name in _COUNTS:
+        if name in shown:
+            shown[name] = int(shown[name]) if str(shown[name]).strip() else 0
+    for name in _EPOCH_TIMES:
+        if name in shown:
+            shown[name] = _iso(shown[name])
+    for name in [k for k in shown if k.endswith("_at")]:
+        shown[name] = shown[name] or None  # "" (not yet) is null, like the write-back body says it
+    return shown
+
+
+def _health(name: str) -> dict:
+    """A destination's health with its times as ISO 8601 UTC."""
+    found = destinations.health(_redis(), name)
+    return {**found, "open_until": _iso(found["open_until"]), "last_success_at": _iso(found["last_success_at"])}
 
 
 @status_api.get("/dispatches")
@@ -180,7 +207,7 @@ def _destination_names() -> list[str]:
 
 @status_api.get("/destinations")
 def destination_health() -> ResponseReturnValue:
-    return jsonify(items=[destinations.health(_redis(), name) for name in _destination_names()])
+    return jsonify(items=[_health(name) for name in _destination_names()])
 
 
 @status_api.get("/deliveries/dead")
@@ -190,8 +217,9 @@ def dead_letters() -> ResponseReturnValue:
         since = float(request.args["since"]) if request.args.get("since") else None
     except ValueError:
         return jsonify(error={"code": "bad_request", "message": "since is epoch seconds", "field": "since"}), 400
-    items = destinations.dead_letters(_redis(), destination=destination, since=since,
-                                      destinations=_destination_names())
+    items = [{**item, "dead_at": _iso(item["dead_at"])}
+             for item in destinations.dead_letters(_redis(), destination=destination, since=since,
+                                                   destinations=_destination_names())]
     return jsonify(items=items, count=len(items))
 
 
@@ -216,4 +244,4 @@ def replay_delivery(message_id: str) -> ResponseReturnValue:
 @status_api.post("/destinations/<name>/enable")
 def enable_destination(name: str) -> ResponseReturnValue:
     destinations.enable(_redis(), name)
-    return jsonify(destinations.health(_redis(), name))
+    return jsonify(_health(name))
