@@ -9,16 +9,21 @@ served while some wait on slow clients, and a deadline on reading each request
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import selectors
+import socket
+import time
+from functools import partial
 from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.gthread import _DEFER, DEFAULT_WORKER_DATA_TIMEOUT, ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from integration.settings import Settings
-from integration.web.read_deadline import default_watchdog
+from integration.web.read_deadline import READ_STEP, default_watchdog
 
 # gunicorn's default format logs the request line ("%(r)s"), query string included: a token a
 # sender puts in the URL would land in the log. Method and path only, and no referrer either.
@@ -76,22 +81,147 @@ class QueryRedactingLogger(glogging.Logger):
 
 
 class DeadlineThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, with a deadline on reading each request's head.
+    """gunicorn's gthread worker, where no thread ever waits on a client for its request head.
 
-    gthread reads the head with a blocking socket once the first byte is in: a client sending
-    one header byte a second would hold the thread for good. The watchdog shuts the socket's
-    read side at the deadline, the parser sees the end of the stream, and gunicorn closes the
-    connection.
+    gthread hands every new connection to a pool thread, which waits up to 5 s for a first byte
+    and then reads the head with a blocking socket: a few hundred connections that send nothing,
+    or a hundred that send one byte a second, hold every thread and `/healthz` waits behind
+    them. Here the main loop (gthread's poller) reads request heads itself, with non-blocking
+    reads, and a connection reaches the pool only once its head is complete: a thread then has
+    all it needs to parse the head, and the body has its own deadline (`ReadDeadline`, 408).
+
+    A head must be complete `read_timeout` seconds after the connection was accepted (or, on a
+    kept-alive connection, after its next request started), else the connection is closed
+    without an answer. At most `max_waiting` connections per process wait for their head; past
+    that the oldest one that has sent nothing (else the oldest one) is closed, so the process
+    always accepts new connections (gthread stops accepting at `worker_connections`).
+
+    gthread also closes connections "gracefully" on its main loop, lingering up to 2 s on a
+    blocking read: a client that keeps sending after its answer, or just keeps its end open,
+    stalls everyone for 2 s each. Here that linger is non-blocking, in the poller (`linger`).
     """
 
     read_timeout: float = Settings.web_read_timeout
+    max_waiting = 256
+    max_head_bytes = 64 * 1024  # gunicorn's own limits allow ~800 KiB; webhook heads are < 4 KiB
+
+    def init_process(self) -> None:
+        if self.cfg.is_ssl:  # heads are read as plain bytes: TLS ends at the router (Heroku's)
+            raise RuntimeError("revor-bridge web serves plain HTTP; terminate TLS in front of it")
+        self.waiting: dict[Any, None] = {}  # connections reading their head, oldest first
+        self.lingering: dict[socket.socket, list[float]] = {}  # closing sockets: [deadline, bytes drained]
+        super().init_process()
+
+    def accept(self, listener: Any) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = _Connection(self, client, address, listener.getsockname())  # non-blocking
+        self._wait_for_head(conn)
+
+    def enqueue_req(self, conn: Any) -> None:
+        """The one way to the pool: a complete head goes on, anything less waits in the poller."""
+        if conn.parser is not None:  # bytes read ahead after a kept-alive response
+            conn.head += conn.parser.unreader.take_buffered()
+        if _head_complete(conn.head):
+            conn.head_deadline = time.monotonic() + self.read_timeout
+            super().enqueue_req(conn)
+        else:
+            self._wait_for_head(conn, conn.head)
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        # A kept-alive connection's next request started: its head is read here too.
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._wait_for_head(conn)
+
+    def _wait_for_head(self, conn: Any, head: bytes = b"") -> None:
+        if len(self.waiting) >= self.max_waiting:
+            oldest = next((c for c in self.waiting if not c.head), None) or next(iter(self.waiting))
+            self._drop(oldest)
+        conn.head, conn.head_deadline = head, time.monotonic() + self.read_timeout
+        conn.sock.setblocking(False)  # a kept-alive socket comes back from a thread blocking
+        self.waiting[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, conn))
+
+    def _read_head(self, conn: Any, client: Any) -> None:
+        try:
+            data = conn.sock.recv(READ_STEP)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client left before its request was complete
+            self._drop(conn)
+            return
+        seen, conn.head = len(conn.head), conn.head + data
+        if len(conn.head) > self.max_head_bytes:
+            _send_quietly(conn.sock, HEAD_TOO_LARGE)
+            self._drop(conn, graceful=True)
+        elif _head_complete(conn.head, seen):
+            del self.waiting[conn]
+            self.poller.unregister(conn.sock)
+            super().enqueue_req(conn)
+
+    def _drop(self, conn: Any, graceful: bool = False) -> None:
+        del self.waiting[conn]
+        self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close(graceful)
+
+    def linger(self, sock: socket.socket) -> None:
+        """gunicorn's graceful close (FIN, then read what the client still sends, at most 2 s or
+        64 KiB, so that the answer is not cut by a reset), with the reads done by the poller."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._drain)
+        except (OSError, ValueError):
+            sock.close()
+            return
+        self.lingering[sock] = [time.monotonic() + LINGER_SECONDS, 0]
+
+    def _drain(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(READ_STEP)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self.lingering[sock][1] += len(data)
+        if not data or self.lingering[sock][1] >= LINGER_MAX_BYTES:
+            self._close_lingering(sock)
+
+    def _close_lingering(self, sock: socket.socket) -> None:
+        del self.lingering[sock]
+        self.poller.unregister(sock)
+        sock.close()
+
+    def murder_pending(self) -> None:
+        """Also close the connections whose head is late (every loop, at least once a second),
+        and, once the worker stops, those that have sent nothing."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in list(self.waiting):
+            if conn.head_deadline <= now or (not self.alive and not conn.head):
+                self._drop(conn)
+        for sock, (deadline, _) in list(self.lingering.items()):
+            if deadline <= now:
+                self._close_lingering(sock)
 
     def handle(self, conn: Any) -> Any:
-        # gthread's own wait for a new connection's first byte (it parks the silent ones on its
-        # poller), done here so the deadline starts when the client starts sending.
-        if not conn.initialized and not conn.data_ready and not conn.wait_for_data(DEFAULT_WORKER_DATA_TIMEOUT):
-            return _DEFER
-        conn.head_watch = default_watchdog().watch(conn.sock, self.read_timeout)
+        """Runs in a pool thread, with the complete head held in `conn.head`."""
+        conn.sock.setblocking(True)
+        conn.init()
+        conn.parser.unreader.unread(conn.head)
+        conn.head = b""
+        # Should gunicorn's parser want more than we found (it never should), the deadline holds.
+        remaining = max(conn.head_deadline - time.monotonic(), 0.1)
+        conn.head_watch = default_watchdog().watch(conn.sock, remaining)
         try:
             return super().handle(conn)
         finally:
@@ -100,6 +230,47 @@ class DeadlineThreadWorker(ThreadWorker):
     def handle_request(self, req: Any, conn: Any) -> Any:
         default_watchdog().cancel(conn.head_watch)  # the head is in; the body has its own deadline
         return super().handle_request(req, conn)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """Keep the connection only if its body was read whole (gthread drains for up to 5 s).
+
+        `ReadDeadline` reads every body it accepts; one left unread was refused (413), and a
+        client still sending it must not hold a thread: close instead.
+        """
+        return bool(keepalive) and bool(conn.parser.finish_body(deadline=time.monotonic() + 0.1))
+
+
+class _Connection(TConn):  # type: ignore[misc]
+    """gthread's connection, with the request head read so far and a close that never blocks."""
+
+    def __init__(self, worker: DeadlineThreadWorker, *args: Any) -> None:
+        super().__init__(worker.cfg, *args)
+        self.worker = worker
+        self.head, self.head_deadline = b"", 0.0
+        self.data_ready = True  # gthread's in-thread wait for a first byte is never needed
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:  # on the main loop (gthread's finish_request)
+            self.worker.linger(self.sock)
+        else:
+            super().close()
+
+
+LINGER_SECONDS, LINGER_MAX_BYTES = 2.0, 64 * 1024  # gunicorn's close_graceful
+HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+
+
+def _head_complete(head: bytes, seen: int = 0) -> bool:
+    """Whether `head` holds a whole request head (the blank line that ends it), searching past `seen`."""
+    return head.find(b"\r\n\r\n", max(seen - 3, 0)) >= 0
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.send(data)
+    except OSError:
+        pass
 
 
 class WebServer(BaseApplication):  # type: ignore[misc]
