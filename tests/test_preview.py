@@ -250,3 +250,15 @@ def test_preview_needs_no_destination_settings_but_check_does(tmp_path):
     assert checked.stderr.splitlines()[1:] == [
         "  destinations.crm.url: ${MY_CRM_URL} is not set in the environment (line 10)",
         "  destinations.crm.secret: ${MY_CRM_SECRET} is not set in the environment (line 11)"]
+
+
+def test_a_workflow_request_without_flow_gets_a_readable_event_id(tmp_path):
+    """Issue 9 item 9: `wf-noflow-...`, not `wf--24681357-...`, when the action URL has no ?flow=."""
+    from integration.inbound import hubspot
+
+    body = json.loads((FIXTURES / "hubspot-workflow-webhook-deal.json").read_bytes())
+    assert hubspot.parse_workflow(body, {}).event["event_id"] == "wf-noflow-24681357-deal-18273645501-1767268795123"
+    assert hubspot.parse_workflow(body, {"flow": ""}).event["event_id"].startswith("wf-noflow-24681357-")
+    assert hubspot.parse_workflow(body, {"flow": "deal-won"}).event["event_id"].startswith("wf-deal-won-24681357-")
+    shown = preview(str(FIXTURES / "hubspot-workflow-webhook-deal.json"), tmp_path=tmp_path)
+    assert shown["event"]["event_id"] == "wf-noflow-24681357-deal-18273645501-1767268795123"
