@@ -163,6 +163,7 @@ def test_worker_rides_out_a_redis_restart_and_processes_every_event_once(tmp_pat
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{receiver_state['times']}\n{log_path.read_text()[-5000:]}") from None
             client.close()
+            log = log_path.read_text()  # before SIGTERM: RQ's shutdown has tracebacks of its own
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -172,8 +173,36 @@ def test_worker_rides_out_a_redis_restart_and_processes_every_event_once(tmp_pat
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
         server.stop()
-    log = log_path.read_text()
     assert "unhandled exception" not in log and "Traceback" not in log, log[-3000:]
     for who in ("worker", "clock", "scheduler"):  # one line when it went, one when it came back
         assert log.count(f"{who}: Redis unreachable") <= 1 and log.count(f"{who}: Redis is back") <= 1, log[-3000:]
     assert "worker: Redis is back" in log and "clock: Redis is back" in log
+
+
+def test_a_sigterm_swallowed_by_a_log_call_still_stops_the_worker(redis_db):
+    """RQ raises StopRequested from its SIGTERM handler; inside a log call, logging swallows it."""
+    import logging
+
+    import pytest
+    from rq import Queue
+    from rq.exceptions import StopRequested
+
+    from integration.jobs.worker import BridgeWorker
+
+    worker = BridgeWorker([Queue("default", connection=redis_db)], connection=redis_db)
+    class Interrupted:  # the signal arrives while a line is being written
+        def write(self, text: str) -> None:
+            worker._shutdown()
+
+        def flush(self) -> None:
+            pass
+
+    handler = logging.StreamHandler(Interrupted())
+    logging.getLogger("test.sigterm").addHandler(handler)
+    try:
+        logging.getLogger("test.sigterm").warning("a line")  # logging calls handleError: swallowed
+    except StopRequested:
+        pytest.fail("logging no longer swallows it; this test no longer models the problem")
+    finally:
+        logging.getLogger("test.sigterm").removeHandler(handler)
+    assert worker._stop_requested  # the work loop stops after the job at hand

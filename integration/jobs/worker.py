@@ -118,6 +118,13 @@ class BridgeWorker(HerokuWorker):
         except REDIS_DOWN as error:
             self.outage.down(error)
 
+    def _shutdown(self) -> None:
+        """SIGTERM while idle: RQ raises StopRequested from the signal handler. When that lands inside
+        a log call, logging swallows it and the worker would run on until SIGKILL; the flag makes
+        the loop stop after the job at hand either way."""
+        self._stop_requested = True
+        super()._shutdown()
+
     def teardown(self) -> None:
         try:
             super().teardown()
