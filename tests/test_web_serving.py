@@ -270,8 +270,13 @@ def test_access_log_has_paths_without_query_strings(tmp_path, redis_url, redis_d
         refused = _raw_exchange(web.port, f"GET  /webhooks/salesforce?token={TOKEN} HTTP/1.1\r\n\r\n".encode(),
                                 close_write=False)
         assert refused.startswith(b"HTTP/1.1 400 ")
+        # A quote inside the query (and a byte that is not UTF-8) must not end the redaction.
+        quoted = _raw_exchange(web.port, f"POST /webhooks/salesforce?flow='x&token={TOKEN}".encode()
+                               + b"\xff HTTP/1.1\r\n\r\n", close_write=False)
+        assert quoted.startswith(b"HTTP/1.1 400 ")
     logs = web.logs()
-    assert TOKEN not in logs and "SECRET123" not in logs and "token=" not in logs
+    assert TOKEN not in logs and "SECRET123" not in logs and "token=" not in logs, logs
+    assert "Invalid HTTP request line: \"POST /webhooks/salesforce?<redacted> HTTP/1.1\"" in logs
     assert "Invalid HTTP request line: 'GET  /webhooks/salesforce?<redacted> HTTP/1.1'" in logs
     assert '"POST /webhooks/salesforce HTTP/1.1"' in logs and '"GET /api/v1/events/hubspot/e1 HTTP/1.1"' in logs
 

@@ -49,11 +49,16 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-_QUERY = re.compile(r"\?[^\s'\"]+")
+# Up to whitespace only: a quote can be part of the query (`?flow='x&token=...`), so stopping at
+# one would leave the rest of the query in the log.
+_QUERY = re.compile(r"\?\S+")
 
 
 def redact_queries(text: str) -> str:
-    """`GET /x?token=abc HTTP/1.1` -> `GET /x?<redacted> HTTP/1.1`: what follows a `?` up to a space or quote."""
+    """`GET /x?token=abc HTTP/1.1` -> `GET /x?<redacted> HTTP/1.1`: what follows a `?` up to whitespace.
+
+    A closing quote right after the query goes too (`'GET /x?<redacted>`): better than a token.
+    """
     return _QUERY.sub("?<redacted>", text)
 
 
