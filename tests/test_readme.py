@@ -37,7 +37,7 @@ def test_readme_writeback_examples_load_and_render(tmp_path):
                        "outreach_sequence": 4, "outreach_reason": ""}
     zapier = json.loads(render_body(ruleset.destination_bodies["zapier-status"], SAMPLE))
     assert zapier == {"deal_id": "18273645501", "status": "succeeded", "channel": "email",
-                      "recipient": {"address": "alex@example.com"}, "finished_at": "2026-01-01T12:00:08.000Z",
+                      "recipient": "alex@example.com", "finished_at": "2026-01-01T12:00:08.000Z",
                       "dispatch_id": "dsp_sample"}
     salesforce = json.loads(render_body(ruleset.destination_bodies["salesforce-status"], SAMPLE))
     assert salesforce == {"opportunityId": "18273645501", "status": "succeeded", "sequence": 4, "detail": "succeeded"}
@@ -125,3 +125,81 @@ def test_readme_template_limits_match_the_code():
               f"`template builds a string longer than {t.MAX_STRING_CHARS} characters`")
     for claim in claims:
         assert claim in readme, claim
+
+
+# ---- issue 9 items 1, 2, 3, 7: what a first-time user reads holds ----------------------------------------
+
+def _rules_example() -> str:
+    section = (ROOT / "README.md").read_text().split("\n## Rules\n", 1)[1]
+    return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_rules_example_dispatches_for_a_contact_without_the_opt_out_property(tmp_path):
+    """Item 1: `suppress_if` on a property most contacts lack must not make every dispatch `invalid`."""
+    from integration.rules.preview import preview
+
+    (tmp_path / "rules.yaml").write_text(_rules_example())
+    (tmp_path / "brochure.pdf").write_bytes(b"%PDF-1.4 brochure")
+    ruleset = load_rules(tmp_path / "rules.yaml", environ={
+        "CRM_STATUS_WEBHOOK_URL": "https://crm.example.com/revor-status",
+        "CRM_STATUS_WEBHOOK_SECRET": "whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk="})
+    event = {"source": "hubspot", "event_id": "e1", "type": "deal.stage_changed",
+             "object": {"type": "deal", "id": "18273645501"}, "occurred_at": None,
+             "properties": {"dealstage": "appointmentscheduled"}, "previous": None, "account": "24681357",
+             "deal": {"id": "18273645501", "dealname": "Northwind Pilot", "dealstage": "appointmentscheduled",
+                      "amount": "12500", "pipeline": "default"},
+             "contact": {"id": "1", "email": "dana.lee@example.com", "firstname": "Dana"}}
+    [rule] = preview(ruleset, event)["rules"]
+    assert (rule["name"], rule["matched"], rule["status"]) == ("demo-booked", True, "ready"), rule
+    assert rule["dispatch"]["recipient"] == {"address": "dana.lee@example.com", "name": "Dana"}
+    opted_out = {**event, "contact": {**event["contact"], "hs_email_optout": "true"}}
+    [rule] = preview(ruleset, opted_out)["rules"]
+    assert rule["status"] == "skipped", rule
+
+
+def test_the_readme_secret_recipe_makes_a_secret_the_rules_accept(tmp_path):
+    """Item 2: the command the README (and the error) gives really makes a valid destination secret."""
+    from schemas.rules import MAKE_SECRET, whsec_secret
+
+    readme = (ROOT / "README.md").read_text()
+    assert f"```sh\n{MAKE_SECRET}\n```" in readme
+    program, flag, code = shlex.split(MAKE_SECRET)
+    assert (program, flag) == ("python", "-c")
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert made.startswith("whsec_")
+    whsec_secret(made)  # raises if the recipe were wrong
+
+
+def test_an_unconfigured_generic_hook_answers_as_the_readme_says(bridge):
+    """Item 3: 404 `unknown_hook` for a hook nobody configured; the README says so, not "503"."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert ("`/webhooks/generic/<name>` exists only once `GENERIC_WEBHOOK_SECRET_<NAME>` is set, and until then "
+            "answers 404 `unknown_hook`") in readme
+    answer = requests.post(bridge.url + "/webhooks/generic/nobody", data=b"{}",
+                           headers={"Content-Type": "application/json"}, timeout=10)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "unknown_hook"
+
+
+def test_bare_commands_come_after_the_readme_says_how_to_get_them_on_path():
+    """Item 7a: `revor-bridge ...` is not on PATH after the quick start; the README says so before using it."""
+    readme = (ROOT / "README.md").read_text()
+    told = readme.index("`source .venv/bin/activate`")
+    first_bare = re.search(r"^(?:revor-bridge|python) ", readme, re.M).start()
+    assert told < first_bare
+    assert told < readme.index("## What works today")
+
+
+def test_every_setting_in_env_example_is_in_the_configuration_table_and_back():
+    """Item 7b: .env.example and the README's Configuration table list the same settings."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n## Configuration\n", 1)[1].split("\n### ", 1)[0]
+    documented = {name for row in re.findall(r"^\| (`.+?) \|", table, re.M)
+                  for name in re.findall(r"`([A-Z_<>]+)`", row)}
+    patterns = [re.compile("^" + name.replace("<NAME>", "[A-Z0-9_]+") + "$") for name in documented]
+    example = set(re.findall(r"^# ?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert "WRITEBACK_TIMEOUT_SECONDS" in example
+    missing = sorted(name for name in example if not any(p.match(name) for p in patterns))
+    assert missing == [], f"in .env.example, not in the README's Configuration table: {missing}"
+    for name in documented:
+        pattern = re.compile("^" + name.replace("<NAME>", "[A-Z0-9_]+") + "$")
+        assert any(pattern.match(e) for e in example), f"in the README's table, not in .env.example: {name}"
