@@ -78,3 +78,94 @@ def test_the_status_api_answers_numbers_as_numbers_and_times_as_iso(make_bridge,
     assert health["consecutive_failures"] == destinations.FAILURES_TO_OPEN
     [dead] = requests.get(f"{bridge.url}/api/v1/deliveries/dead", headers=headers, timeout=10).json()["items"]
     assert re.match(ISO, dead["dead_at"]), dead
+
+
+RULES = """\
+version: 1
+accounts: {mail: connect_account_sandbox_email}
+rules:
+  - name: won
+    when: {source: hubspot, type: deal.stage_changed}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "{{ contact.email }}"}
+      content: {subject: "Won", text: "Won"}
+"""
+
+
+def test_readyz_names_the_rules_file_not_its_path(redis_url, tmp_path):
+    """/readyz needs no token: it names the rules file (as the README shows), never the host's directories."""
+    from integration.web import create_app
+
+    rules = tmp_path / "deploy" / "rules.yaml"
+    rules.parent.mkdir()
+    rules.write_text(RULES)
+    app = create_app(Settings(redis_url=f"{redis_url}/1", rules_file=str(rules)))
+    answer = app.test_client().get("/readyz")
+    assert answer.json == {"status": "ready", "redis": "ok", "rules": "1 rules from rules.yaml"}
+    assert str(tmp_path) not in answer.text
+
+
+def test_redis_down_is_503_storage_unavailable_with_one_log_line(caplog):
+    """/api/v1 and /metrics with Redis unreachable: a JSON reason and one line each, no traceback."""
+    import logging
+
+    from integration.settings import Secret
+    from integration.web import create_app
+
+    app = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", admin_token=Secret("admin-token")))
+    client = app.test_client()
+    auth = {"Authorization": "Bearer admin-token"}
+    caplog.set_level(logging.INFO)
+    for path in ("/api/v1/events", "/api/v1/dispatches", "/api/v1/queues", "/metrics"):
+        caplog.clear()
+        answer = client.get(path, headers=auth)
+        assert answer.status_code == 503 and answer.json["error"]["code"] == "storage_unavailable", answer.text
+        assert "retry later" in answer.json["error"]["message"]
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and errors[0].exc_info is None and "Traceback" not in caplog.text, caplog.text
+        assert path in errors[0].getMessage() and "ConnectionError" in errors[0].getMessage()
+
+
+def _fault(answer) -> str:
+    assert answer.content_type.startswith("text/xml"), answer.content_type
+    text = answer.get_data(as_text=True)
+    assert "<soapenv:Fault><faultcode>soapenv:Client</faultcode>" in text, text
+    return text
+
+
+def test_salesforce_refusals_outside_its_view_are_soap_faults(redis_url):
+    """405 and 404 under /webhooks/salesforce are SOAP faults like every other Salesforce refusal; JSON elsewhere."""
+    from integration.web import create_app
+
+    client = create_app(Settings(redis_url=f"{redis_url}/1")).test_client()
+    wrong_method = client.get("/webhooks/salesforce")
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"]
+    _fault(wrong_method)
+    for path in ("/webhooks/salesforce/", "/webhooks/salesforce/x"):
+        answer = client.post(path, data=b"<x/>", content_type="text/xml")
+        assert answer.status_code == 404
+        _fault(answer)
+    other = client.get("/webhooks/hubspot")
+    assert other.status_code == 405 and other.json["error"]["code"] == "method_not_allowed"
+    assert client.get("/nowhere").json["error"]["code"] == "not_found"
+
+
+def test_salesforce_body_cut_short_or_too_slow_is_a_soap_fault(make_bridge):
+    """The read-deadline middleware answers Salesforce with SOAP faults too (400 and 408)."""
+    import socket
+
+    bridge = make_bridge(web_read_timeout=0.5)
+    head = (b"POST /webhooks/salesforce?token=t HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: 100\r\n\r\n<soapenv:")
+    for close_write, status in ((True, b"400"), (False, b"408")):
+        with socket.create_connection(("127.0.0.1", bridge.server.port), timeout=5) as sock:
+            sock.sendall(head)
+            if close_write:
+                sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
+        assert b"Content-Type: text/xml" in answer and b"<faultcode>soapenv:Client</faultcode>" in answer, answer

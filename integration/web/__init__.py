@@ -6,18 +6,34 @@ import logging
 import time
 from collections.abc import Callable
 
-from flask import Flask, jsonify
+import redis
+from flask import Flask, Response, request
 from flask.typing import ResponseReturnValue
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 
+from integration.inbound import salesforce
 from integration.rules.loader import load_rules
 from integration.settings import Settings
 from integration.storage import connect
-from integration.web.read_deadline import ReadDeadline
+from integration.web.read_deadline import ReadDeadline, json_error
 
 MAX_BODY_BYTES = 512 * 1024  # HubSpot's 100-event batches are ~40 kB; Standard Webhooks advise < 20 kB
+SALESFORCE_PATH = "/webhooks/salesforce"
 log = logging.getLogger(__name__)
+
+
+def error_body(path: str, status: int, code: str, message: str) -> tuple[bytes, str]:
+    """An error answer's body and Content-Type: the app's JSON, or a SOAP 1.1 fault on Salesforce's
+    endpoint (under it too), since a fault is the only error an Outbound Message reads."""
+    if path.rstrip("/") == SALESFORCE_PATH or path.startswith(SALESFORCE_PATH + "/"):
+        return salesforce.soap_fault(message, status), "text/xml; charset=utf-8"
+    return json_error(path, status, code, message)
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    body, content_type = error_body(request.path, status, code, message)
+    return Response(body, status=status, content_type=content_type)
 
 
 def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.time) -> Flask:
@@ -32,7 +48,8 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     app = Flask("revor_bridge", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Views get the whole body at once: a client trickling it holds a thread WEB_READ_TIMEOUT at most.
-    app.wsgi_app = ReadDeadline(app.wsgi_app, settings.web_read_timeout, MAX_BODY_BYTES)  # type: ignore[method-assign]
+    app.wsgi_app = ReadDeadline(app.wsgi_app, settings.web_read_timeout,  # type: ignore[method-assign]
+                                MAX_BODY_BYTES, render=error_body)
     # redis-py connects lazily: nothing is contacted until a request needs Redis. RQ needs bytes.
     connection = connect(settings.redis_url)
     app.extensions["revor_bridge.settings"] = settings
@@ -56,12 +73,21 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     def http_error(exc: HTTPException) -> ResponseReturnValue:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         code = exc.code or 500
-        return jsonify(error={"code": codes.get(code, "http_error"), "message": exc.description}), code
+        response = _error(code, codes.get(code, "http_error"), exc.description or "")
+        if getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def storage_unavailable(exc: redis.RedisError) -> ResponseReturnValue:
+        # Redis down or failing is an outage, not a bug: one line (no traceback), retry later.
+        log.error("%s %s: Redis unavailable (%s); answered 503", request.method, request.path, type(exc).__name__)
+        return _error(503, "storage_unavailable", f"Redis is unavailable ({type(exc).__name__}); retry later")
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> ResponseReturnValue:
         # A bug, not the sender's fault: log it (no body, no headers) and ask for a retry.
         log.exception("unexpected error handling a request")
-        return jsonify(error={"code": "internal_error", "message": "unexpected error; retry later"}), 503
+        return _error(503, "internal_error", "unexpected error; retry later")
 
     return app

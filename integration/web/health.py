@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
@@ -21,5 +23,6 @@ def readyz() -> ResponseReturnValue:
     except redis.RedisError as exc:
         return jsonify(status="unavailable", redis=f"unreachable ({type(exc).__name__})"), 503
     rules = current_app.extensions.get("revor_bridge.rules")
-    loaded = f"{len(rules.rules)} rules from {rules.path}" if rules else "no RULES_FILE"
+    # The file name only: /readyz needs no token, and the full path tells a stranger about the host.
+    loaded = f"{len(rules.rules)} rules from {Path(rules.path).name}" if rules else "no RULES_FILE"
     return jsonify(status="ready", redis="ok", rules=loaded)

@@ -20,11 +20,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+Render = Callable[[str, int, str, str], tuple[bytes, str]]
 
 READ_STEP = 64 * 1024
 
@@ -102,12 +104,15 @@ class ReadDeadline:
 
     The body is buffered (at most `max_bytes` + 1 bytes, the app's own limit answers 413 above
     that) and handed to the app as a complete stream, so no view ever waits on the client. A
-    chunked body becomes one of known length.
+    chunked body becomes one of known length. `render(path, status, code, message)` gives an
+    error's body and Content-Type (the app answers Salesforce with SOAP faults); JSON by default.
     """
 
-    def __init__(self, app: WSGIApp, seconds: float, max_bytes: int, watchdog: Watchdog | None = None) -> None:
+    def __init__(self, app: WSGIApp, seconds: float, max_bytes: int, watchdog: Watchdog | None = None,
+                 render: Render | None = None) -> None:
         self.app, self.seconds, self.max_bytes = app, seconds, max_bytes
         self.watchdog = watchdog or default_watchdog()
+        self.render = render or json_error
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         length = _content_length(environ)
@@ -126,26 +131,31 @@ class ReadDeadline:
         if entry is not None and self.watchdog.cancel(entry) and len(body) < want:
             return self._too_slow(environ, start_response)
         if length is not None and not chunked and len(body) < length:
-            return _error(environ, start_response, "400 Bad Request", "body_incomplete",
-                          f"the connection ended after {len(body)} of the {length} bytes in Content-Length")
+            return self._error(environ, start_response, 400, "body_incomplete",
+                               f"the connection ended after {len(body)} of the {length} bytes in Content-Length")
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return self.app(environ, start_response)
 
     def _too_slow(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        return _error(environ, start_response, "408 Request Timeout", "request_timeout",
-                      f"the request body did not arrive within {self.seconds:g} s")
+        return self._error(environ, start_response, 408, "request_timeout",
+                           f"the request body did not arrive within {self.seconds:g} s")
+
+    def _error(self, environ: Environ, start_response: StartResponse, status: int, code: str,
+               message: str) -> Iterable[bytes]:
+        """The app's error shape; the connection closes, since the rest of the body is unread."""
+        body, content_type = self.render(environ.get("PATH_INFO", ""), status, code, message)
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        if "werkzeug.socket" not in environ:  # werkzeug's server closes every connection and says so itself
+            headers.append(("Connection", "close"))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
 
 
-def _error(environ: Environ, start_response: StartResponse, status: str, code: str, message: str) -> Iterable[bytes]:
-    """The app's error shape; the connection closes, since the rest of the body is unread."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    if "werkzeug.socket" not in environ:  # werkzeug's server closes every connection and says so itself
-        headers.append(("Connection", "close"))
-    start_response(status, headers)
-    return [body]
+def json_error(path: str, status: int, code: str, message: str) -> tuple[bytes, str]:
+    """The app's error shape: `{"error": {"code": ..., "message": ...}}`."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode(), "application/json"
 
 
 def _content_length(environ: Environ) -> int | None:
