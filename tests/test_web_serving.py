@@ -243,7 +243,7 @@ def test_waiting_connections_are_capped_oldest_silent_first(tmp_path, redis_url,
 
 def test_kept_alive_and_pipelined_requests_are_answered(tmp_path, redis_url, redis_db):
     """Heads read by the poller: a second request on a kept-alive connection, and one pipelined
-    behind the first whose end arrives later, are both answered."""
+    behind the first whose end arrives later, are both answered; an endless head gets 431."""
     with web_process(tmp_path, redis_url, WEB_CONCURRENCY="1") as web:
         with requests.Session() as session:
             assert [session.get(web.url + "/healthz", timeout=2).status_code for _ in range(3)] == [200] * 3
@@ -255,6 +255,9 @@ def test_kept_alive_and_pipelined_requests_are_answered(tmp_path, redis_url, red
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.count(b"HTTP/1.1 200 ") == 2 and b'"status":"ready"' in answer.replace(b" ", b"")
+        # A head that outgrows what the poller keeps (64 KiB) is refused without reaching a thread.
+        huge = b"GET /healthz HTTP/1.1\r\n" + b"X-Filler: " + b"x" * 70000
+        assert _raw_exchange(web.port, huge, close_write=False).startswith(b"HTTP/1.1 431 ")
 
 
 def test_access_log_has_paths_without_query_strings(tmp_path, redis_url, redis_db):

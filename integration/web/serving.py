@@ -133,7 +133,6 @@ class DeadlineThreadWorker(ThreadWorker):
         if conn.parser is not None:  # bytes read ahead after a kept-alive response
             conn.head += conn.parser.unreader.take_buffered()
         if _head_complete(conn.head):
-            conn.head_deadline = time.monotonic() + self.read_timeout
             super().enqueue_req(conn)
         else:
             self._wait_for_head(conn, conn.head)
@@ -224,9 +223,9 @@ class DeadlineThreadWorker(ThreadWorker):
         conn.init()
         conn.parser.unreader.unread(conn.head)
         conn.head = b""
-        # Should gunicorn's parser want more than we found (it never should), the deadline holds.
-        remaining = max(conn.head_deadline - time.monotonic(), 0.1)
-        conn.head_watch = default_watchdog().watch(conn.sock, remaining)
+        # Should gunicorn's parser want more than the poller found (it never should), a deadline
+        # still holds. A fresh one: time spent queued for a thread is not the client's doing.
+        conn.head_watch = default_watchdog().watch(conn.sock, self.read_timeout)
         try:
             return super().handle(conn)
         finally:
