@@ -7,6 +7,8 @@ import random
 import textwrap
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from jinja2 import TemplateSyntaxError
 
 from integration.rules.build import plan_event
@@ -108,6 +110,45 @@ def test_source_type_wildcards_and_if():
     assert wrong_source.reason == "source is hubspot, rule wants salesforce"
 
 
+HUGE = 10 ** 4299  # 4,300 digits: the most JSON (and so a CRM webhook) can carry into Python
+
+
+@pytest.mark.parametrize(
+    ("value", "condition", "holds"),
+    [(HUGE, 1, False), (HUGE, {"gt": 1000}, True), (HUGE, {"lt": 1e308}, False), (HUGE, {"eq": HUGE}, True),
+     (HUGE, [HUGE, 2], True), (HUGE, {"changed_to": 5}, False), (HUGE, {"gte": float("inf")}, False),
+     (str(HUGE), {"gt": 1000}, True), (str(HUGE), {"eq": HUGE}, True), (str(HUGE), HUGE + 1, False),
+     ("1" + "0" * 5000, {"gt": 1}, False), ("1" + "0" * 5000, "1" + "0" * 5000, True),
+     ("1e400", {"gt": 1}, False), ("1e400", "1e400", True), ("1e400", 1e308, False),
+     ("nan", {"lt": 1}, False), ("nan", {"gte": 1}, False), ("NaN", "NaN", True),
+     ("inf", {"gt": 1}, False), ("-Infinity", {"lt": 0}, False), ("\u00b2", {"gt": 1}, False), ("\u00b2", 2, False),
+     ("12500", 12500.0, True), (" 12_500 ", {"gte": 12500}, True), ("0.1", 0.1, True),
+     (10 ** 30 + 1, {"gt": 10 ** 30}, True), ("1000000000000000000000000000001", 10 ** 30, False)],
+    ids=lambda value: repr(value)[:24],
+)
+def test_huge_and_odd_numbers_compare_without_errors(value, condition, holds):
+    """Security review F4: a 4,300-digit number overflowed float() on each attempt; now ints compare exactly,
+    and text that only reads as infinite or not-a-number is text."""
+    view = clean_context({**EVENT, "deal": {"amount": value}, "previous": {"amount": "7"}})
+    reason = check(view, "deal.amount", condition)
+    assert (reason is None) is holds, reason
+    assert reason is None or len(reason.split(", not")[0]) < 100  # a long CRM value is cut in the reason
+
+
+def test_a_huge_crm_number_leaves_the_other_rules_evaluating(tmp_path):
+    """The worker's code path: every rule gets its verdict; nothing raises."""
+    second = EMAIL_RULE.replace("name: r1", "name: r2").replace(
+        "{source: hubspot, type: deal.stage_changed}",
+        "{source: hubspot, type: deal.stage_changed, match: {deal.amount: {gt: 1000}}}")
+    third = EMAIL_RULE.replace("name: r1", "name: r3").replace(
+        "{source: hubspot, type: deal.stage_changed}",
+        "{source: hubspot, type: deal.stage_changed, match: {deal.stage: 1}}")
+    ruleset = one_rule(tmp_path, EMAIL_RULE + second + third)
+    plans = plan_event(ruleset, {**EVENT, "deal": {**EVENT["deal"], "amount": HUGE, "stage": str(HUGE)}})
+    assert [(plan.rule, plan.matched) for plan in plans] == [("r1", True), ("r2", True), ("r3", False)]
+    assert plans[2].reason.startswith("deal.stage is '1000") and plans[2].reason.endswith("..., not 1")
+
+
 # ---- templates -------------------------------------------------------------------------------
 
 def test_missing_and_blank_values_fail_instead_of_rendering_blank():
@@ -185,19 +226,21 @@ MEMORY_BOMBS = [
     "{{ '%(x())900000000s' % {'x()': contact.firstname} }}",
     "{{ '%(x())100000000s' | format(**{'x()': contact.firstname}) }}",
     "{{ '%((a)b)100000000s' % {'(a)b': 1} }}",
-    "{{ '%(a)s%(b))100000000d' % {'a': 1, 'b)': 2} }}",
+    "{{ '%(a)s%(b)s%()100000000d' % {'a': 1, 'b': 2, '': 3} }}",
     "{{ '%.100000000f' % 1.5 }}",
     "{{ '%-#0100000000.3hx' % 255 }}",
     # F2b: indentation grows with depth, and `[n] * 300` repeats one deep value 300 times.
     "{% set leaf = ['\U0001F600'] * 1000 %}{% set n = " + "[" * 60 + "leaf" + "]" * 60 + " %}"
     "{{ ([n] * 300) | tojson(8) | length }}",
     "{{ (['\U0001F600' * 100000] * 9) | tojson }}",
-    "{{ ['<' * 200000] | tojson }}",
-    "{{ ['x' * 100000] | tojson('\t\t\t\t\t\t\t\t') * 1 ~ (['a'] * 100000) | tojson(8) }}",
-    # A container's str() is the repr of its items: '\x00' is 4 characters there.
-    "{{ ['\x00' * 900000] }}",
+    "{% set s = '<' * 900000 %}{{ [s, s] | tojson }}",
+    "{{ (['x' * 100] * 9000) | tojson('\\t' * 8) }}",
+    # A container's str() is the repr of its items, which escapes what is not printable (10
+    # characters for U+E0001); ascii() escapes every non-ASCII character.
+    "{{ ['\U000E0001' * 900000] }}",
     "{{ '{!a}'.format('\U0001F600' * 900000) }}",
-    "{{ '%r' % ('\x00' * 900000) }}",
+    "{{ '%a' % ('\U0001F600' * 900000) }}",
+    "{{ '%r' % ('\U000E0001' * 900000) }}",
 ]
 
 
@@ -215,6 +258,66 @@ def test_templates_cannot_build_huge_values(source):
     finally:
         tracemalloc.stop()
     assert peak < 12_000_000, f"{peak / 1e6:.0f} MB"
+
+
+def test_measuring_a_deep_shared_value_is_quick():
+    """Security review F2b without tracemalloc: refused well inside the render's time limit (it ran 1.6 s)."""
+    import time
+
+    template = Template("{% set leaf = ['\U0001F600'] * 1000 %}{% set n = " + "[" * 60 + "leaf" + "]" * 60 + " %}"
+                        "{{ ([n] * 150) | tojson(8) | length }}")  # [n] * 300 is itself refused now
+    started = time.monotonic()
+    with pytest.raises(RenderError, match=r"template builds a string longer than 1000000 characters \(tojson\)"):
+        template.render(VIEW)
+    assert time.monotonic() - started < 0.5
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(codec=None), max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.sampled_from([None, 0, 1, 4, 8, "", "\t", "--"]))
+@example(["\U0001F600", "<a href='x'>&</a>", "\x00\n\"\\", "\ud800", "\u2028"], 8)
+@example({"b": [1, {}], "a": [], "c": {"x": [[[]]]}}, 2)
+@example([float("nan"), float("-inf"), -0.0, 1e308, 10 ** 300, True, None], None)
+def test_tojson_size_is_exact(value, indent):
+    """The estimate `tojson` is checked against is exactly what it writes (so a deep or escaped value
+    cannot hide behind a small estimate, and an ordinary one is not refused)."""
+    from jinja2.utils import htmlsafe_json_dumps
+
+    from integration.rules.templates import json_size
+
+    spaces = " " * indent if isinstance(indent, int) else indent
+    assert json_size(value, spaces, limit=10 ** 9) == len(htmlsafe_json_dumps(value, sort_keys=True, indent=indent))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(["%", "%%", "(", ")", "(x())", "(a)", ".", "*", "-", "+", " ", "#", "0",
+                                           "12", "3", "h", "l", "L", "s", "r", "a", "c", "d", "i", "x", "X", "o",
+                                           "e", "E", "f", "F", "g", "G", "lit"])), max_size=12).map("".join),
+       st.one_of(st.tuples(), st.tuples(st.integers()), st.tuples(st.floats(), st.text(max_size=5)),
+                 st.dictionaries(st.sampled_from(["a", "x()", "(a)b", ""]), st.integers() | st.text(max_size=5)),
+                 st.integers(), st.text(max_size=5)))
+@example("%ELlsc", -7)  # found: 'e'/'f'/'g' default to 6 decimals
+@example("%(x())12s", {"x()": "v"})
+@example("%((a)b)3d|%.3s", {"(a)b": 1})
+def test_printf_estimate_is_never_low(fmt, values):
+    """`printf_size` reads each conversion as CPython does: its bound is never below what `%` builds."""
+    from integration.rules.templates import TemplateLimit, printf_size
+
+    try:
+        built = fmt % values
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return
+    try:
+        estimate = printf_size(fmt, values)
+    except TemplateLimit:  # only for '*' widths
+        assert "*" in fmt
+        return
+    assert estimate >= len(built)
 
 
 @pytest.mark.parametrize(

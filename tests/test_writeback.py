@@ -430,3 +430,28 @@ def test_the_attempt_is_on_record_before_the_receiver_sees_it_and_an_interrupted
     attempts = {k.decode(): v.decode() for k, v in redis_db.hgetall(f"rb:msg:{message_id}:attempts").items()}
     assert attempts["count"] == "2" and attempts["last"] == "no answer: the attempt was interrupted"
     assert redis_db.hget("rb:destination:crm", "failures") == b"2"
+
+
+def test_a_lone_surrogate_in_a_crm_value_is_delivered_escaped_and_signed(redis_db):
+    """Security review F3: "\\ud800" is valid JSON text, so a CRM value can hold it, but it has no UTF-8 form.
+    The body is ASCII JSON (an escape), signed over exactly those bytes; the outbox moves on."""
+    from integration.writeback.deliver import deliver_outbox
+
+    hostile = "deal \ud800 x"
+    first, second = _outbox_with(redis_db, "dsp_surrogate", 2)
+    for message_id, object_id in ((first, hostile), (second, "42")):
+        message = json.loads(redis_db.get(f"rb:msg:{message_id}"))
+        message["body"]["data"]["crm"] = {"object_id": object_id}
+        redis_db.set(f"rb:msg:{message_id}", json.dumps(message))
+    template = BodyTemplate.from_mapping({"objectId": "{{ data.crm.object_id }}",
+                                          "note": "id {{ data.crm.object_id }} \u00e9", "status": "{{ data.status }}"})
+    app, state = writeback_receiver(WRITEBACK_SECRET)
+    with ThreadServer(app) as receiver:
+        config = {"url": receiver.url + "/status", "secret": WRITEBACK_SECRET}
+        assert deliver_outbox(redis_db, "dsp_surrogate", "crm", config, 3, body_template=template) == "empty"
+    assert state["refused"] == 0 and [m["id"] for m in state["messages"]] == [first, second]
+    assert state["messages"][0]["body"] == {"objectId": hostile, "note": f"id {hostile} \u00e9", "status": "accepted"}
+    assert state["messages"][1]["body"]["objectId"] == "42"
+    message["body"]["data"]["crm"]["object_id"] = hostile
+    assert render_body(None, message["body"]).isascii()  # the default body too
+    assert json.loads(render_body(None, message["body"]))["data"]["crm"]["object_id"] == hostile

@@ -7,12 +7,15 @@ as numbers (CRMs send "12500" as text), else as text, so `deal.amount: 12500` ma
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from integration.rules.templates import RenderError, Template, truthy
 
 _ABSENT = object()
+MAX_SHOWN = 80
 
 
 @dataclass
@@ -31,17 +34,42 @@ def lookup(view: dict[str, Any], path: str) -> Any:
     return current
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
+    """The value as a finite number, else None (then it compares as text).
+
+    Integers stay exact `int`s: Python compares an int with a float exactly and never
+    overflows, while `float()` of a 4,300-digit CRM number raises OverflowError. Text that only
+    reads as infinite or not-a-number ("inf", "nan", "1e400") is not a number.
+    """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+        text = value.strip()
+        for read in (int, float):
+            try:
+                number = read(text)
+            except (ValueError, OverflowError):  # int() refuses more than 4,300 digits with ValueError
+                continue
+            return number if isinstance(number, int) or math.isfinite(number) else None
     return None
+
+
+def _text(value: Any, show: Callable[[Any], str] = str) -> str:
+    """str(value) (or repr), also for an int too long for it: Python refuses more than 4,300 digits."""
+    try:
+        return show(value)
+    except ValueError:
+        return f"<{type(value).__name__} too long to show>"
+
+
+def _shown(value: Any) -> str:
+    """How a value appears in a reason: its repr, cut to a readable length."""
+    text = "missing" if value is _ABSENT else _text(value, repr)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
 def same(left: Any, right: Any) -> bool:
@@ -51,8 +79,8 @@ def same(left: Any, right: Any) -> bool:
     if a is not None and b is not None:
         return a == b
     if isinstance(left, bool) or isinstance(right, bool):
-        return str(left).lower() == str(right).lower()
-    return str(left) == str(right)
+        return _text(left).lower() == _text(right).lower()
+    return _text(left) == _text(right)
 
 
 def _previous_value(view: dict[str, Any], path: str) -> Any:
@@ -65,7 +93,7 @@ def _previous_value(view: dict[str, Any], path: str) -> Any:
 def check(view: dict[str, Any], path: str, condition: Any) -> str | None:
     """None when the condition holds, else why not."""
     value = lookup(view, path)
-    shown = "missing" if value is _ABSENT else repr(value)
+    shown = _shown(value)
     if isinstance(condition, list):
         return None if any(same(value, c) for c in condition) else f"{path} is {shown}, not any of {condition}"
     if not isinstance(condition, dict):
@@ -86,7 +114,7 @@ def check(view: dict[str, Any], path: str, condition: Any) -> str | None:
             holds = {"gt": number > expected, "gte": number >= expected, "lt": number < expected,
                      "lte": number <= expected}[op]
             if not holds:
-                return f"{path} is {value!r}, not {op} {expected}"
+                return f"{path} is {shown}, not {op} {expected}"
         elif op == "in" and not any(same(value, c) for c in expected):
             return f"{path} is {shown}, not in {expected}"
         elif op == "not_in" and any(same(value, c) for c in expected):
@@ -100,7 +128,7 @@ def check(view: dict[str, Any], path: str, condition: Any) -> str | None:
         elif op == "changed_from":
             before = _previous_value(view, path)
             if not same(before, expected):
-                return f"{path} was {'unknown' if before is _ABSENT else repr(before)}, not {expected!r}"
+                return f"{path} was {'unknown' if before is _ABSENT else _shown(before)}, not {expected!r}"
             if same(value, expected):
                 return f"{path} is still {expected!r}"
     return None

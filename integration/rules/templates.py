@@ -12,7 +12,7 @@
 - Bounded memory: a template can build nothing longer than `MAX_STRING_CHARS` characters (or a
   list of more than `MAX_LIST_ITEMS` items), and one render builds and outputs at most
   `MAX_BUILT_CHARS` characters in all. Operations that can grow a value (`*`, `+`, `%`, `~`,
-  `format`, `str.format`, `replace`, `join`, `center`, `indent`, `ljust`, `expandtabs`,
+  `format`, `str.format`, `replace`, `join`, `center`, `indent`, `ljust`, `expandtabs`, `tojson`,
   `translate`, ...) work out the size of their result *before* building it and refuse when it is
   too large, so a hostile template fails with a reason instead of taking the worker's memory.
   Whatever still goes wrong (MemoryError, RecursionError, OverflowError) is a `RenderError` too.
@@ -26,11 +26,14 @@ import contextlib
 import contextvars
 import functools
 import itertools
+import json
+import math
 import re
 import string
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from jinja2 import (
@@ -89,6 +92,13 @@ class _Budget:
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("template_budget", default=None)
 
 
+def _check_time() -> None:
+    """The render's time limit, for work inside one operation (measuring a large value)."""
+    budget = _budget.get()
+    if budget is not None and time.monotonic() > budget.deadline:
+        raise TemplateLimit(f"template took longer than {MAX_SECONDS} s")
+
+
 def _tick() -> None:
     budget = _budget.get()
     if budget is not None:
@@ -121,15 +131,142 @@ def size_of(value: Any, seen: dict[int, int] | None = None) -> int:
         return 24
     if not isinstance(value, list | tuple | dict | set | frozenset):
         return 16
+    return repr_size(value, seen)
+
+
+def repr_size(value: Any, seen: dict[int, int] | None = None, ascii_only: bool = False) -> int:
+    """An upper bound for `len(repr(value))` (`ascii()` with `ascii_only`); a container's `str()` is its repr.
+
+    A string's repr escapes what is not printable (`ascii()` also what is not ASCII): at most 4
+    characters for an ASCII one (`\\x00`), 10 for any other (`\\U000e0001`).
+    """
+    if isinstance(value, str | bytes):
+        seen = {} if seen is None else seen
+        if id(value) not in seen:  # a long string shared by many items is scanned once
+            if isinstance(value, bytes):
+                seen[id(value)] = 4 * len(value) + 3
+            elif value.isprintable() and (value.isascii() or not ascii_only):
+                seen[id(value)] = len(value) + value.count("\\") + value.count("'") + 2
+            else:
+                seen[id(value)] = (4 if value.isascii() else 10) * len(value) + 2
+        return seen[id(value)]
+    if not isinstance(value, list | tuple | dict | set | frozenset):
+        return size_of(value)
     seen = {} if seen is None else seen
     key = id(value)
     if key not in seen:
         seen[key] = 0  # a container that holds itself (impossible in the sandbox) counts as empty
         if isinstance(value, dict):
-            seen[key] = 2 + sum(size_of(k, seen) + size_of(v, seen) + 4 for k, v in value.items())
+            seen[key] = 2 + sum(repr_size(k, seen, ascii_only) + repr_size(v, seen, ascii_only) + 4
+                                for k, v in value.items())
         else:
-            seen[key] = 2 + sum(size_of(item, seen) + 2 for item in value)
+            total, previous, previous_size = 2, seen, 0
+            for item in value:
+                if item is not previous:  # `[s] * n`: one look at `s`
+                    previous, previous_size = item, repr_size(item, seen, ascii_only) + 2
+                total += previous_size
+            seen[key] = total
     return seen[key]
+
+
+_JSON_CHUNK = 65_536
+_HTML_ESCAPED = ("<", ">", "&", "'")  # tojson writes each as \u003c (6 characters)
+_HTML_CHARACTER = re.compile("[<>&']")
+
+
+def _json_string_size(text: str, limit: int) -> int:
+    """Exactly how long `tojson` writes `text`: ASCII-only JSON, \\u escapes counted (12 for an emoji).
+
+    Encoded a slice at a time, so measuring never holds more than one slice's escapes.
+    """
+    if len(text) <= _JSON_CHUNK:
+        size = len(encode_basestring_ascii(text))
+    else:
+        size = 2
+        for start in range(0, len(text), _JSON_CHUNK):
+            size += len(encode_basestring_ascii(text[start:start + _JSON_CHUNK])) - 2
+            if size > limit:
+                break
+    return size + 5 * sum(map(text.count, _HTML_ESCAPED))
+
+
+def _json_scalar_size(item: Any) -> int:
+    """The JSON characters `tojson` writes for a string, number, boolean or null (TypeError for others)."""
+    if isinstance(item, str):
+        if len(item) > _JSON_CHUNK:
+            return _json_string_size(item, MAX_STRING_CHARS)
+        escapes = sum(map(item.count, _HTML_ESCAPED)) if _HTML_CHARACTER.search(item) else 0
+        return len(encode_basestring_ascii(item)) + 5 * escapes
+    if item is None or item is True:
+        return 4
+    if item is False:
+        return 5
+    if isinstance(item, int):
+        return len(int.__repr__(item))  # ValueError past 4,300 digits, as json.dumps itself
+    if isinstance(item, float):
+        return len(float.__repr__(item)) if math.isfinite(item) else len(json.dumps(item))
+    raise TypeError(f"Object of type {type(item).__name__} is not JSON serializable")
+
+
+def json_size(value: Any, indent: str | None, limit: int = MAX_STRING_CHARS) -> int:
+    """How many characters `tojson(indent)` writes for `value`; TemplateLimit as soon as it passes `limit`.
+
+    The walk follows what `json.dumps(sort_keys=True, indent=...)` writes: with an indent every
+    item sits on its own line behind `depth` indents, so deep nesting multiplies the indent. An
+    object shared by several items (`[n] * 300`) is measured once per depth and counted every
+    time, as the output repeats it; the walk stops once the count passes `limit`, so measuring
+    costs about as much as the allowed output, never as much as the refused one.
+    """
+    memo: dict[tuple[int, int], int] = {}
+    step = len(indent) if indent is not None else 0
+    item_separator = 1 if indent is not None else 2  # "," then a new line, or ", "
+
+    def over(size: int) -> int:
+        if size > limit:
+            raise TemplateLimit(f"template builds a string longer than {limit} characters (tojson)")
+        return size
+
+    def walk(item: Any, depth: int) -> int:
+        if not isinstance(item, list | tuple | dict):
+            return over(_json_scalar_size(item))
+        memo_key = (id(item), depth)
+        if memo_key in memo:
+            return memo[memo_key]
+        _check_time()
+        size = 2
+        if item:
+            size += (len(item) - 1) * item_separator
+            line = 0 if indent is None else 1 + step * (depth + 1)  # each item's new line and indent
+            if indent is not None:
+                size += 1 + step * depth  # the new line and indent before the closing bracket
+            if isinstance(item, dict):
+                for index, (key, child) in enumerate(item.items()):
+                    # "key": value; a number, boolean or null key is written in quotes
+                    size += _json_scalar_size(key) + (0 if isinstance(key, str) else 2) + 2
+                    size += line + walk(child, depth + 1)
+                    if size > limit or not index & 1023:
+                        over(size)
+                        _check_time()
+            else:
+                known: dict[int, int] = {}  # a list that repeats one container measures it once
+                previous, previous_size = known, 0  # ... and `[s] * n` measures `s` once
+                for index, child in enumerate(item):
+                    if child is not previous:
+                        if not isinstance(child, list | tuple | dict):
+                            previous_size = line + _json_scalar_size(child)
+                        elif (child_size := known.get(id(child))) is not None:
+                            previous_size = child_size
+                        else:
+                            previous_size = known.setdefault(id(child), line + walk(child, depth + 1))
+                        previous = child
+                    size += previous_size
+                    if size > limit or not index & 1023:
+                        over(size)
+                        _check_time()
+        memo[memo_key] = over(size)
+        return size
+
+    return walk(value, 0)
 
 
 def _expect(chars: int, items: int = 0, what: str = "a string") -> None:
@@ -157,34 +294,140 @@ def _number(text: str) -> int:
     return int(text) if len(text) <= 9 else MAX_STRING_CHARS + 1
 
 
-_PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.S)
+_FLAGS = "-+ #0"
+_NUMERIC = frozenset("diuxXoeEfFgG")
+
+
+@dataclass
+class _Spec:
+    """One `%` conversion as CPython's `str % values` reads it (`key` is None without `(key)`)."""
+
+    key: str | None
+    width: str
+    precision: str
+    conversion: str
+
+
+def _digits(text: str, i: int) -> int:
+    """Where the run of ASCII digits starting at `i` ends (CPython reads only '0'-'9' here)."""
+    while i < len(text) and "0" <= text[i] <= "9":
+        i += 1
+    return i
+
+
+def printf_specs(text: str) -> Iterator[_Spec]:
+    """The conversions of `text % values`, parsed exactly as CPython does (unicode_format_arg_parse).
+
+    A key may hold balanced parentheses (`%(x())9s` is key `x()`, width 9); flags are any of
+    `-+ #0`; a width or precision is `*` or ASCII digits; one `h`, `l` or `L` is skipped. The
+    parse stops where CPython would raise (a key or spec cut short), because nothing after that
+    point is built; a conversion CPython would refuse is still counted (an estimate may be high,
+    never low).
+    """
+    i, n = 0, len(text)
+    while (i := text.find("%", i)) >= 0:
+        i += 1
+        if i < n and text[i] == "%":  # only '%%' itself is a literal percent sign
+            i += 1
+            continue
+        key = None
+        if i < n and text[i] == "(":
+            depth, start = 1, i + 1
+            i += 1
+            while depth and i < n:
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            if depth:
+                return  # "incomplete format key"
+            key = text[start:i - 1]
+        while i < n and text[i] in _FLAGS:
+            i += 1
+        width = precision = ""
+        if i < n and text[i] == "*":
+            width, i = "*", i + 1
+        else:
+            end = _digits(text, i)
+            width, i = text[i:end], end
+        if i < n and text[i] == ".":
+            i += 1
+            if i < n and text[i] == "*":
+                precision, i = "*", i + 1
+            else:
+                end = _digits(text, i)
+                precision, i = text[i:end] or "0", end
+        if i < n and text[i] in "hlL":
+            i += 1
+        if i >= n:
+            return  # "incomplete format"
+        yield _Spec(key, width, precision, text[i])
+        i += 1
+
+
+def _converted_size(value: Any, conversion: str, precision: int) -> int:
+    """An upper bound for the text one conversion makes of `value` (before its width pads it)."""
+    if conversion == "c":
+        return 1
+    if conversion in ("r", "a"):
+        return repr_size(value, ascii_only=conversion == "a")
+    if conversion not in _NUMERIC:
+        return size_of(value)
+    digits = value.bit_length() // 3 + 2 if isinstance(value, int) else 310  # a float can have 309 digits
+    if conversion in "eEfFgG":
+        precision = max(precision, 6)  # the default precision; then a sign, a point and an exponent
+    return digits + precision + 8
 
 
 def printf_size(fmt: str | bytes, values: Any) -> int:
-    """An upper bound for the length of `fmt % values` (one conversion per `%`)."""
+    """An upper bound for the length of `fmt % values`, reading each conversion as CPython does.
+
+    Widths and precisions above the cap are refused before anything is sized, and a `*` (a
+    width taken from the values) is refused outright.
+    """
     text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
-    specs = _PRINTF.findall(text)
-    if any("*" in (width, precision) for width, precision, _ in specs):
-        raise TemplateLimit("'*' widths are not allowed in rule templates; write the width in the format")
-    widest = max((_number(n) for width, precision, _ in specs for n in (width, precision) if n), default=0)
-    items = values.values() if isinstance(values, dict) else values if isinstance(values, tuple) else (values,)
-    largest = max((size_of(v) for v in items), default=0)
-    return len(text) + len(specs) * (widest + largest)
+    mapping = values if isinstance(values, dict) else None
+    positional = values if isinstance(values, tuple) else (values,)
+    total, index = len(text), 0
+    for spec in printf_specs(text):
+        if "*" in (spec.width, spec.precision):
+            raise TemplateLimit("'*' widths are not allowed in rule templates; write the width in the format")
+        width, precision = _number(spec.width or "0"), _number(spec.precision or "0")
+        _expect(max(width, precision))
+        if spec.key is not None and mapping is not None:
+            value = mapping.get(spec.key)
+        elif index < len(positional):
+            value, index = positional[index], index + 1
+        else:
+            value = None  # Python refuses: not enough arguments
+        total += max(width, _converted_size(value, spec.conversion, precision))
+    return total
 
 
 def format_size(fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """An upper bound for the length of `fmt.format(*args, **kwargs)`."""
-    total, fields, widest = 0, 0, 0
-    for literal, name, spec, _ in string.Formatter().parse(fmt):
+    total, fields, widest, conversions = 0, 0, 0, set()
+    for literal, name, spec, conversion in string.Formatter().parse(fmt):
         total += len(literal)
         if name is None:
             continue
         fields += 1
+        conversions.add(conversion)
         if spec and "{" in spec:
             raise TemplateLimit("a format spec cannot take values from the arguments in rule templates")
         widest = max([widest, *(_number(n) for n in re.findall(r"\d+", spec or ""))])
-    largest = max((size_of(v) for v in (*args, *kwargs.values())), default=0)
+    values = (*args, *kwargs.values())
+    largest = max((_formatted_size(v) for v in values), default=0)
+    if conversions & {"r", "a"}:  # `{!r}` and `{!a}` write the repr, which escapes characters
+        largest = max([largest, *(repr_size(v, ascii_only="a" in conversions) for v in values)])
     return total + fields * (widest + largest)
+
+
+def _formatted_size(value: Any) -> int:
+    """An upper bound for one value formatted by `str.format` with any spec (before its width)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() * 5 // 4 + 8  # `{:_b}`: one digit per bit and a separator per four
+    if isinstance(value, float):
+        return 450  # `{:,f}` of 1e308: 309 digits, 102 commas, a sign and six decimals
+    return size_of(value)
 
 
 def _materialize(values: Any) -> list[Any]:
@@ -292,8 +535,15 @@ def _concat_plain(*values: Any) -> str:
 
 
 def _output(value: Any) -> Any:
-    """Every `{{ ... }}`, wherever it is (a macro, a `set` block), counts toward the render's budget."""
-    _spend(size_of(value))
+    """Every `{{ ... }}`, wherever it is (a macro, a `set` block), counts toward the render's budget.
+
+    A value that is not text becomes its `str()` right after this: that string is held to the
+    same limit as any other the template builds, before it exists.
+    """
+    chars = size_of(value)
+    if not isinstance(value, str):
+        _expect(chars)
+    _spend(chars)
     return value
 
 
@@ -416,10 +666,13 @@ def _list_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int
 
 
 def _tojson_size(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The exact size of the JSON text, measured before it is built (see json_size)."""
     indent = args[0] if args else kwargs.get("indent")
-    if isinstance(indent, int) and indent > MAX_JSON_INDENT:
+    if isinstance(indent, int):  # json.dumps indents by that many spaces (True is one, 0 or less none)
+        indent = " " * max(0, min(indent, MAX_JSON_INDENT + 1))
+    if isinstance(indent, str) and len(indent) > MAX_JSON_INDENT:
         raise TemplateLimit(f"tojson indent is limited to {MAX_JSON_INDENT} in rule templates")
-    return 0
+    return json_size(value, indent if isinstance(indent, str) else None)
 
 
 _FILTER_SIZES: dict[str, Callable[[Any, tuple[Any, ...], dict[str, Any]], int]] = {

@@ -126,12 +126,18 @@ def _records(name: str, values: dict[str, Any]) -> Record:
 
 
 def render_body(template: BodyTemplate | None, message_body: dict[str, Any]) -> bytes:
-    """The exact bytes to sign and send; RenderError (a BodyError naming the leaf) when a leaf fails."""
+    """The exact bytes to sign and send; RenderError (a BodyError naming the leaf) when a leaf fails.
+
+    Always ASCII JSON: every non-ASCII character is a \\u escape. A CRM value can hold a lone
+    surrogate ("\\ud800" is valid JSON text), which has no UTF-8 form; written as an escape it
+    is sent like any other value and the signature covers exactly the bytes sent, instead of
+    an encoding error that would hold up every later message to that destination.
+    """
     if template is None:
-        return json.dumps(message_body, separators=(",", ":")).encode()
+        return json.dumps(message_body, separators=(",", ":")).encode("ascii")
     rendered = template.render({"type": message_body.get("type"), "timestamp": message_body.get("timestamp"),
                                 "data": _records("data", message_body.get("data") or {})})
-    return json.dumps(rendered, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(rendered, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def check_template(template: BodyTemplate) -> BodyError | None:
