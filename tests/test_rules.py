@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import textwrap
+import time
 
 import pytest
 from hypothesis import example, given, settings
@@ -262,8 +263,6 @@ def test_templates_cannot_build_huge_values(source):
 
 def test_measuring_a_deep_shared_value_is_quick():
     """Security review F2b without tracemalloc: refused well inside the render's time limit (it ran 1.6 s)."""
-    import time
-
     template = Template("{% set leaf = ['\U0001F600'] * 1000 %}{% set n = " + "[" * 60 + "leaf" + "]" * 60 + " %}"
                         "{{ ([n] * 150) | tojson(8) | length }}")  # [n] * 300 is itself refused now
     started = time.monotonic()
@@ -383,22 +382,31 @@ BOMB_RULES = PIPELINE_RULES.replace(
 
 
 def test_a_worker_ends_a_memory_bomb_as_an_invalid_dispatch_and_goes_on(tmp_path, make_bridge, redis_url, redis_db):
-    """A real `revor-bridge worker`: the bomb's dispatch is `invalid` with the reason, the worker lives on."""
+    """A real `revor-bridge worker`: the bomb's dispatch is `invalid` with the reason, the worker lives on.
+    A 4,300-digit stage (security review F4: OverflowError on every attempt) is simply no match."""
     assert BOMB_RULES != PIPELINE_RULES
     with pipeline_stack(tmp_path, make_bridge, redis_url, redis_db, BOMB_RULES, {}) as stack:
         worker = stack["start_worker"]()
         bomb = json.loads(zap(1))
         bomb["contact__first_name"] = "Bomb"
-        for body in (json.dumps(bomb).encode(), zap(2)):
+        huge = json.loads(zap(3))
+        huge["deal__stage"] = 10 ** 4299
+        for body in (json.dumps(huge).encode(), json.dumps(bomb).encode(), zap(2)):
             assert stack["bridge"].post("/webhooks/generic/zapier", body, ZAP_HEADERS).status_code == 200
         found = settle(stack, expected=2, timeout=60)
+        for _ in range(100):
+            event = stack["bridge"].event("generic:zapier", "zap-3").json()
+            if event["status"] != "received":
+                break
+            time.sleep(0.2)
+        assert event["status"] == "processed", event
         assert worker.poll() is None
     by_status = {record["status"]: record for record in found.values()}
     assert set(by_status) == {"invalid", "succeeded"}
     assert by_status["invalid"]["reason"] == (
         "dispatch.content.text: template builds a string longer than 1000000 characters")
     log = (tmp_path / "worker0.log").read_text()
-    assert "Traceback" not in log and "MemoryError" not in log
+    assert "Traceback" not in log and "MemoryError" not in log and "OverflowError" not in log
 
 
 def test_filters_for_outreach_copy():
