@@ -252,13 +252,14 @@ def test_preview_needs_no_destination_settings_but_check_does(tmp_path):
         "  destinations.crm.secret: ${MY_CRM_SECRET} is not set in the environment (line 11)"]
 
 
-def test_a_workflow_request_without_flow_gets_a_readable_event_id(tmp_path):
-    """Issue 9 item 9: `wf-noflow-...`, not `wf--24681357-...`, when the action URL has no ?flow=."""
+def test_a_workflow_event_id_keeps_its_form_across_versions(tmp_path):
+    """A workflow action URL without ?flow= keeps the id form `wf--<portal>-...` it always had: a HubSpot
+    retry that straddles an upgrade must still be a duplicate (a new id would mean a new dispatch id)."""
     from integration.inbound import hubspot
 
     body = json.loads((FIXTURES / "hubspot-workflow-webhook-deal.json").read_bytes())
-    assert hubspot.parse_workflow(body, {}).event["event_id"] == "wf-noflow-24681357-deal-18273645501-1767268795123"
-    assert hubspot.parse_workflow(body, {"flow": ""}).event["event_id"].startswith("wf-noflow-24681357-")
+    assert hubspot.parse_workflow(body, {}).event["event_id"] == "wf--24681357-deal-18273645501-1767268795123"
+    assert hubspot.parse_workflow(body, {"flow": ""}).event["event_id"].startswith("wf--24681357-")
     assert hubspot.parse_workflow(body, {"flow": "deal-won"}).event["event_id"].startswith("wf-deal-won-24681357-")
     shown = preview(str(FIXTURES / "hubspot-workflow-webhook-deal.json"), tmp_path=tmp_path)
-    assert shown["event"]["event_id"] == "wf-noflow-24681357-deal-18273645501-1767268795123"
+    assert shown["event"]["event_id"] == "wf--24681357-deal-18273645501-1767268795123"

@@ -287,8 +287,10 @@ def parse_workflow(body: dict[str, Any], query: dict[str, str]) -> InboundEvent:
         kind = "stage_changed"
     wanted = query.get("type") or body.get("event_type")
     event_type = str(wanted) if wanted else f"{object_type}.{kind}"
-    event_id = body.get("event_id") or "-".join(  # "noflow": an action URL without ?flow= (not `wf--...`)
-        str(p) for p in ("wf", query.get("flow") or "noflow", portal, object_type, object_id, occurred or "")
+    # The id's form never changes between versions (an empty flow stays `wf--...`): a HubSpot retry
+    # that straddles an upgrade must still be recognised as a duplicate, or it would dispatch again.
+    event_id = body.get("event_id") or "-".join(
+        str(p) for p in ("wf", query.get("flow", ""), portal, object_type, object_id, occurred or "")
     )
     associations = body.get("associations") if isinstance(body.get("associations"), dict) else {}
     contact_ids = [str(v) for v in associations.get("associatedVids") or [] if isinstance(v, int | str)]
