@@ -263,6 +263,70 @@ def test_the_script_enforces_the_ceiling_when_requests_race(redis_url, redis_db,
     assert queue.count == 0  # the job queued in the same transaction was removed
 
 
+def _stored_bytes(redis_db, source: str) -> int:
+    return sum(int(n) for n in redis_db.hgetall(f"rb:stored-bytes:{source}").values())
+
+
+def test_the_ceiling_counts_what_redis_really_holds(make_bridge, redis_db):
+    """Security review F5: the counter charged bodies only, about a fifth to a seventh of what an
+    accepted event makes Redis hold (its RQ job, keys, lease entry, lists). Now a source at its
+    ceiling has grown Redis by about the ceiling, not several times it."""
+    ceiling = 1_000_000
+    bridge = make_bridge(inbound_max_stored_bytes=ceiling)
+    accepted, used_before, counted_before = 0, 0, 0
+    with requests.Session() as session:
+        for n in range(2000):
+            body = json.dumps({"event": "deal.updated", "deal__id": str(n), "event_id": f"tiny-{n}"}).encode()
+            answer = session.post(f"{bridge.url}/webhooks/generic/zapier", data=body, headers=ZAPIER, timeout=10)
+            if answer.status_code == 429:
+                break
+            assert answer.status_code == 200, answer.text
+            accepted += 1
+            if n == 0:  # measured from here: the web app's connection, script and queue now exist
+                used_before = redis_db.info("memory")["used_memory"]
+                counted_before = _stored_bytes(redis_db, "generic:zapier")
+    grown = redis_db.info("memory")["used_memory"] - used_before
+    counted = _stored_bytes(redis_db, "generic:zapier") - counted_before
+    assert accepted < 2000, "the ceiling never answered 429"
+    # ~4.5 KB of Redis per tiny event (store.py); charging bodies alone let ~1,000 in (4.6 MB).
+    assert 100 <= accepted <= 400, accepted
+    assert counted <= ceiling
+    assert 0.5 <= grown / counted <= 2.0, (grown, counted, accepted)
+    assert grown <= 2 * ceiling, grown
+
+
+def test_the_quick_check_and_the_script_charge_the_same(redis_url, redis_db, monkeypatch):
+    """What the script adds for a request is exactly what the check before it expects: one byte
+    less room refuses it in both, an exact fit passes both."""
+    from integration.inbound import store as store_module
+    from integration.inbound.salesforce import parse as parse_salesforce
+
+    queue = Queue("default", connection=redis_db, serializer="json")
+    raw = fixture_bytes("salesforce-outbound-message-opportunity.xml")
+    events, skipped = parse_salesforce(raw, ("00D5e000000Fxq2EAC",), None)
+    assert events[0].track_field  # a tracked field adds its own key: charged too
+    record = store_module.delivery_record("salesforce", "POST", "/x", "", {}, raw, events, skipped)
+    store(redis_db, queue, "salesforce", events, record)
+    charge = _stored_bytes(redis_db, "salesforce")
+    assert charge == sum(
+        store_module.event_charge(store_module.event_key("salesforce", e.event["event_id"]),
+                                  json.dumps({**e.event, "_extra": e.extra}), e.ordering_key, e.track_field,
+                                  str(e.event["properties"].get(e.track_field) or "")) for e in events
+    ) + store_module.delivery_charge(json.dumps(record))
+    ceiling, hour = 10_000_000, str(int(time.time() // 3600))
+    for precheck in (store_module._precheck, lambda *args: None):
+        monkeypatch.setattr(store_module, "_precheck", precheck)
+        for room, fits in ((charge - 1, False), (charge, True)):
+            redis_db.flushdb()
+            redis_db.hset(store_module.stored_bytes_key("salesforce"), hour, ceiling - room)
+            if fits:
+                store(redis_db, queue, "salesforce", events, record, max_stored_bytes=ceiling)
+                assert _stored_bytes(redis_db, "salesforce") == ceiling
+            else:
+                with pytest.raises(store_module.StorageFull):
+                    store(redis_db, queue, "salesforce", events, record, max_stored_bytes=ceiling)
+
+
 # ---- future-dated events (issue 9 item 9) ---------------------------------------------------
 
 

@@ -41,27 +41,59 @@ BUCKET_SECONDS = 3600
 SKIPPED_ITEM_BYTES = 300
 SKIPPED_ENTRY_BYTES = 600
 
+# What the per-source ceiling (INBOUND_MAX_STORED_BYTES) charges, so that it tracks what Redis
+# really holds, not only the bodies (which were about a seventh of it). Measured with INFO memory
+# (used_memory) on Redis 7.0 (jemalloc, 64-bit) over 1,000 requests each, see
+# tests/test_inbound_store.py::test_the_ceiling_counts_what_redis_really_holds:
+#   one small Zapier event per request:  used_memory +4,400 to +4,800 bytes per request, of which
+#     bodies and the delivery record are 930;
+#   the same with a 250-character event id and a 180-character deal id: +7,350 (bodies 2,470);
+#   HubSpot batches of 100 events: +1,780 bytes per event (bodies 700);
+#   one HubSpot event per request: +4,670 (bodies 1,100); Pipedrive: +6,900 (bodies 3,390).
+# Fitted: each stored delivery costs its record plus DELIVERY_OVERHEAD_BYTES (the key and its
+# TTL, its list of new events, and the RQ job hash with its queue entry: ~1,600 of it); each new
+# event costs its body plus EVENT_OVERHEAD_BYTES (the hash's fields and headers, its TTL, its
+# lease-zset member and list entry, its ordering key) plus EVENT_KEY_COPIES times its key's
+# length (the key itself, the list entry, the lease member, and a one-event job's description
+# and argument) plus its ordering key's length. That model is within 3% of every figure above.
+# The job hash goes once the job has run (result TTL 10 minutes), so the charge errs on the high
+# side for processed events; what the worker adds afterwards (context, dispatches) is not counted.
+DELIVERY_OVERHEAD_BYTES = 2500
+EVENT_OVERHEAD_BYTES = 800
+EVENT_KEY_COPIES = 5
+# A string key with a TTL, beyond its name and value (Salesforce's tracked field value): measured
+# 210 bytes per key for a 69-byte name and a 10-byte value.
+KEY_OVERHEAD_BYTES = 130
+
 # ARGV: ttl, delivery key, delivery json, received_at, count, now ms, future tolerance ms,
-#   stored-bytes key, ceiling (0: none), this hour, bucket seconds; then per event (EVENT_ARGS):
+#   stored-bytes key, ceiling (0: none), this hour, bucket seconds, delivery overhead, event
+#   overhead, event key copies, key overhead; then per event (EVENT_ARGS):
 #   event key, event json, ordering key, occurred ms or '', tracked field or '', its value or '',
 #   future-dated reason or ''
 STORE_SCRIPT = """
 local ttl, delivery, record, received = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local count, now_ms, ahead_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local bytes_key, ceiling, hour, bucket = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local first, width = 12, 7
+local delivery_cost, event_cost = tonumber(ARGV[12]), tonumber(ARGV[13])
+local key_copies, key_cost = tonumber(ARGV[14]), tonumber(ARGV[15])
+local first, width = 16, 7
 
 -- What this request would store: events not seen before, and the delivery with them. A delivery
--- whose events are all duplicates stores nothing (each original counts its duplicates).
+-- whose events are all duplicates stores nothing (each original counts its duplicates). The
+-- charge is what Redis holds for them, keys and overheads included (store.py: the measurement).
 local needed, fresh = 0, 0
 for i = 0, count - 1 do
   local b = first + i * width
   if redis.call('EXISTS', ARGV[b]) == 0 then
-    needed, fresh = needed + #ARGV[b + 1], fresh + 1
+    needed = needed + #ARGV[b + 1] + event_cost + key_copies * #ARGV[b] + #ARGV[b + 2]
+    if ARGV[b + 4] ~= '' then
+      needed = needed + key_cost + #ARGV[b + 2] + 1 + #ARGV[b + 4] + #ARGV[b + 5]
+    end
+    fresh = fresh + 1
   end
 end
 local keep_delivery = fresh > 0 or count == 0
-if keep_delivery then needed = needed + #record end
+if keep_delivery then needed = needed + #record + delivery_cost end
 
 -- The per-source ceiling: bytes stored in the last ttl, in hourly buckets that expire with them.
 local horizon = hour - math.ceil(ttl / bucket)
@@ -90,11 +122,7 @@ if ceiling > 0 and needed > 0 and used + needed > ceiling then
   return {'full', tostring(used), tostring(room_at)}
 end
 
-local stored = 0
-if keep_delivery then
-  redis.call('SET', delivery, record, 'EX', ttl)
-  stored = #record
-end
+if keep_delivery then redis.call('SET', delivery, record, 'EX', ttl) end
 local results = {}
 for i = 0, count - 1 do
   local b = first + i * width
@@ -136,12 +164,11 @@ for i = 0, count - 1 do
     redis.call('RPUSH', delivery .. ':new', key)
     redis.call('ZADD', 'rb:lease:event', tonumber(received) + 60, key)
     redis.call('EXPIRE', delivery .. ':new', ttl)
-    stored = stored + #body
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end
 end
-if stored > 0 then
-  redis.call('HINCRBY', bytes_key, hour, stored)
+if needed > 0 then
+  redis.call('HINCRBY', bytes_key, hour, needed)
   redis.call('EXPIRE', bytes_key, ttl + bucket)
 end
 return results
@@ -248,10 +275,25 @@ def _retry_after(room_at_hour: int, now: float) -> int | None:
     return max(1, math.ceil(expires - now))
 
 
-def _precheck(connection: redis.Redis, source: str, keys: list[str], bodies: list[str], record: str,
+def event_charge(key: str, body: str, ordering_key: str, tracked: str = "", tracked_value: str = "") -> int:
+    """The bytes an event not seen before adds to its source's stored bytes (the script charges
+    the same: see DELIVERY_OVERHEAD_BYTES for the measurement)."""
+    size = [len(text.encode()) for text in (key, body, ordering_key, tracked, tracked_value)]
+    charge = size[1] + EVENT_OVERHEAD_BYTES + EVENT_KEY_COPIES * size[0] + size[2]
+    if tracked:  # the `<ordering key>|<field>` key holding the field's last value
+        charge += KEY_OVERHEAD_BYTES + size[2] + 1 + size[3] + size[4]
+    return charge
+
+
+def delivery_charge(record: str) -> int:
+    """The bytes a stored delivery adds, with its list of new events and its RQ job."""
+    return len(record.encode()) + DELIVERY_OVERHEAD_BYTES
+
+
+def _precheck(connection: redis.Redis, source: str, keys: list[str], charges: list[int], record: str,
               ceiling: int) -> None:
     """The ceiling, checked before the transaction so that a refused request queues no job (the
-    script checks again, atomically; see store)."""
+    script checks again, atomically; see store). `charges`: each event's `event_charge`."""
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         pipe.hgetall(stored_bytes_key(source))
@@ -260,8 +302,8 @@ def _precheck(connection: redis.Redis, source: str, keys: list[str], bodies: lis
         replies = pipe.execute()
     horizon = _hour(now) - math.ceil(TTL_SECONDS / BUCKET_SECONDS)
     buckets = sorted((int(h), int(n)) for h, n in replies[0].items() if int(h) > horizon)
-    fresh = [body for body, seen in zip(bodies, replies[1:], strict=True) if not seen]
-    needed = sum(len(b.encode()) for b in fresh) + (len(record.encode()) if fresh or not keys else 0)
+    fresh = [charge for charge, seen in zip(charges, replies[1:], strict=True) if not seen]
+    needed = sum(fresh) + (delivery_charge(record) if fresh or not keys else 0)
     used = sum(n for _, n in buckets)
     if needed and used + needed > ceiling:
         freed, room_at = 0, -1
@@ -287,19 +329,21 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     real_now = time.time()
     argv: list[Any] = [TTL_SECONDS, delivery_key, record_json, f"{real_now:.3f}", len(events),
                        int(now * 1000), FUTURE_TOLERANCE_MS, stored_bytes_key(source), max_stored_bytes,
-                       _hour(real_now), BUCKET_SECONDS]
-    keys, bodies = [], []
+                       _hour(real_now), BUCKET_SECONDS, DELIVERY_OVERHEAD_BYTES, EVENT_OVERHEAD_BYTES,
+                       EVENT_KEY_COPIES, KEY_OVERHEAD_BYTES]
+    keys, charges = [], []
     for item in events:
         tracked = item.track_field or ""
-        keys.append(event_key(item.event["source"], item.event["event_id"]))
-        bodies.append(json.dumps({**item.event, "_extra": item.extra}))
-        argv += [keys[-1], bodies[-1], item.ordering_key,
+        tracked_value = str(item.event["properties"].get(tracked) or "") if tracked else ""
+        key = event_key(item.event["source"], item.event["event_id"])
+        body = json.dumps({**item.event, "_extra": item.extra})
+        keys.append(key)
+        charges.append(event_charge(key, body, item.ordering_key, tracked, tracked_value))
+        argv += [key, body, item.ordering_key,
                  "" if item.occurred_ms is None else str(item.occurred_ms),
-                 tracked,
-                 str(item.event["properties"].get(tracked) or "") if tracked else "",
-                 future_dated_reason(item.occurred_ms, now)]
+                 tracked, tracked_value, future_dated_reason(item.occurred_ms, now)]
     if max_stored_bytes:
-        _precheck(connection, source, keys, bodies, record_json, max_stored_bytes)
+        _precheck(connection, source, keys, charges, record_json, max_stored_bytes)
     job_id = f"event-{delivery_id}" if len(events) == 1 else f"delivery-{delivery_id}"
     with connection.pipeline(transaction=True) as pipe:
         pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
