@@ -93,7 +93,7 @@ class Settings:
     # One write-back attempt, connect to answer; below the 25 s job timeout so a timeout is counted.
     writeback_timeout_seconds: float = 15.0
     # Per source: raw deliveries and events stored in the last 7 days; beyond it webhooks get 429.
-    inbound_max_stored_bytes: int = 64 * 1024 * 1024
+    inbound_max_stored_bytes: int = 256 * 1024 * 1024
 
     @property
     def uses_sandbox(self) -> bool:
@@ -157,7 +157,7 @@ class Settings:
             lease_seconds=int(env.number("BRIDGE_LEASE_SECONDS", 30, low=2, high=3600, integer=True)),
             writeback_retry_scale=env.number("WRITEBACK_RETRY_SCALE", 1.0, low=0.00001, high=100),
             writeback_timeout_seconds=env.number("WRITEBACK_TIMEOUT_SECONDS", 15.0, low=0.5, high=20),
-            inbound_max_stored_bytes=int(env.number("INBOUND_MAX_STORED_BYTES", 64 * 1024 * 1024, low=4 * 1024 * 1024,
+            inbound_max_stored_bytes=int(env.number("INBOUND_MAX_STORED_BYTES", 256 * 1024 * 1024, low=4 * 1024 * 1024,
                                                     high=2**40, integer=True)),
         )
 
