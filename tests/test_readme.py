@@ -203,3 +203,18 @@ def test_every_setting_in_env_example_is_in_the_configuration_table_and_back():
     for name in documented:
         pattern = re.compile("^" + name.replace("<NAME>", "[A-Z0-9_]+") + "$")
         assert any(pattern.match(e) for e in example), f"in the README's table, not in .env.example: {name}"
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_table_of_contents_lists_every_section_in_order():
+    readme = (ROOT / "README.md").read_text()
+    contents = readme[readme.index("## Contents\n"):readme.index("## Quick start")]
+    rest = readme.replace(contents, "")
+    headings = [(len(hashes), text) for hashes, text in re.findall(r"^(##+) (.+)$", rest, re.M)]
+    listed = re.findall(r"^( *)- \[(.+)\]\(#(.+)\)$", contents, re.M)
+    assert [(len(indent) // 2 + 2, text) for indent, text, _ in listed] == headings
+    assert all(anchor == _github_anchor(text) for _, text, anchor in listed)
