@@ -7,7 +7,7 @@ from client threads; reads the sandbox's request log to find when each event's d
 and, measured in the same run on the same Redis, RQ's own no-op job rate with the same number of
 workers, since every event costs several RQ jobs (fan-out, process, submit).
 
-    python -m benchmarks.pipeline [--events 300] [--workers 2] [--clients 8]
+    python -m benchmarks.pipeline [--events 300] [--workers 2] [--clients 8] [--noop-jobs 2000]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--noop-jobs", type=int, default=2000, help="size of the RQ no-op baseline run")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="rb-pipeline-"))
     (folder / "rules.yaml").write_text(RULES)
@@ -139,7 +140,7 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs[3:]:
             proc.wait(timeout=60)
-        baseline = noop_rate(redis_url, 2000, args.workers, env, folder)
+        baseline = noop_rate(redis_url, args.noop_jobs, args.workers, env, folder)
     finally:
         for proc in procs:
             if proc.poll() is None:

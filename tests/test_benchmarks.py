@@ -29,7 +29,8 @@ def test_ingest_benchmark_stores_every_event_and_prints_a_ratio():
 
 def test_pipeline_benchmark_gets_every_event_to_revor():
     result = subprocess.run([sys.executable, "-m", "benchmarks.pipeline", "--events", "20", "--workers", "1",
-                             "--clients", "2"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+                             "--clients", "2", "--noop-jobs", "200"],
+                            cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("events: 20 sent, 20 reached Revor's 202, 20 Revor tasks created")

@@ -108,8 +108,8 @@ def test_410_disables_the_destination_until_enabled_then_replay(stack):
 
 
 def test_exhausted_schedule_goes_to_dead_letters_and_replays(stack_with_rules):
-    # The whole schedule (5 s ... 10 h, about 1.5 days) shrunk to about 20 s.
-    stack = stack_with_rules(RULES, WRITEBACK_RETRY_SCALE="0.0002")
+    # The whole schedule (5 s ... 10 h, about 1.5 days) shrunk to about 13 s.
+    stack = stack_with_rules(RULES, WRITEBACK_RETRY_SCALE="0.0001")
     stack["receiver"]["fail"] = [500] * 8  # the first message's eight attempts
     stack["start_worker"]()
     post_zaps(stack, 1)
