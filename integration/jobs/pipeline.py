@@ -134,6 +134,11 @@ def submit_dispatch(dispatch_id: str) -> str:
     ctx = job_context()
     record = state.load(ctx.redis, dispatch_id)
     if record is None or record["status"] != "pending":
+        if record is not None and record.get("revor_job_id") and record["status"] not in state.TERMINAL:
+            # A run that died between `accepted` and tracking (Redis gone, horse killed) still holds
+            # the submit lease; this recovery run makes sure the Revor job is followed (NX: a dispatch
+            # already tracked keeps its poll time), and only then lets the lease go.
+            ctx.redis.zadd(leases.TRACK, {dispatch_id: time.time()}, nx=True)
         leases.release(ctx.redis, leases.SUBMIT, dispatch_id)
         return record["status"] if record else "unknown"
     lock = leases.Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
