@@ -1,12 +1,24 @@
-"""Ingest rate of POST /webhooks/generic/<name> with valid Standard Webhooks signatures.
+"""Ingest rate of POST /webhooks/generic/<name>: the bridge against a bare Flask endpoint.
 
-Both servers run under gunicorn with the same settings, in the same run, against one loopback
-load generator: the bridge (verify, parse, normalise, dedupe, store in Redis, enqueue) and a
-bare Flask endpoint that only answers. Each request carries a new `webhook-id`, so every one is
-a new event that is really stored (no duplicate short-cut). Prints requests per second for each,
-the median over alternating rounds, and the ratio bridge/bare; the target is at least 0.5.
+Both apps run under the server `revor-bridge web` uses (gunicorn with
+`integration.web.serving`'s options and worker class, `WEB_THREADS` threads per process, the
+read-deadline middleware; see `benchmarks.serve`), with the same workers, in the same run, against
+one loopback load generator: the bridge (verify, parse, normalise, dedupe, store in Redis,
+enqueue) and a bare endpoint that only answers. Every request is a new event that is really
+stored (no duplicate short-cut); the script checks that the bridge stored every one. Prints
+requests per second for each, the median over alternating rounds, and the ratio bridge/bare;
+the target is at least 0.5.
+
+The load generator is a Python client (threads, Standard Webhooks signatures), or with `--wrk`
+(when `wrk` is on PATH) wrk with `wrk_generic_hook.lua` (a token-authenticated hook, X-Hook-Token,
+event_id varied per request). Either way it prints how much CPU the generator used, and with wrk
+also the bare app's rate under the Python client: a generator near one full core per thread (the
+Python client: one core, it holds the GIL) is the bottleneck, not the app. `--stock-gthread` also
+serves the bare app under gunicorn's stock gthread worker, to compare the custom worker with it.
 
     python -m benchmarks.ingest_generic [--requests 2000] [--rounds 3] [--workers 2] [--clients 8]
+    python -m benchmarks.ingest_generic --wrk [--wrk-threads 2] [--wrk-connections 16] [--duration 10]
+    ... [--stock-gthread]
 """
 
 from __future__ import annotations
@@ -14,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -21,9 +35,11 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
 import requests
 from standardwebhooks import Webhook
 
@@ -32,14 +48,17 @@ from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1iZW5jaG1hcmstc2VjcmV0"  # base64 of 32 bytes
+TOKEN = "benchmark-hook-token-0123456789"
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_generic_hook.lua"
+SIGNED_PATH, TOKEN_PATH = "/webhooks/generic/bench", "/webhooks/generic/benchtoken"
+WARM_UP = 100
 
 
-
-
-def gunicorn(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-         "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def serve(app: str, port: int, workers: int, env: dict[str, str], stock_gthread: bool = False) -> subprocess.Popen:
+    """`app` under revor-bridge's gunicorn setup (or gunicorn's stock gthread worker), in a child process."""
+    command = [sys.executable, "-m", "benchmarks.serve", app, "--port", str(port), "--workers", str(workers)]
+    return subprocess.Popen(command + (["--stock-gthread"] if stock_gthread else []), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def signed_requests(count: int, offset: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -60,8 +79,18 @@ def signed_requests(count: int, offset: int) -> list[tuple[bytes, dict[str, str]
     return prepared
 
 
-def load(url: str, prepared: list[tuple[bytes, dict[str, str]]], clients: int) -> float:
-    """Send every prepared request from `clients` threads; requests per second."""
+@dataclass
+class Run:
+    """One load run against one server: its rate and what the load generator itself used."""
+
+    rate: float  # requests per second
+    cpu: float  # CPU seconds of the load generator per second of the run (1.0: one core busy)
+    answered: int = 0  # 2xx answers (wrk)
+    generated: int = 0  # requests started (wrk): answered plus those in flight when it stopped
+
+
+def load(url: str, prepared: list[tuple[bytes, dict[str, str]]], clients: int) -> Run:
+    """Send every prepared request from `clients` threads of this process."""
     chunks = [prepared[i::clients] for i in range(clients)]
     failures: list[str] = []
 
@@ -73,65 +102,149 @@ def load(url: str, prepared: list[tuple[bytes, dict[str, str]]], clients: int) -
                     failures.append(f"{answer.status_code} {answer.text[:200]}")
 
     threads = [threading.Thread(target=run, args=(chunk,)) for chunk in chunks]
-    started = time.perf_counter()
+    cpu_before, started = time.process_time(), time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
     if failures:
         raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return len(prepared) / elapsed
+    return Run(len(prepared) / elapsed, cpu / elapsed, len(prepared), len(prepared))
+
+
+_SUMMARY = re.compile(r"wrk-summary requests=(\d+) non2xx=(\d+) connect=(\d+) read=(\d+) write=(\d+) "
+                      r"timeout=(\d+) generated=(\d+)")
+
+
+def wrk(url: str, run_id: str, threads: int, connections: int, seconds: float) -> Run:
+    """One wrk run of `seconds` posting new token-authenticated events (wrk_generic_hook.lua)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+               "-s", str(WRK_SCRIPT), url, "--", TOKEN, run_id, datetime.now(UTC).isoformat()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    summary = _SUMMARY.search(result.stdout)
+    if result.returncode != 0 or not rate or not summary:
+        raise SystemExit(f"wrk failed ({result.returncode}): {result.stdout[-1000:]} {result.stderr[-1000:]}")
+    completed, non2xx, *socket_errors, generated = (int(n) for n in summary.groups())
+    if non2xx or any(socket_errors):
+        raise SystemExit(f"wrk: {non2xx} answers not 2xx, socket errors (connect, read, write, timeout) "
+                         f"{socket_errors}, against {url}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    duration = re.search(r"requests in ([\d.]+)(ms|s|m)", result.stdout)
+    elapsed = seconds
+    if duration:
+        elapsed = float(duration.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[duration.group(2)]
+    return Run(float(rate.group(1)), cpu / elapsed, completed, generated)
+
+
+def count_keys(connection: redis.Redis, pattern: str) -> int:
+    return sum(1 for _ in connection.scan_iter(match=pattern, count=1000))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per round (Python client)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for both servers")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for every server")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads (Python client)")
+    parser.add_argument("--wrk", action="store_true", help="load with wrk when it is on PATH")
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--wrk-connections", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
+    parser.add_argument("--stock-gthread", action="store_true",
+                        help="also serve the bare app under gunicorn's stock gthread worker, and compare")
     args = parser.parse_args()
+    use_wrk = args.wrk and shutil.which("wrk") is not None
+    if args.wrk and not use_wrk:
+        print("wrk is not on PATH: loading with the Python client")
 
     folder = Path(tempfile.mkdtemp(prefix="rb-bench-"))
-    redis_port, bridge_port, bare_port = free_port(), free_port(), free_port()
+    redis_port, bridge_port, bare_port, stock_port = free_port(), free_port(), free_port(), free_port()
     binary = shutil.which("redis-server") or redis_server_binary()
     redis_proc = subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(folder),
                                    "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "GENERIC_WEBHOOK_"))}
-    env.update(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", GENERIC_WEBHOOK_SECRET_BENCH=SECRET)
-    servers = [gunicorn("integration.web:create_app()", bridge_port, args.workers, env),
-               gunicorn("benchmarks.bare_app:create_app()", bare_port, args.workers, env)]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REVOR_", "GENERIC_WEBHOOK_", "INBOUND_", "WEB_CONCURRENCY"))}
+    # The stored-bytes ceiling is still computed on every request; set high so that a long wrk run
+    # never reaches it (its default, 256 MiB, holds ~50,000 such events).
+    env.update(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", GENERIC_WEBHOOK_SECRET_BENCH=SECRET,
+               GENERIC_WEBHOOK_SECRET_BENCHTOKEN=TOKEN, INBOUND_MAX_STORED_BYTES=str(2**40))
+    urls = {"bridge": f"http://127.0.0.1:{bridge_port}", "bare": f"http://127.0.0.1:{bare_port}"}
+    servers = [serve("integration.web:create_app()", bridge_port, args.workers, env),
+               serve("benchmarks.bare_app:create_app()", bare_port, args.workers, env)]
+    if args.stock_gthread:
+        urls["stock"] = f"http://127.0.0.1:{stock_port}"
+        servers.append(serve("benchmarks.bare_app:create_app()", stock_port, args.workers, env, stock_gthread=True))
+    runs: dict[str, list[Run]] = {name: [] for name in urls}
+    wrk_counts: list[tuple[int, int, int]] = []  # per bridge wrk run: stored, answered, generated
+    python_bare: Run | None = None
+    connection = redis.Redis(port=redis_port)
     try:
-        wait_for(f"http://127.0.0.1:{bridge_port}/healthz")
-        wait_for(f"http://127.0.0.1:{bare_port}/webhooks/generic/bench")
-        warm = signed_requests(100, 10**7)
-        load(f"http://127.0.0.1:{bridge_port}/webhooks/generic/bench", warm, args.clients)
-        load(f"http://127.0.0.1:{bare_port}/webhooks/generic/bench", warm, args.clients)
-        bare_rates, bridge_rates = [], []
+        wait_for(f"{urls['bridge']}/healthz")
+        for name in urls:
+            wait_for(f"{urls[name]}{SIGNED_PATH}")
+            load(f"{urls[name]}{SIGNED_PATH}", signed_requests(WARM_UP, 10**7), args.clients)
         for round_number in range(args.rounds):
             prepared = signed_requests(args.requests, round_number * args.requests)
-            bare_rates.append(load(f"http://127.0.0.1:{bare_port}/webhooks/generic/bench", prepared, args.clients))
-            bridge_rates.append(load(f"http://127.0.0.1:{bridge_port}/webhooks/generic/bench", prepared,
-                                     args.clients))
-        stored = subprocess.run([shutil.which("redis-cli") or str(Path(binary).with_name("redis-cli")), "-p",
-                                 str(redis_port), "--scan", "--pattern", "rb:event:generic:bench:*"],
-                                capture_output=True, text=True).stdout.split()
+            for name in ("bare", "stock", "bridge"):
+                if name not in urls:
+                    continue
+                if use_wrk:
+                    run_id = f"wrk{round_number}{name}"
+                    run = wrk(f"{urls[name]}{TOKEN_PATH}", run_id, args.wrk_threads, args.wrk_connections,
+                              args.duration)
+                    if name == "bridge":
+                        stored = count_keys(connection, f"rb:event:generic:benchtoken:{run_id}-*")
+                        wrk_counts.append((stored, run.answered, run.generated))
+                else:
+                    run = load(f"{urls[name]}{SIGNED_PATH}", prepared, args.clients)
+                runs[name].append(run)
+        if use_wrk:  # is the generator the bottleneck? The bare app under the Python client, for comparison
+            python_bare = load(f"{urls['bare']}{SIGNED_PATH}", signed_requests(args.requests, 10**8), args.clients)
+        stored_signed = count_keys(connection, "rb:event:generic:bench:*")
     finally:
+        connection.close()
         for server in servers:
             server.terminate()
+        for server in servers:
             server.wait(timeout=30)
         redis_proc.terminate()
         redis_proc.wait(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
-    bare, bridge = statistics.median(bare_rates), statistics.median(bridge_rates)
-    expected = args.requests * args.rounds + 100
-    print(f"requests per round: {args.requests}, rounds: {args.rounds}, gunicorn workers: {args.workers}, "
-          f"client threads: {args.clients}")
-    print(f"events stored by the bridge: {len(stored)} of {expected} sent")
-    print(f"bare Flask endpoint : {bare:8.1f} requests/s (median)")
-    print(f"bridge ingest       : {bridge:8.1f} requests/s (median)")
-    print(f"ratio bridge/bare   : {bridge / bare:8.2f}  (target >= 0.5)")
+
+    rate = {name: statistics.median(run.rate for run in runs[name]) for name in runs}
+    cpu = {name: statistics.median(run.cpu for run in runs[name]) for name in runs}
+    serving = f"gunicorn workers: {args.workers} of revor-bridge web's worker class"
+    if use_wrk:
+        print(f"load generator: wrk -t{args.wrk_threads} -c{args.wrk_connections} -d{args.duration:g}s, "
+              f"rounds: {args.rounds}, {serving}")
+        stored, answered, generated = (sum(column) for column in zip(*wrk_counts, strict=True))
+        print(f"events stored by the bridge: {stored} of {generated} sent ({answered} answered 200 before "
+              f"wrk stopped; the rest were in flight)")
+        if not answered <= stored <= generated:
+            raise SystemExit("the bridge did not store every event it answered 200 for")
+    else:
+        print(f"requests per round: {args.requests}, rounds: {args.rounds}, {serving}, "
+              f"client threads: {args.clients}")
+        expected = args.requests * args.rounds + WARM_UP
+        print(f"events stored by the bridge: {stored_signed} of {expected} sent")
+    print(f"bare Flask endpoint : {rate['bare']:8.1f} requests/s (median)")
+    print(f"bridge ingest       : {rate['bridge']:8.1f} requests/s (median)")
+    generator = "wrk" if use_wrk else "Python client"
+    print(f"load generator CPU  : {cpu['bare']:8.2f} cores on the bare app, {cpu['bridge']:.2f} on the bridge "
+          f"({generator}; a generator near {args.wrk_threads if use_wrk else 1} core(s) is the bottleneck)")
+    if python_bare:
+        print(f"bare app, Python client: {python_bare.rate:8.1f} requests/s ({python_bare.cpu:.2f} cores) "
+              f"vs {rate['bare']:.1f} with wrk: wrk/Python {rate['bare'] / python_bare.rate:.2f}")
+    if "stock" in rate:
+        print(f"bare app, stock gthread worker: {rate['stock']:8.1f} requests/s (median) vs {rate['bare']:.1f} "
+              f"under revor-bridge's worker: custom/stock {rate['bare'] / rate['stock']:.2f}")
+    print(f"ratio bridge/bare   : {rate['bridge'] / rate['bare']:8.2f}  (target >= 0.5)")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT, cli_env
 
@@ -17,14 +21,54 @@ def test_revor_client_benchmark_prints_a_ratio():
     assert float(ratio_line.split(":")[1]) > 0
 
 
+def _ratio(line: str) -> float:
+    return float(line.split(":")[-1].split()[-1])
+
+
 def test_ingest_benchmark_stores_every_event_and_prints_a_ratio():
     result = subprocess.run([sys.executable, "-m", "benchmarks.ingest_generic", "--requests", "40", "--rounds", "1",
-                             "--workers", "1", "--clients", "2"],
+                             "--workers", "1", "--clients", "2", "--stock-gthread"],
                             cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr + result.stdout
     lines = result.stdout.strip().splitlines()
+    assert "gunicorn workers: 1 of revor-bridge web's worker class" in lines[0]
     assert "events stored by the bridge: 140 of 140 sent" in lines
+    assert any(line.startswith("load generator CPU") for line in lines)
+    stock = next(line for line in lines if line.startswith("bare app, stock gthread worker"))
+    assert _ratio(stock) > 0
     assert lines[-1].startswith("ratio bridge/bare") and float(lines[-1].split(":")[1].split()[0]) > 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian package wrk)")
+def test_ingest_benchmark_under_wrk_stores_every_event_answered():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.ingest_generic", "--wrk", "--duration", "1",
+                             "--rounds", "1", "--workers", "1", "--wrk-connections", "4", "--requests", "40",
+                             "--clients", "2"],
+                            cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("load generator: wrk -t2 -c4 -d1s")
+    stored = re.fullmatch(r"events stored by the bridge: (\d+) of (\d+) sent \((\d+) answered 200 .*", lines[1])
+    assert stored, lines[1]
+    kept, sent, answered = (int(n) for n in stored.groups())
+    assert 0 < answered <= kept <= sent  # each request a new event (event_id varied per request), all stored
+    assert _ratio(next(line for line in lines if line.startswith("bare app, Python client"))) > 0
+    assert lines[-1].startswith("ratio bridge/bare") and float(lines[-1].split(":")[1].split()[0]) > 0
+
+
+def test_inbound_storage_benchmark_measures_redis_growth():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.inbound_storage", "--duplicates", "10",
+                             "--small-events", "100"],
+                            cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = result.stdout.strip().splitlines()
+    duplicates = next(line for line in lines if line.startswith("10 posts of one 500,000-byte"))
+    # Stored once (the event and its raw delivery), not once per post as before issue 9 (10 x the body).
+    assert float(duplicates.split(" MB, ")[1].split(" x ")[0]) < 4, duplicates
+    assert "answers {200: 10}" in duplicates and "counted on the event: 9" in duplicates
+    batch = next(line for line in lines if line.startswith("HubSpot batch of 100 events"))
+    assert "answer 200: 100 new" in batch and batch.endswith("a batch of 101: 413")
+    assert lines[-1].startswith("ratio grown/charged") and 0.5 <= _ratio(lines[-1].split("(")[0]) <= 2
 
 
 def test_pipeline_benchmark_gets_every_event_to_revor():
