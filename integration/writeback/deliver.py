@@ -136,7 +136,11 @@ def _post(url: str, body: bytes, headers: dict[str, str], deadline: float, tick:
     if parts.username:  # user:password@host, as requests would send it
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-    connect_timeout = max(0.001, min(CONNECT_TIMEOUT, deadline - time.monotonic()))
+    # Connect and TLS handshake run before the deadline socket (and its keepalive) is in place:
+    # keep them within one keepalive tick, so a short BRIDGE_LEASE_SECONDS cannot lapse meanwhile
+    # and let a second run count this attempt as interrupted while it is still going.
+    keepalive()
+    connect_timeout = max(0.001, min(CONNECT_TIMEOUT, tick, deadline - time.monotonic()))
     if parts.scheme == "https":
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
             parts.hostname, parts.port, timeout=connect_timeout, context=_tls_context())
