@@ -209,6 +209,10 @@ def test_duplicate_deliveries_store_nothing_again(bridge, redis_db):
     assert original["duplicates"] == 20 and original["delivery"]["body"] == body.decode()
     assert redis_db.info("memory")["used_memory"] - used < 500_000  # 20 x 200 KB were 4 MB
     assert first["new"] == 1
+    # Nor does a repeat queue a job (its original's job was queued with it): a flood of duplicates
+    # while workers are down or behind leaves nothing behind in Redis.
+    assert Queue("default", connection=redis_db, serializer="json").count == 1
+    assert len(redis_db.keys("rq:job:*")) == 1
 
 
 def test_skipped_batch_items_keep_a_few_hundred_bytes(bridge):

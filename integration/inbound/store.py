@@ -291,9 +291,13 @@ def delivery_charge(record: str) -> int:
 
 
 def _precheck(connection: redis.Redis, source: str, keys: list[str], charges: list[int], record: str,
-              ceiling: int) -> None:
+              ceiling: int) -> bool:
     """The ceiling, checked before the transaction so that a refused request queues no job (the
-    script checks again, atomically; see store). `charges`: each event's `event_charge`."""
+    script checks again, atomically; see store). `charges`: each event's `event_charge`.
+
+    Returns whether every event is already stored: a pure repeat then queues no job either (the
+    original's job was queued with it, and an event that expires meanwhile is still picked up
+    by its lease), so a flood of duplicates costs Redis nothing that lasts."""
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         pipe.hgetall(stored_bytes_key(source))
@@ -305,7 +309,7 @@ def _precheck(connection: redis.Redis, source: str, keys: list[str], charges: li
     fresh = [charge for charge, seen in zip(charges, replies[1:], strict=True) if not seen]
     needed = sum(fresh) + (delivery_charge(record) if fresh or not keys else 0)
     used = sum(n for _, n in buckets)
-    if needed and used + needed > ceiling:
+    if ceiling and needed and used + needed > ceiling:
         freed, room_at = 0, -1
         for hour, count in buckets:
             freed += count
@@ -313,6 +317,7 @@ def _precheck(connection: redis.Redis, source: str, keys: list[str], charges: li
                 room_at = hour
                 break
         raise StorageFull(source, used, ceiling, _retry_after(room_at, now))
+    return bool(keys) and not fresh
 
 
 def store(connection: redis.Redis, queue: Queue, source: str, events: list[InboundEvent],
@@ -342,13 +347,14 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
         argv += [key, body, item.ordering_key,
                  "" if item.occurred_ms is None else str(item.occurred_ms),
                  tracked, tracked_value, future_dated_reason(item.occurred_ms, now)]
-    if max_stored_bytes:
-        _precheck(connection, source, keys, charges, record_json, max_stored_bytes)
+    repeat = _precheck(connection, source, keys, charges, record_json, max_stored_bytes)
     job_id = f"event-{delivery_id}" if len(events) == 1 else f"delivery-{delivery_id}"
     with connection.pipeline(transaction=True) as pipe:
         pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
         pipe.eval(STORE_SCRIPT, 0, *argv)
-        if len(events) == 1:
+        if repeat:
+            pass  # every event is stored already, with the job that was queued with it
+        elif len(events) == 1:
             # One event (every source but HubSpot batches): process it directly, one job fewer.
             # A duplicate's job finds the event already handled and ends at once.
             queue.enqueue_call("integration.jobs.inbound.process_event", args=(keys[0],),
@@ -363,7 +369,7 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     if outcomes[:1] == ["full"]:
         # Another request filled the ceiling between the check and the transaction: nothing was
         # stored, so the job queued with it has nothing to do; remove it (best effort).
-        job = queue.fetch_job(job_id) if events else None
+        job = queue.fetch_job(job_id) if events and not repeat else None
         if job is not None:
             job.delete()
         raise StorageFull(source, int(outcomes[1]), max_stored_bytes, _retry_after(int(outcomes[2]), real_now))
