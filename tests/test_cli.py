@@ -24,7 +24,9 @@ def sandbox_process() -> Iterator[str]:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}/api/v1"
     finally:
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM, as a process manager stops it: a shell that starts the suite in the background
+        # makes its children ignore SIGINT, and such a sandbox would never see a Ctrl-C.
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
 
 
