@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 import click
 from dotenv import load_dotenv
@@ -31,6 +32,13 @@ def load_settings() -> Settings:
         sys.exit(EXIT_USAGE)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
+
+
+def redis_unreachable(exc: Exception) -> NoReturn:
+    """A command whose Redis call failed: one line naming the error's kind (never the URL, which may
+    hold a password) and exit 3, never a traceback."""
+    click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
+    sys.exit(EXIT_UNREACHABLE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

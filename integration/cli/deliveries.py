@@ -9,7 +9,7 @@ from datetime import datetime
 import click
 import redis
 
-from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, cli, load_settings
+from integration.cli import EXIT_FINAL, cli, load_settings, redis_unreachable
 from integration.writeback import destinations as dest
 
 
@@ -60,8 +60,7 @@ def list_command(destination: str | None, since: str | None, as_json: bool) -> N
         connection, known = _context()
         found = dest.dead_letters(connection, destinations=_names(destination, known), since=_since(since))
     except redis.RedisError as exc:
-        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        redis_unreachable(exc)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -147,8 +146,7 @@ def destinations_command(destination: str | None, as_json: bool) -> None:
     try:
         items = [dest.health(connection, name) for name in _names(destination, known)]
     except redis.RedisError as exc:
-        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        redis_unreachable(exc)
     items = [{**item, "open_until": _iso(item["open_until"]), "last_success_at": _iso(item["last_success_at"])}
              for item in items]
     if as_json:

@@ -8,7 +8,7 @@ import sys
 import click
 import redis
 
-from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, cli, load_settings
+from integration.cli import EXIT_FINAL, cli, load_settings, redis_unreachable
 
 
 def _connection() -> redis.Redis:
@@ -35,8 +35,7 @@ def list_command(status: str, limit: int, as_json: bool) -> None:
     try:
         found = list_events(_connection(), status, limit=limit)
     except redis.RedisError as exc:
-        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        redis_unreachable(exc)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -64,6 +63,5 @@ def retry_command(source: str, event_id: str) -> None:
         click.echo(f"revor-bridge: {exc.args[0]}", err=True)
         sys.exit(EXIT_FINAL)
     except redis.RedisError as exc:
-        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        redis_unreachable(exc)
     click.echo(f"queued again {source} {event_id}")

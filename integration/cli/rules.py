@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import redis
 
-from integration.cli import EXIT_UNREACHABLE, EXIT_USAGE, cli, load_settings
+from integration.cli import EXIT_USAGE, cli, load_settings, redis_unreachable
 from integration.rules.guards import suppress as add_suppressions
 from integration.rules.guards import suppressed, unsuppress
 from integration.rules.loader import RulesError, RuleSet, load_rules
@@ -130,8 +130,7 @@ def _change(values: tuple[str, ...], action: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="VALUES") from None
     except redis.RedisError as exc:
-        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        redis_unreachable(exc)
     for key in keys:
         click.echo(f"{'suppressed' if action == 'add' else 'removed'} {key}")
 
@@ -156,8 +155,7 @@ def suppress_list() -> None:
     try:
         entries = suppressed(_redis())
     except redis.RedisError as exc:
-        click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
-        sys.exit(EXIT_UNREACHABLE)
+        redis_unreachable(exc)
     for entry in entries:
         click.echo(entry)
     if not entries:
