@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 import requests
 
+from benchmarks.common import wait_for
 from integration.dispatches import state
 from integration.jobs import leases
 from integration.revor import RevorClient
@@ -50,7 +51,7 @@ def main() -> None:
         procs.append(subprocess.Popen([sys.executable, "-m", "integration", "sandbox", "--port", str(sandbox_port),
                                        "--time-scale", "100000", "--rate-limit", "0"], env=env, cwd=folder,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(1.5)
+        wait_for(f"http://127.0.0.1:{sandbox_port}/_sandbox/config")  # up, however loaded the machine
         connection = redis.Redis.from_url(env["REDIS_URL"])
         with RevorClient(env["REVOR_BASE_URL"], SANDBOX_API_KEY) as client:
             for number in range(args.dispatches):
