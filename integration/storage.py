@@ -178,7 +178,9 @@ class EmbeddedRedis:
             except ChildProcessError:
                 pass
             time.sleep(0.05)
+        # Neither file may outlive the server: a later `kill $(cat redis.pid)` must not hit a reused pid.
         (self.folder / "redis.port").unlink(missing_ok=True)
+        (self.folder / "redis.pid").unlink(missing_ok=True)
 
 
 def resolve_redis_url(redis_url: str | None, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:

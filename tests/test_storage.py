@@ -44,6 +44,8 @@ def test_embedded_server_persists_across_restarts(tmp_path):
     finally:
         server.stop()
     assert server.pid is not None
+    # A stopped server leaves no pid or port file behind for `kill $(cat redis.pid)` to misuse.
+    assert not (tmp_path / "redis" / "redis.pid").exists() and not (tmp_path / "redis" / "redis.port").exists()
     restarted = EmbeddedRedis(tmp_path).start()
     try:
         assert restarted.started_here and restarted.pid != server.pid
