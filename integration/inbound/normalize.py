@@ -19,6 +19,7 @@ from marshmallow import ValidationError
 
 from integration.inbound.errors import InboundError
 from schemas.events import NormalizedEventSchema
+from schemas.inbound import MAX_EPOCH_MS  # 9999-12-31T23:59:59.999Z, the last instant ISO-8601 can write
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -52,8 +53,6 @@ def context_map(object_id: Any, properties: dict[str, Any], common: dict[str, An
     return mapping
 
 
-# 9999-12-31T23:59:59.999Z: the last instant ISO-8601 (and Python's datetime) can write.
-MAX_EPOCH_MS = 253402300799999
 _DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,9})?")
 TIMESTAMP_EXPECTED = ("Expected epoch seconds or milliseconds (ASCII digits) or ISO-8601 text, "
                      "from 1970 to 9999.")
