@@ -11,7 +11,11 @@ Exit codes, shared by every command:
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 from typing import NoReturn
 
 import click
@@ -39,6 +43,29 @@ def redis_unreachable(exc: Exception) -> NoReturn:
     hold a password) and exit 3, never a traceback."""
     click.echo(f"revor-bridge: Redis unreachable ({type(exc).__name__})", err=True)
     sys.exit(EXIT_UNREACHABLE)
+
+
+def stop_process_groups(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM each process's group (its gunicorn workers, a worker's clock and job), last started
+    first; after `grace` seconds SIGKILL whatever is left in each group (a grandchild whose parent
+    already exited included). Each process was started with `start_new_session=True`."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

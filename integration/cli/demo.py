@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import click
 import requests
 from standardwebhooks import Webhook
 
-from integration.cli import EXIT_FINAL, cli, load_settings
+from integration.cli import EXIT_FINAL, cli, load_settings, stop_process_groups
 from integration.cli.receiver import receiver_app, status_line
 from integration.inbound import hubspot
 from integration.localserver import LocalServer
@@ -140,11 +139,7 @@ def demo(time_scale: float, timeout: float) -> None:
         click.echo("\ndispatches as the CRM receives their status (rule, channel, recipient, status):")
         ok = _wait(seen, lock, web.url, timeout)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_process_groups([worker], grace=20)
         web.stop()
         receiver.stop()
         sandbox.stop()

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, EXIT_USAGE, cli, load_settings
+from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, EXIT_USAGE, cli, load_settings, stop_process_groups
 from integration.cli.receiver import receiver_app, status_line
 from integration.localserver import LocalServer
 from integration.storage import EmbeddedRedis, RedisUnavailable
@@ -151,27 +151,6 @@ def _wait_until_listening(children: list[Child]) -> Child | None:
     return pending[0] if pending else None
 
 
-def _stop(children: list[Child]) -> None:
-    """SIGTERM each child's process group (its gunicorn workers, the worker's clock and job), then SIGKILL."""
-    for child in reversed(children):
-        if child.proc.poll() is None:
-            try:
-                os.killpg(child.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for child in reversed(children):
-        try:
-            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # whatever is left in its group (also a grandchild whose parent already exited)
-            os.killpg(child.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        child.proc.wait()
-
-
 @cli.command()
 @click.option("--sandbox-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the sandbox [default: the port of REVOR_BASE_URL, else 8765].")
@@ -252,7 +231,7 @@ def dev(sandbox_port: int | None, time_scale: float) -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop(children)
+        stop_process_groups([child.proc for child in children], STOP_GRACE_SECONDS)
         for receiver in receivers:
             receiver.stop()
         if embedded is not None and embedded.started_here:
