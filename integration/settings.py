@@ -89,6 +89,7 @@ class Settings:
     hubspot_max_rps: float = 8.0
     tracking_horizon_seconds: int = 2 * 86400
     lease_seconds: int = 30
+    worker_threads: int = 8
     writeback_retry_scale: float = 1.0
     # One write-back attempt, connect to answer; below the 25 s job timeout so a timeout is counted.
     writeback_timeout_seconds: float = 15.0
@@ -155,6 +156,7 @@ class Settings:
             tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=1, high=30 * 86400,
                                                     integer=True)),
             lease_seconds=int(env.number("BRIDGE_LEASE_SECONDS", 30, low=2, high=3600, integer=True)),
+            worker_threads=int(env.number("WORKER_THREADS", 8, low=1, high=64, integer=True)),
             writeback_retry_scale=env.number("WRITEBACK_RETRY_SCALE", 1.0, low=0.00001, high=100),
             writeback_timeout_seconds=env.number("WRITEBACK_TIMEOUT_SECONDS", 15.0, low=0.5, high=20),
             inbound_max_stored_bytes=int(env.number("INBOUND_MAX_STORED_BYTES", 256 * 1024 * 1024, low=4 * 1024 * 1024,

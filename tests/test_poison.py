@@ -14,7 +14,7 @@ from contextlib import ExitStack
 import pytest
 import requests
 
-from integration.jobs.events import MAX_ATTEMPTS
+from integration.inbound.records import MAX_ATTEMPTS
 from integration.rules.build import dispatch_id_for
 from tests.conftest import ADMIN_TOKEN, revor_bridge
 from tests.servers import fixture_bytes
@@ -78,7 +78,8 @@ def test_a_poison_event_fails_after_bounded_attempts_and_an_operator_retry_proce
     assert reads == 2 * MAX_ATTEMPTS  # one HubSpot read per attempt, not one per lease period for ever
     time.sleep(5)  # well over two lease periods: nothing runs it again
     assert deal_reads(stack) == reads
-    assert stack["redis"].zscore("rb:lease:event", f"rb:event:hubspot:{WON}") is None
+    for where in ("rb:due", "rb:claimed"):  # not waiting for another attempt, not held by anyone
+        assert stack["redis"].zscore(where, f"event|rb:event:hubspot:{WON}") is None
 
     listed = api(stack, "GET", "/events?status=failed").json()
     assert WON in [item["event_id"] for item in listed["items"]]
@@ -170,7 +171,7 @@ def test_a_matched_rule_whose_recipient_cannot_render_is_an_invalid_dispatch_wri
     # The same event processed again (as after a worker killed before it marked the event done):
     key = "rb:event:generic:zapier:zap-3"
     stack["redis"].hset(key, "status", "received")
-    stack["redis"].zadd("rb:lease:event", {key: time.time()})
+    stack["redis"].zadd("rb:due", {f"event|{key}": time.time()})
     wait_for(lambda: stack["redis"].hget(key, "status") == b"processed", 30, "the event processed again", stack)
     time.sleep(1)
     assert list(dispatches(stack["redis"])) == [dispatch_id]
@@ -210,7 +211,7 @@ rules:
 
 def test_a_stored_error_names_its_type_and_never_a_configured_secret():
     """Unit: the message of an unexpected error is not under the bridge's control."""
-    from integration.jobs.events import describe
+    from integration.inbound.records import describe
     from integration.settings import Secret, Settings
 
     settings = Settings(hubspot_access_token=Secret("pat-na1-0123456789abcdef"),

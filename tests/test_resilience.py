@@ -38,7 +38,7 @@ def test_worker_with_redis_unreachable_at_start_says_so_in_one_line_and_exits_3(
 def test_an_outage_is_one_line_when_it_starts_and_one_when_it_ends_with_back_off(caplog):
     import logging
 
-    from integration.jobs.outage import Outage
+    from integration.scheduler.outage import Outage
 
     answers = [redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
                redis.exceptions.TimeoutError("Timeout reading from socket"),

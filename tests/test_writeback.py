@@ -367,12 +367,12 @@ def test_a_trickling_receiver_is_timed_out_counted_retried_and_dead_lettered(sta
     health = {k.decode(): v.decode() for k, v in redis_db.hgetall("rb:destination:crm").items()}
     assert int(health["failures"]) == 8 and int(health["opens"]) >= 1  # the circuit opened on the way
     assert health["last_error"].startswith("timed out")
-    assert redis_db.zscore("rb:lease:deliver", f"{dispatch_id}|crm") is None
+    assert redis_db.zscore("rb:due", f"deliver|{dispatch_id}|crm") is None  # the outbox is empty: nothing due
 
 
 def _outbox_with(redis_db, dispatch_id: str, count: int) -> list[str]:
     """`count` status messages queued for destination `crm`, as the state machine writes them."""
-    from integration.dispatches.state import delivery_member, outbox_key
+    from integration.dispatches.state import outbox_key
 
     ids = []
     for sequence in range(2, 2 + count):
@@ -384,7 +384,7 @@ def _outbox_with(redis_db, dispatch_id: str, count: int) -> list[str]:
                                                          "body": body, "created_at": time.time()}))
         redis_db.rpush(outbox_key(dispatch_id, "crm"), f"rb:msg:{message_id}")
         ids.append(message_id)
-    redis_db.zadd("rb:lease:deliver", {delivery_member(dispatch_id, "crm"): time.time()})
+    redis_db.zadd("rb:due", {f"deliver|{dispatch_id}|crm": time.time()})
     return ids
 
 
@@ -398,8 +398,8 @@ def test_a_delivery_run_starts_no_attempt_it_cannot_finish_within_its_budget(red
         config = {"url": receiver.url + "/status", "secret": WRITEBACK_SECRET}
         outcome = deliver_outbox(redis_db, "dsp_budget", "crm", config, 3, timeout=1.0, budget=1.5)
         assert outcome == "yielded" and [m["id"] for m in state["messages"]] == ids[:1]
-        due = redis_db.zscore("rb:lease:deliver", "dsp_budget|crm")
-        assert due is not None and due <= time.time()  # the clock hands the rest to a fresh job at once
+        due = redis_db.zscore("rb:due", "deliver|dsp_budget|crm")
+        assert due is not None and due <= time.time()  # the rest is due again at once, for a fresh run
         assert deliver_outbox(redis_db, "dsp_budget", "crm", config, 3, timeout=1.0, budget=20) == "empty"
     assert [m["id"] for m in state["messages"]] == ids
 

@@ -30,7 +30,7 @@ def events_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def list_command(status: str, limit: int, as_json: bool) -> None:
     """Events in one status, newest first; failed ones with their error."""
-    from integration.jobs.events import list_events
+    from integration.inbound.records import list_events
 
     try:
         found = list_events(_connection(), status, limit=limit)
@@ -51,8 +51,8 @@ def list_command(status: str, limit: int, as_json: bool) -> None:
 @click.argument("event_id")
 def retry_command(source: str, event_id: str) -> None:
     """Process a failed event again (its attempts start over); a running worker picks it up."""
+    from integration.inbound.records import NotRetryable, retry
     from integration.inbound.store import event_key
-    from integration.jobs.events import NotRetryable, retry
 
     try:
         retry(_connection(), event_key(source, event_id))

@@ -88,11 +88,11 @@ def web(host: str) -> None:
 @cli.command()
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty (for scripts and tests).")
 def worker(burst: bool) -> None:
-    """Run an RQ worker (HerokuWorker) with its scheduler and the clock, on high, default and low."""
+    """Run the worker: a non-forking RQ worker on high, default and low, and its clock."""
     from rq import Queue
 
     from integration.cli.rules import rules_or_exit
-    from integration.jobs.context import JobContext, install
+    from integration.context import JobContext, install
 
     settings = load_settings()
     if settings.rules_file:  # before Redis: a refused start must not leave an embedded server running
@@ -107,17 +107,17 @@ def worker(burst: bool) -> None:
     if not burst:
         import multiprocessing
 
-        from integration.jobs import clock as clock_module
+        from integration.scheduler import clock as clock_module
 
-        # Started before the RQ worker, so no thread exists yet when it forks.
+        # Started before the RQ worker and the engine's threads, so no thread exists when it forks.
         clock = multiprocessing.get_context("fork").Process(target=clock_module.run, args=(settings,),
                                                             name="revor-bridge-clock", daemon=True)
         clock.start()
     try:
-        from integration.jobs.outage import REDIS_DOWN, describe
         from integration.jobs.worker import BridgeWorker
+        from integration.scheduler.outage import REDIS_DOWN, describe
 
-        BridgeWorker(queues, connection=connection, serializer="json").work(with_scheduler=True, burst=burst)
+        BridgeWorker(queues, connection=connection, serializer="json").work(with_scheduler=False, burst=burst)
     except REDIS_DOWN as exc:  # gone again before the loop started; in the loop, outages are waited out
         click.echo(f"revor-bridge: Redis unreachable ({describe(exc)})", err=True)
         sys.exit(EXIT_UNREACHABLE)
@@ -129,7 +129,7 @@ def worker(burst: bool) -> None:
 
 def reachable_or_exit(connection: redis.Redis, url: str) -> None:
     """One line and exit 3 when Redis does not answer (after redis-py's own retries)."""
-    from integration.jobs.outage import describe
+    from integration.scheduler.outage import describe
 
     try:
         connection.ping()

@@ -21,45 +21,52 @@ from typing import Any
 
 import redis
 
+from integration.scheduler.units import DUE, deliver_unit
+
 PREFIX = "rb:dispatch:"
 ALL_INDEX = "rb:dispatches:all"
 STATUS_INDEX = "rb:dispatches:status:"
 RULE_INDEX = "rb:dispatches:rule:"
-DELIVERY_LEASES = "rb:lease:deliver"
 RANK = {"pending": 0, "accepted": 1, "scheduled": 2, "running": 3, "succeeded": 4, "failed": 4, "cancelled": 4,
         "rejected": 4, "invalid": 4, "skipped": 4}
 TERMINAL = {s for s, r in RANK.items() if r == 4}
 RETRYABLE_END = {"failed", "rejected", "cancelled"}
 
-# ARGV: key, expected sequence ("" = create), new sequence, status, old status, now, fields json,
-#       timeline json, rule, then per message: outbox key, message key, message json, lease member
+# KEYS: dispatch, its timeline, the old status index (or the new one again when creating), the
+#       new status index, the all index, the rule index, the due set, then per message: the
+#       destination's outbox and the message key.
+# ARGV: expected sequence ("" = create), new sequence, status, old status, now, fields json,
+#       timeline json, unit to schedule or "", its due time, then per message: message json and
+#       the delivery unit (due now unless it already waits for a retry: NX).
 TRANSITION = """
-local key = ARGV[1]
+local key = KEYS[1]
 local current = redis.call('HGET', key, 'sequence')
-if ARGV[2] == '' then
+if ARGV[1] == '' then
   if current then return 0 end
-elseif current ~= ARGV[2] then
+elseif current ~= ARGV[1] then
   return 0
 end
-local fields = cjson.decode(ARGV[7])
+local id = string.sub(key, 13)
+local fields = cjson.decode(ARGV[6])
 for name, value in pairs(fields) do redis.call('HSET', key, name, value) end
-redis.call('HSET', key, 'sequence', ARGV[3], 'status', ARGV[4], 'previous_status', ARGV[5],
-           'updated_at', ARGV[6])
-redis.call('RPUSH', key .. ':timeline', ARGV[8])
-if ARGV[5] ~= '' then redis.call('ZREM', 'rb:dispatches:status:' .. ARGV[5], string.sub(key, 13)) end
-redis.call('ZADD', 'rb:dispatches:status:' .. ARGV[4], ARGV[6], string.sub(key, 13))
-if ARGV[2] == '' then
-  redis.call('ZADD', 'rb:dispatches:all', ARGV[6], string.sub(key, 13))
-  redis.call('ZADD', 'rb:dispatches:rule:' .. ARGV[9], ARGV[6], string.sub(key, 13))
+redis.call('HSET', key, 'sequence', ARGV[2], 'status', ARGV[3], 'previous_status', ARGV[4], 'updated_at', ARGV[5])
+redis.call('RPUSH', KEYS[2], ARGV[7])
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], id) end
+redis.call('ZADD', KEYS[4], ARGV[5], id)
+if ARGV[1] == '' then
+  redis.call('ZADD', KEYS[5], ARGV[5], id)
+  redis.call('ZADD', KEYS[6], ARGV[5], id)
 end
-for i = 10, #ARGV, 4 do
-  redis.call('SET', ARGV[i + 1], ARGV[i + 2])
-  redis.call('RPUSH', ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', 'rb:lease:deliver', 'NX', ARGV[6], ARGV[i + 3])
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[7], ARGV[9], ARGV[8]) end
+local k = 8
+for i = 10, #ARGV, 2 do
+  redis.call('SET', KEYS[k + 1], ARGV[i])
+  redis.call('RPUSH', KEYS[k], KEYS[k + 1])
+  redis.call('ZADD', KEYS[7], 'NX', ARGV[5], ARGV[i + 1])
+  k = k + 2
 end
 return 1
 """
-
 
 def iso_now(now: float | None = None) -> str:
     moment = time.time() if now is None else now
@@ -72,10 +79,6 @@ def key_for(dispatch_id: str) -> str:
 
 def outbox_key(dispatch_id: str, destination: str) -> str:
     return f"rb:outbox:{dispatch_id}:{destination}"
-
-
-def delivery_member(dispatch_id: str, destination: str) -> str:
-    return f"{dispatch_id}|{destination}"
 
 
 def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:
@@ -122,12 +125,18 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
 def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: dict[str, Any] | None = None,
                *, reason: str | None = None, request_id: str | None = None,
                destinations: dict[str, list[str]] | None = None, create: dict[str, Any] | None = None,
-               force: bool = False, now: float | None = None) -> int | None:
+               force: bool = False, now: float | None = None, then: tuple[str, float] | None = None,
+               follow: list[str] | None = None) -> int | None:
     """Move a dispatch to `status` (or create it there); the new sequence, or None if it was a no-op.
 
     `destinations` maps destination name -> the statuses it wants. A move that is not forward is
     a no-op (a late poll answer cannot move a dispatch back); `force` allows the one backward
     move there is, an operator's retry of a failed dispatch.
+
+    `then` is (unit, due time): the next unit of work for this dispatch (a submit, a poll),
+    scheduled in the same script, so the state and the work that follows it never part. The
+    delivery units of the status messages are due at once; `follow` collects them for a caller
+    that delivers them right away.
     """
     fields = dict(fields or {})
     if reason is not None:
@@ -149,21 +158,29 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
             record["created_at"] = iso_now(moment)
         entry = {"at": iso_now(moment), "sequence": sequence, "status": status,
                  "previous_status": record["previous_status"] or None, "reason": reason, "request_id": request_id}
-        argv: list[Any] = [key_for(dispatch_id), "" if current is None else str(current["sequence"]), sequence,
-                           status, record["previous_status"], f"{moment:.3f}",
+        old_index = STATUS_INDEX + (record["previous_status"] or status)
+        keys = [key_for(dispatch_id), key_for(dispatch_id) + ":timeline", old_index, STATUS_INDEX + status,
+                ALL_INDEX, RULE_INDEX + (record.get("rule") or ""), DUE]
+        argv: list[Any] = ["" if current is None else str(current["sequence"]), sequence, status,
+                           record["previous_status"], f"{moment:.6f}",
                            json.dumps(_encode({**fields, **(create or {}),
                                                **({"created_at": record["created_at"]} if create else {}),
                                                "id": dispatch_id})),
-                           json.dumps(entry), record.get("rule") or ""]
+                           json.dumps(entry), then[0] if then else "", f"{then[1]:.6f}" if then else ""]
+        delivery_units = []
+        chosen = record.get("writeback") or []
         for name, wanted in (destinations or {}).items():
-            if status not in wanted:
+            if status not in wanted or name not in chosen:  # only the rule's own destinations
                 continue
             message_id = f"msg_{dispatch_id}_{sequence}_{name}"
             message = {"id": message_id, "destination": name, "dispatch_id": dispatch_id, "sequence": sequence,
                        "body": status_body(record, moment), "created_at": moment}
-            argv += [outbox_key(dispatch_id, name), f"rb:msg:{message_id}", json.dumps(message),
-                     delivery_member(dispatch_id, name)]
-        if connection.eval(TRANSITION, 0, *argv):
+            keys += [outbox_key(dispatch_id, name), f"rb:msg:{message_id}"]
+            argv += [json.dumps(message), deliver_unit(dispatch_id, name)]
+            delivery_units.append(deliver_unit(dispatch_id, name))
+        if connection.eval(TRANSITION, len(keys), *keys, *argv):
+            if follow is not None:
+                follow.extend(delivery_units)
             return sequence
     raise RuntimeError(f"dispatch {dispatch_id}: could not record {status} (too many concurrent changes)")
 

@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from rq import Queue, Retry
+from rq import Queue
 
 from integration.inbound.normalize import InboundEvent
 
 TTL_SECONDS = 7 * 24 * 3600
 PREFIX = "rb:"
-# The first delivery job retries on this schedule (exactly `max` long: RQ repeats the first
-# interval when the list is shorter, as RQ's Retry does).
-FAN_OUT_RETRY = Retry(max=5, interval=[1, 5, 30, 120, 600])
-PROCESS_RETRY = Retry(max=6, interval=[5, 30, 60, 300, 900, 3600])
+# The RQ job that wakes a worker to run what is due (jobs/engine.py); it retries nothing itself:
+# the units it runs keep their own schedule in Redis.
+WAKE_JOB = "integration.jobs.engine.run_due"
+WAKE_JOB_TIMEOUT = 60
 
 # How far ahead of the server clock an event may be dated and still order its record.
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000
@@ -162,7 +162,8 @@ for i = 0, count - 1 do
     if future ~= '' then redis.call('HSET', key, 'future_dated', future) end
     redis.call('EXPIRE', key, ttl)
     redis.call('RPUSH', delivery .. ':new', key)
-    redis.call('ZADD', 'rb:lease:event', tonumber(received) + 60, key)
+    redis.call('ZADD', 'rb:due', received, 'event|' .. key)
+    redis.call('ZADD', 'rb:events:status:received', received, key)
     redis.call('EXPIRE', delivery .. ':new', ttl)
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end
@@ -348,28 +349,21 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
                  "" if item.occurred_ms is None else str(item.occurred_ms),
                  tracked, tracked_value, future_dated_reason(item.occurred_ms, now)]
     repeat = _precheck(connection, source, keys, charges, record_json, max_stored_bytes)
-    job_id = f"event-{delivery_id}" if len(events) == 1 else f"delivery-{delivery_id}"
+    job_id = f"wake-{delivery_id}"
     with connection.pipeline(transaction=True) as pipe:
         pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
         pipe.eval(STORE_SCRIPT, 0, *argv)
-        if repeat:
-            pass  # every event is stored already, with the job that was queued with it
-        elif len(events) == 1:
-            # One event (every source but HubSpot batches): process it directly, one job fewer.
-            # A duplicate's job finds the event already handled and ends at once.
-            queue.enqueue_call("integration.jobs.inbound.process_event", args=(keys[0],),
-                               job_id=job_id, retry=PROCESS_RETRY, pipeline=pipe,
-                               result_ttl=600, failure_ttl=TTL_SECONDS, timeout=25)
-        elif events:
-            queue.enqueue_call("integration.jobs.inbound.fan_out", args=(delivery_key,),
-                               job_id=job_id, retry=FAN_OUT_RETRY, pipeline=pipe,
-                               result_ttl=3600, failure_ttl=TTL_SECONDS)
+        if not repeat:
+            # The new events are due now (the script put them in rb:due); this job wakes a worker
+            # to run whatever is due, these events first among equals (scheduler/runner.py).
+            queue.enqueue_call(WAKE_JOB, job_id=job_id, pipeline=pipe, result_ttl=0, failure_ttl=86400,
+                               timeout=WAKE_JOB_TIMEOUT)
         replies = pipe.execute()
     outcomes = [o.decode() if isinstance(o, bytes) else str(o) for o in replies[0]]
     if outcomes[:1] == ["full"]:
         # Another request filled the ceiling between the check and the transaction: nothing was
         # stored, so the job queued with it has nothing to do; remove it (best effort).
-        job = queue.fetch_job(job_id) if events and not repeat else None
+        job = queue.fetch_job(job_id) if not repeat else None
         if job is not None:
             job.delete()
         raise StorageFull(source, int(outcomes[1]), max_stored_bytes, _retry_after(int(outcomes[2]), real_now))

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app
 from rq import Queue
 
 from integration.dispatches import state
-from integration.jobs import leases
+from integration.scheduler import units
 from integration.writeback import destinations
 
 metrics = Blueprint("metrics", __name__)
@@ -26,9 +26,18 @@ def prometheus() -> Response:
         for label, count in (("queued", queue.count), ("failed", queue.failed_job_registry.count),
                              ("scheduled", queue.scheduled_job_registry.count)):
             lines.append(f'revor_bridge_queue_jobs{{queue="{name}",state="{label}"}} {count}')
-    lines += ["# HELP revor_bridge_tracked_dispatches Dispatches whose Revor job is being followed.",
-              "# TYPE revor_bridge_tracked_dispatches gauge",
-              f"revor_bridge_tracked_dispatches {connection.zcard(leases.TRACK)}"]
+    counts = units.counts(connection)
+    lines += ["# HELP revor_bridge_units Units of work by kind and state (waiting: not yet due; due; claimed).",
+              "# TYPE revor_bridge_units gauge"]
+    for kind in units.KINDS:
+        for label, count in counts[kind].items():
+            lines.append(f'revor_bridge_units{{kind="{kind}",state="{label}"}} {count}')
+    lines += ["# HELP revor_bridge_oldest_due_seconds How long the oldest due unit has waited.",
+              "# TYPE revor_bridge_oldest_due_seconds gauge",
+              f"revor_bridge_oldest_due_seconds {counts['oldest_due_seconds']}",
+              "# HELP revor_bridge_recovered_units_total Claims that ran out (a worker died or hung).",
+              "# TYPE revor_bridge_recovered_units_total counter",
+              f"revor_bridge_recovered_units_total {counts['recovered_total']}"]
     lines += ["# HELP revor_bridge_destination_up 1 when a write-back destination is healthy (circuit closed, "
               "enabled).", "# TYPE revor_bridge_destination_up gauge",
               "# HELP revor_bridge_dead_letters Messages in a destination's dead-letter list.",

@@ -6,13 +6,16 @@ returns settings, so no secret can leave through this API.
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from integration.dispatches import state
+from integration.inbound import records as events
 from integration.inbound.signatures import safe_equal
 from integration.inbound.store import event_key, load_event
-from integration.jobs import events, leases
+from integration.scheduler import units
 from integration.writeback import destinations
 
 status_api = Blueprint("status_api", __name__, url_prefix="/api/v1")
@@ -160,9 +163,9 @@ def retry_dispatch(dispatch_id: str) -> ResponseReturnValue:
               "error": "", "result": "", "scheduled_at": "", "finished_at": "", "polls": 0}
     rules = current_app.extensions.get("revor_bridge.rules")
     destinations = rules.destination_statuses() if rules else {}
+    # Its submit is due now, in the same script (the clock wakes a worker for it within a second).
     state.transition(_redis(), dispatch_id, "pending", fields, reason=f"retried by an operator (attempt {attempt})",
-                     destinations=destinations, force=True)
-    leases.hold(_redis(), leases.SUBMIT, dispatch_id, 0)  # due now: the clock submits it within a second
+                     destinations=destinations, force=True, then=(units.submit_unit(dispatch_id), time.time()))
     return jsonify(_public(state.load(_redis(), dispatch_id) or {})), 202
 
 
@@ -176,10 +179,7 @@ def queues() -> ResponseReturnValue:
         queue = Queue(name, connection=connection, serializer="json")
         depths[name] = {"queued": queue.count, "started": queue.started_job_registry.count,
                         "scheduled": queue.scheduled_job_registry.count, "failed": queue.failed_job_registry.count}
-    tracked = connection.zcard(leases.TRACK)
-    return jsonify(queues=depths, tracked_dispatches=tracked,
-                   leases={"events": connection.zcard(leases.EVENT), "submits": connection.zcard(leases.SUBMIT),
-                           "deliveries": connection.zcard(leases.DELIVER)})
+    return jsonify(queues=depths, units=units.counts(connection))
 
 
 @status_api.get("/failed-jobs")

@@ -4,12 +4,13 @@ Each (dispatch, destination) has an outbox list in Redis, filled by the state ma
 same step as the state change. A delivery run sends the head of the outbox and removes it only
 after a 2xx, then the next; a failure leaves it at the head, so a later status is never sent
 before an earlier one. Retries follow the schedule below, measured from the failure, honouring
-`Retry-After`; the outbox's lease deadline is the next attempt time.
+`Retry-After`; the outbox's delivery unit (`deliver|<dispatch>|<destination>`) gets that time as
+its next attempt in the scheduler, like every other unit of work.
 
 Every attempt is recorded in Redis before its first byte is sent, and the whole exchange
-(connect, send, status line and headers) has one wall-clock deadline, shorter than the job's
-timeout: a receiver that trickles its answer byte by byte would defeat a per-read socket timeout
-and let RQ kill the job first, leaving the attempt uncounted and the message re-queued forever.
+(connect, send, status line and headers) has one wall-clock deadline, within the run's
+budget: a receiver that trickles its answer byte by byte would defeat a per-read socket timeout
+and hold the worker's thread for ever.
 A timeout is a failure like any other (retry schedule, circuit breaker, dead letter), and an
 attempt whose worker died mid-send counts as failed when the next run finds it unfinished.
 
@@ -36,11 +37,13 @@ import requests.certs
 from requests.utils import requote_uri
 from standardwebhooks import Webhook
 
-from integration.dispatches.state import delivery_member, outbox_key
-from integration.jobs import leases
-from integration.jobs.enqueue import JOB_TIMEOUT
+from integration.context import JobContext
+from integration.dispatches.state import outbox_key
 from integration.revor.client import parse_retry_after
 from integration.rules.templates import RenderError, Template
+from integration.scheduler import units
+from integration.scheduler.lock import Lock
+from integration.scheduler.runner import HANDLED, Next, Run
 from integration.writeback import destinations
 from integration.writeback.body import render_body
 
@@ -50,12 +53,10 @@ RETRY_SCHEDULE = [5, 300, 1800, 7200, 18000, 36000, 36000]
 CONNECT_TIMEOUT = 5.0
 # One attempt, connect to the last header byte (WRITEBACK_TIMEOUT_SECONDS).
 DEFAULT_TIMEOUT = 15.0
-# A delivery job starts no attempt that could still be running this close to RQ's job timeout.
-JOB_BUDGET = JOB_TIMEOUT - 5.0
+# One delivery run starts no attempt that could end later than this after the run began.
+RUN_BUDGET = 20.0
 MAX_RESPONSE_BYTES = 64 * 1024
 
-EXTEND_LOCK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-               "end return 0")
 
 
 class _DeadlineSocket:
@@ -186,39 +187,41 @@ def send(url: str, secret: str, message: dict[str, Any], now: float | None = Non
 
 def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: dict[str, Any] | None,
                    lease_seconds: float, retry_scale: float = 1.0, body_template: Template | None = None,
-                   timeout: float = DEFAULT_TIMEOUT, budget: float = JOB_BUDGET) -> str:
+                   timeout: float = DEFAULT_TIMEOUT, budget: float = RUN_BUDGET) -> str:
     """Send what the outbox holds, in order; returns what happened (for logs and tests).
 
     `timeout` bounds one attempt; `budget` the whole run: an attempt is only started when it can
-    end within the budget, otherwise the run stops and the clock starts a fresh job at once.
+    end within the budget, otherwise the run stops and the unit is due again at once, for a fresh run.
     """
     job_deadline = time.monotonic() + budget
     timeout = min(timeout, budget)
-    member = delivery_member(dispatch_id, destination)
-    lock = leases.Lock(connection, f"deliver:{member}", lease_seconds)
+    member = f"{dispatch_id}|{destination}"
+    unit = units.deliver_unit(dispatch_id, destination)
+    lock = Lock(connection, f"deliver:{member}", lease_seconds)
     if not lock.acquire():
+        units.again(connection, unit, time.time() + 1.0, counted=False)
         return "busy"
 
     def keepalive() -> None:
-        """While an attempt waits on the receiver: keep this run's lock and lease from lapsing."""
-        connection.eval(EXTEND_LOCK, 1, lock.key, lock.token, lock.ms)
-        leases.hold(connection, leases.DELIVER, member, lease_seconds)
+        """While an attempt waits on the receiver: keep this run's lock and claim from lapsing."""
+        lock.extend()
+        units.extend(connection, [unit], lease_seconds)
 
     try:
         outbox = outbox_key(dispatch_id, destination)
         not_before = float(connection.get(f"{outbox}:not_before") or 0)
         if not_before > time.time():
             # A retry is scheduled: a newer state change must not jump the queue or the wait.
-            leases.hold(connection, leases.DELIVER, member, not_before - time.time())
+            units.again(connection, unit, not_before, counted=False)
             return "waiting"
         attempted = False
         while True:
             head = connection.lindex(outbox, 0)
             if head is None:
-                leases.release(connection, leases.DELIVER, member)
+                units.finish(connection, unit)
                 return "empty"
             if config is None:
-                leases.hold(connection, leases.DELIVER, member, 3600)
+                units.again(connection, unit, time.time() + 3600, counted=False)
                 log.warning("write-back: destination %s is not in the rules file; %s waits", destination, member)
                 return "no_destination"
             message_key = head.decode()
@@ -233,7 +236,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                          (state["disabled_reason"] or "410 Gone"))
                 continue
             if state["circuit"] == "open":
-                leases.hold(connection, leases.DELIVER, member, state["open_until"] - time.time())
+                units.again(connection, unit, state["open_until"], counted=False)
                 return "circuit_open"
             try:
                 body = render_body(body_template, message["body"])
@@ -247,10 +250,10 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 attempts = int(connection.hget(attempts_key, "count") or 1)
                 outcome = "no answer: the attempt was interrupted"
                 connection.hset(attempts_key, mapping={"last": outcome, "sending": 0})
-                return _failed(connection, outbox, destination, member, message, message_key, attempts,
+                return _failed(connection, outbox, destination, unit, message, message_key, attempts,
                                None, None, outcome, retry_scale)
             if attempted and time.monotonic() + timeout > job_deadline:
-                leases.hold(connection, leases.DELIVER, member, 0)  # the clock enqueues a fresh job now
+                units.again(connection, unit, time.time(), counted=False)  # due again at once, for a fresh run
                 return "yielded"
             deadline = min(time.monotonic() + timeout, job_deadline)
             keepalive()
@@ -274,27 +277,27 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                           "letters until `revor-bridge deliveries enable %s`.", destination, destination)
                 _give_up(connection, outbox, destination, message_key, "410 Gone: destination disabled")
                 continue
-            return _failed(connection, outbox, destination, member, message, message_key, attempts, status,
+            return _failed(connection, outbox, destination, unit, message, message_key, attempts, status,
                            retry_after, outcome, retry_scale)
     finally:
         lock.release()
 
 
-def _failed(connection: Any, outbox: str, destination: str, member: str, message: dict[str, Any],
+def _failed(connection: Any, outbox: str, destination: str, unit: str, message: dict[str, Any],
             message_key: str, attempts: int, status: int | None, retry_after: float | None, outcome: str,
             retry_scale: float) -> str:
     """A failed attempt (an error status, no answer, a timeout): circuit, then retry or dead letter."""
     open_until = destinations.record_failure(connection, destination, outcome, retry_scale)
     if attempts > len(RETRY_SCHEDULE):
         _give_up(connection, outbox, destination, message_key, f"no 2xx after {attempts} attempts; last: {outcome}")
-        leases.hold(connection, leases.DELIVER, member, max(0.0, open_until - time.time()))
+        units.again(connection, unit, max(time.time(), open_until), counted=False)
         return "dead_letter"
     wait = RETRY_SCHEDULE[attempts - 1] * retry_scale
     if retry_after is not None and status in (429, 503):
         wait = max(wait, retry_after)
     wait = max(wait, open_until - time.time())
     connection.set(f"{outbox}:not_before", f"{time.time() + wait:.3f}", ex=int(wait) + 86400)
-    leases.hold(connection, leases.DELIVER, member, wait)
+    units.again(connection, unit, time.time() + wait, counted=False)
     log.info("write-back %s to %s: %s; attempt %d, next in %.1f s", message["id"], destination, outcome,
              attempts, wait)
     return f"retry_in_{wait:.1f}"
@@ -310,3 +313,15 @@ def _give_up(connection: Any, outbox: str, destination: str, message_key: str, r
     connection.delete(f"{outbox}:not_before")  # its retry wait is not the next message's
     log.warning("write-back %s to %s moved to the dead letters: %s", message_key.removeprefix("rb:msg:"),
                 destination, reason)
+
+
+def deliver(ctx: JobContext, run: Run) -> Next:
+    """The engine's handler for a `deliver|<dispatch>|<destination>` unit (its schedule is kept
+    by deliver_outbox itself: the retry wait, the circuit, the yield)."""
+    dispatch_id, _, destination = run.unit.ref.partition("|")
+    rules = ctx.rules
+    deliver_outbox(ctx.redis, dispatch_id, destination, rules.destinations.get(destination) if rules else None,
+                   ctx.settings.lease_seconds, retry_scale=ctx.settings.writeback_retry_scale,
+                   body_template=rules.destination_bodies.get(destination) if rules else None,
+                   timeout=ctx.settings.writeback_timeout_seconds)
+    return HANDLED

@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from integration.dispatches.state import delivery_member, outbox_key
-from integration.jobs import leases
+from integration.dispatches.state import outbox_key
+from integration.scheduler import units
 
 FAILURES_TO_OPEN = 5
 BASE_COOLDOWN = 60.0
@@ -130,6 +130,6 @@ def replay(connection: redis.Redis, message_id: str) -> dict[str, Any]:
         pipe.zrem(dead_key(destination), message_id)
         pipe.delete(f"{key}:dead", f"{key}:attempts")
         pipe.rpush(outbox_key(message["dispatch_id"], destination), key)
-        pipe.zadd(leases.DELIVER, {delivery_member(message["dispatch_id"], destination): time.time()})
+        units.schedule(pipe, units.deliver_unit(message["dispatch_id"], destination))  # due now
         pipe.execute()
     return summary(connection, message_id)

@@ -1,13 +1,16 @@
-"""What a job needs (settings, Redis, queues, API clients), built once per worker process.
+"""What the worker's units need (settings, Redis, the wake queue, rules, API clients), built once
+per worker process.
 
 The worker builds it at start-up (`revor-bridge worker`), the way flask-rq runs jobs inside an
 app context; a job run by any other RQ worker builds it from the environment on first use.
-Nothing is created at import time.
+Nothing is created at import time. The engine runs units on a few threads, so the HTTP clients
+(each a `requests.Session`) are one per thread; Redis' client is thread-safe and shared.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import redis
 from rq import Queue
@@ -24,9 +27,8 @@ class JobContext:
     settings: Settings
     redis: redis.Redis
     queue: Queue
-    hubspot: HubSpotClient | None
     rules: RuleSet | None = None
-    revor: RevorClient | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def destinations(self) -> dict[str, list[str]]:
         """Destination name -> the statuses it wants, from the rules file."""
@@ -34,17 +36,30 @@ class JobContext:
             return {}
         return self.rules.destination_statuses()
 
+    @property
+    def revor(self) -> RevorClient:
+        client = getattr(self._local, "revor", None)
+        if client is None:
+            client = self._local.revor = RevorClient.from_settings(self.settings)
+        return client
+
+    @property
+    def hubspot(self) -> HubSpotClient | None:
+        if self.settings.hubspot_access_token is None:
+            return None
+        client = getattr(self._local, "hubspot", None)
+        if client is None:
+            client = self._local.hubspot = HubSpotClient(self.settings.hubspot_api_base_url,
+                                                         self.settings.hubspot_access_token.get())
+        return client
+
     @classmethod
     def build(cls, settings: Settings) -> JobContext:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL: missing for the worker")
         connection = connect(settings.redis_url)
-        hubspot = None
-        if settings.hubspot_access_token is not None:
-            hubspot = HubSpotClient(settings.hubspot_api_base_url, settings.hubspot_access_token.get())
         rules = load_rules(settings.rules_file) if settings.rules_file else None
-        return cls(settings, connection, Queue("default", connection=connection, serializer="json"), hubspot, rules,
-                   RevorClient.from_settings(settings))
+        return cls(settings, connection, Queue("default", connection=connection, serializer="json"), rules)
 
 
 _current: JobContext | None = None

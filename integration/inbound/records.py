@@ -1,9 +1,9 @@
 """An event's processing record: attempts counted in Redis, the outcome index, an operator's retry.
 
 A poison event (one whose processing raises something the bridge does not expect: a CRM answer
-of an odd shape, a bug) must not run forever. Each run of `process_event` first adds one to the
-event's `attempts` field in Redis, before any work, so a run killed with SIGKILL still counts
-and RQ's own retry counter (which a killed job takes with it) plays no part. After
+of an odd shape, a bug) must not run forever. Each run of the event's processing first adds one
+to the event's `attempts` field in Redis, before any work, so a run killed with SIGKILL still
+counts. After
 MAX_ATTEMPTS the event ends `failed` with the error's type and message; an operator retries it
 with `POST /api/v1/events/<source>/<id>/retry` or `revor-bridge events retry`, which resets the
 count. Processing again is safe: dispatch ids are derived from the event, so an event processed
@@ -25,12 +25,13 @@ from typing import Any
 import redis
 
 from integration.inbound.store import TTL_SECONDS
-from integration.jobs import leases
+from integration.scheduler import units
 from integration.settings import Secret, Settings
 
 MAX_ATTEMPTS = 5
 STATUS_INDEX = "rb:events:status:"
 FINAL = ("processed", "failed", "skipped")
+RECEIVED = STATUS_INDEX + "received"  # events stored and not yet processed (the web adds them)
 LISTABLE = ("received", *FINAL)
 MAX_MESSAGE = 300
 
@@ -83,6 +84,7 @@ def last_error(stored: dict[bytes, bytes]) -> dict[str, str] | None:
 
 def index_outcome(pipe: Any, key: str, status: str, now: float) -> None:
     """Add the event to its outcome's index (inside the caller's pipeline) and trim what expired."""
+    pipe.zrem(RECEIVED, key)
     for other in FINAL:
         if other != status:
             pipe.zrem(STATUS_INDEX + other, key)
@@ -108,8 +110,8 @@ def summary(connection: redis.Redis, key: str) -> dict[str, Any] | None:
 
 
 def list_events(connection: redis.Redis, status: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Newest first. `received` lists the events still in hand (those holding a lease)."""
-    index = leases.EVENT if status == "received" else STATUS_INDEX + status
+    """Newest first. `received` lists the events not yet processed (due, or running now)."""
+    index = STATUS_INDEX + status
     items = []
     for raw in connection.zrevrange(index, 0, limit * 2 - 1):
         key = raw.decode()
@@ -129,7 +131,7 @@ class NotRetryable(Exception):
 
 
 def retry(connection: redis.Redis, key: str, now: float | None = None) -> None:
-    """Put a failed event back: status `received`, attempts 0, due at once for the worker's clock.
+    """Put a failed event back: status `received`, attempts 0, due at once (the clock wakes a worker).
 
     The event's earlier dispatches (if any) keep their ids, so the new run finds them and creates
     nothing twice. Raises LookupError when the event is unknown, NotRetryable when not failed.
@@ -149,7 +151,8 @@ def retry(connection: redis.Redis, key: str, now: float | None = None) -> None:
                 pipe.hincrby(key, "retries", 1)
                 pipe.hdel(key, "reason", "error", "processed_at")
                 pipe.zrem(STATUS_INDEX + "failed", key)
-                pipe.zadd(leases.EVENT, {key: moment})  # due now: the clock enqueues it within a second
+                pipe.zadd(RECEIVED, {key: moment})
+                units.schedule(pipe, units.event_unit(key), moment)  # due now
                 pipe.execute()
                 return
             except redis.WatchError:

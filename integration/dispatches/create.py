@@ -1,0 +1,192 @@
+"""Processing a stored event: hydrate it, run the rules, create its dispatches.
+
+Each matched rule becomes a dispatch record: `pending` with its Revor body rendered and stored
+once (and its submit unit due at once, in the same script), or straight to `invalid`/`skipped`
+with the reason, written back like any other state. The engine then submits the new dispatches
+right away on the same thread (the happy path needs no second job).
+
+Processing is idempotent: an event already processed is left alone, dispatch ids are derived
+from rule, source, event id and recipient, so an event processed twice finds its dispatches and
+creates nothing twice. A poison event (processing raises something unexpected) is counted in its
+record (inbound/records.py) and ends `failed` after MAX_ATTEMPTS instead of running for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+
+from integration.context import JobContext
+from integration.dispatches import state
+from integration.dispatches.limits import Limiter
+from integration.hydrate.context import hydrate_hubspot, with_rate_limit_waits
+from integration.hydrate.hubspot import HubSpotError
+from integration.inbound import records
+from integration.inbound.store import job_id_for
+from integration.rules.build import Plan, plan_event
+from integration.rules.guards import claim_once, is_suppressed
+from integration.scheduler import units
+from integration.scheduler.lock import Lock
+from integration.scheduler.runner import DONE, Next, Run, again, backoff
+
+log = logging.getLogger(__name__)
+
+DONE_STATUSES = {"processed", "failed", "skipped"}
+# A CRM that answers "later" (5xx, 429 beyond a short wait): 5 s, 30 s, 1 min, 5 min, 15 min, then hourly.
+HYDRATION_BACKOFF = [5, 30, 60, 300, 900, 3600]
+
+
+def process_event(ctx: JobContext, run: Run) -> Next:
+    key = run.unit.ref
+    lock = Lock(ctx.redis, f"event:{job_id_for(key)}", ctx.settings.lease_seconds)
+    if not lock.acquire():
+        return again(time.time() + 1.0, counted=False)  # another run has it right now
+    try:
+        return _process(ctx, run, key)
+    finally:
+        lock.release()
+
+
+def _process(ctx: JobContext, run: Run, key: str) -> Next:
+    stored = ctx.redis.hgetall(key)
+    if not stored:
+        ctx.redis.zrem(records.STATUS_INDEX + "received", key)
+        log.warning("event %s expired before it was processed", key)
+        return DONE
+    if stored[b"status"].decode() in DONE_STATUSES:
+        return DONE
+    attempts = records.begin_attempt(ctx.redis, key)
+    if attempts > records.MAX_ATTEMPTS:  # every earlier run died before it could record anything
+        error = records.last_error(stored)
+        why = f"{error['type']}: {error['message']}" if error else \
+            "each run stopped before it finished (the worker was killed or ran out of memory)"
+        return _finish(ctx, key, "failed", reason=f"gave up after {records.MAX_ATTEMPTS} attempts: {why}")
+    try:
+        return _run(ctx, run, key, stored)
+    except Exception as exc:
+        if _expected(exc):
+            records.undo_attempt(ctx.redis, key)
+            wait = getattr(exc, "wait", None) or backoff(HYDRATION_BACKOFF, run.attempt)
+            log.warning("event %s: %s; next attempt in %.0f s", key, exc, wait)
+            return again(time.time() + wait)
+        error = records.describe(exc, ctx.settings)
+        log.error("event %s: attempt %d of %d failed", key, attempts, records.MAX_ATTEMPTS, exc_info=True)
+        if attempts >= records.MAX_ATTEMPTS:
+            return _finish(ctx, key, "failed", error=error,
+                           reason=f"processing failed {attempts} times: {error['type']}: {error['message']}")
+        records.record_error(ctx.redis, key, error)
+        return again(time.time() + ctx.settings.lease_seconds)
+    except BaseException:  # a shutdown: not the event's fault
+        records.undo_attempt(ctx.redis, key)
+        raise
+
+
+def _expected(error: Exception) -> bool:
+    """Errors that say nothing about the event itself, retried on schedule without counting
+    against it: a retryable CRM answer, or Redis away for a moment."""
+    if isinstance(error, HubSpotError):
+        return error.retryable
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError)
+
+
+def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Next:
+    event = json.loads(stored[b"event"])
+    if stored.get(b"stale") == b"1":
+        return _finish(ctx, key, "skipped", reason="stale: a newer event for this object was already received")
+    context: dict[str, Any] | None = None
+    reason = None
+    if event["source"] == "hubspot" and event.get("hydrate"):
+        hubspot = ctx.hubspot
+        if hubspot is None:
+            reason = "not hydrated: HUBSPOT_ACCESS_TOKEN is unset"
+        else:
+            limiter = Limiter(ctx.redis, f"hubspot:{event.get('account') or 'default'}", ctx.settings.hubspot_max_rps)
+            try:
+                context = with_rate_limit_waits(lambda: hydrate_hubspot(hubspot, event, limiter), limiter)
+            except HubSpotError as error:
+                if error.retryable:
+                    raise
+                return _finish(ctx, key, "failed", reason=f"hydration failed: {error}")
+    dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run.follow)
+    if ctx.rules is None:
+        reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
+    return _finish(ctx, key, "processed", reason=reason, context=context, dispatches=dispatches)
+
+
+def _finish(ctx: JobContext, key: str, status: str, reason: str | None = None,
+            context: dict[str, Any] | None = None, dispatches: list[str] | None = None,
+            error: dict[str, str] | None = None) -> Next:
+    now = time.time()
+    fields: dict[str, Any] = {"status": status, "processed_at": f"{now:.3f}"}
+    if reason:
+        fields["reason"] = reason
+    if context is not None:
+        fields["context"] = json.dumps(context)
+    if dispatches is not None:
+        fields["dispatches"] = json.dumps(dispatches)
+    if error is not None:
+        fields["error"] = json.dumps(error)
+    with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        if status != "failed":
+            pipe.hdel(key, "error")  # an earlier attempt's error, now overcome
+        records.index_outcome(pipe, key, status, now)
+        pipe.execute()
+    return DONE
+
+
+# ---- from a matched event to dispatches -------------------------------------------------------------
+
+
+def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], context: dict[str, Any] | None,
+                      follow: list[str] | None = None) -> list[str]:
+    """The dispatch ids of every matched rule; `follow` gets the units to run right away."""
+    if ctx.rules is None:
+        return []
+    ids = []
+    for plan in plan_event(ctx.rules, event, context):
+        if not plan.matched or plan.dispatch_id is None:
+            continue
+        ids.append(plan.dispatch_id)
+        _create(ctx, plan, event_key, event, follow if follow is not None else [])
+    return ids
+
+
+def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], follow: list[str]) -> None:
+    existing = state.load(ctx.redis, plan.dispatch_id)
+    if existing is not None:  # the event is being processed again: never a second dispatch
+        if existing["status"] == "pending":  # its submit may have been lost with a crash: make sure
+            submit = units.submit_unit(plan.dispatch_id)
+            units.schedule(ctx.redis, submit, keep_earlier=True)
+            follow.append(submit)
+        return
+    status, reason = plan.status, plan.reason
+    if status == "ready" and plan.recipient_key and is_suppressed(ctx.redis, plan.recipient_key):
+        status, reason = "skipped", "recipient is on the suppression list"
+    if status == "ready" and plan.once_per_key:
+        holder = claim_once(ctx.redis, plan.rule, plan.once_per_key, plan.dispatch_id,
+                            ctx.rules.defaults["once_per_days"])
+        if holder:
+            status, reason = "skipped", f"once_per {plan.once_per_key!r} already used by {holder}"
+    payload = plan.payload or {}
+    create = {
+        "rule": plan.rule, "channel": plan.channel or "", "account_id": plan.account_id or "",
+        "event_key": event_key, "recipient": payload.get("recipient") or plan.recipient or {},
+        "crm": {"source": event["source"], "account": event.get("account"), "object_type": event["object"]["type"],
+                "object_id": event["object"]["id"], "event_id": event["event_id"]},
+        "writeback": plan.writeback, "once_per": plan.once_per_key or "", "attempt": 0,
+        "idempotency_key": plan.dispatch_id,
+        "body": plan.body.decode("utf-8") if plan.body else "",
+    }
+    if status == "ready":
+        submit = units.submit_unit(plan.dispatch_id)
+        if state.transition(ctx.redis, plan.dispatch_id, "pending", create=create, destinations=ctx.destinations(),
+                            then=(submit, time.time()), follow=follow) is not None:
+            follow.append(submit)
+    else:
+        state.transition(ctx.redis, plan.dispatch_id, status or "invalid", create=create, reason=reason,
+                         destinations=ctx.destinations(), follow=follow)

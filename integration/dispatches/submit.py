@@ -1,0 +1,102 @@
+"""Submitting a pending dispatch to Revor: the stored body, with the dispatch id as Idempotency-Key.
+
+The body was rendered once when the dispatch was created; every attempt resends those exact
+bytes under the same key, so however often a submit runs (a retry, a worker killed mid-call, a
+replay), Revor creates one task. A retryable answer (5xx, timeout, 429) gives the unit its next
+attempt on SUBMIT_BACKOFF, measured from the failure and at least Retry-After; a final one (4xx)
+ends the dispatch `rejected`. Waiting for the shared limiter is not an attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from integration.context import JobContext
+from integration.dispatches import state
+from integration.dispatches.limits import Limiter
+from integration.revor.errors import RevorError, RevorFinalError, RevorRetryableError
+from integration.revor.polling import next_poll
+from integration.scheduler import units
+from integration.scheduler.lock import Lock
+from integration.scheduler.runner import DONE, Next, Run, again, backoff
+
+log = logging.getLogger(__name__)
+# After attempt n fails: 2 s, 10 s, 30 s, 2 min, then every 10 min until Revor takes it.
+SUBMIT_BACKOFF = [2, 10, 30, 120, 600]
+LIMITER_WAIT = 2.0
+
+
+def revor_limiter(ctx: JobContext) -> Limiter:
+    return Limiter(ctx.redis, "revor", ctx.settings.revor_max_rps)
+
+
+def note_rate_limit(limiter: Limiter, error: RevorError | None, rate_limit: Any) -> None:
+    """A 429, or a window whose Remaining reached 0, pauses every worker's Revor calls."""
+    wait = None
+    if error is not None and error.status == 429:
+        wait = error.retry_after or (rate_limit.suggested_wait() if rate_limit else None) or 5.0
+    elif rate_limit is not None:
+        wait = rate_limit.suggested_wait()
+    if wait:
+        limiter.pause(wait)
+
+
+def describe(error: RevorError) -> str:
+    parts = [error.code or "error"]
+    if error.status:
+        parts.append(f"HTTP {error.status}")
+    if error.request_id:
+        parts.append(f"request_id {error.request_id}")
+    return " ".join(parts) if error.code or error.status else str(error)
+
+
+def move(ctx: JobContext, run: Run, dispatch_id: str, status: str, **kwargs: Any) -> int | None:
+    """A state change; its status messages are delivered right after this run (run.follow)."""
+    return state.transition(ctx.redis, dispatch_id, status, destinations=ctx.destinations(), follow=run.follow,
+                            **kwargs)
+
+
+def submit(ctx: JobContext, run: Run) -> Next:
+    dispatch_id = run.unit.ref
+    record = state.load(ctx.redis, dispatch_id)
+    if record is None:
+        return DONE
+    if record["status"] != "pending":
+        if record.get("revor_job_id") and record["status"] not in state.TERMINAL:
+            # Accepted earlier: make sure the job is followed (an earlier poll time stays).
+            units.schedule(ctx.redis, units.poll_unit(dispatch_id), keep_earlier=True)
+        return DONE
+    lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
+    if not lock.acquire():
+        return again(time.time() + 1.0, counted=False)  # another run is sending it right now
+    try:
+        limiter = revor_limiter(ctx)
+        if not limiter.acquire(max_wait=LIMITER_WAIT):
+            return again(time.time() + max(0.5, limiter.paused_for()), counted=False)
+        ctx.redis.hset(state.key_for(dispatch_id), "submit_attempts", run.attempt)
+        try:
+            response = ctx.revor.create_dispatch(record["body"].encode("utf-8"), record.get("idempotency_key")
+                                                 or dispatch_id)
+        except RevorFinalError as error:
+            move(ctx, run, dispatch_id, "rejected", reason=describe(error), request_id=error.request_id,
+                 fields={"error": {"code": error.code, "status": error.status, "request_id": error.request_id}})
+            return DONE
+        except RevorRetryableError as error:
+            note_rate_limit(limiter, error, error.rate_limit)
+            wait = max(backoff(SUBMIT_BACKOFF, run.attempt), error.retry_after or 0)
+            ctx.redis.hset(state.key_for(dispatch_id), mapping={
+                "last_error": describe(error), "next_attempt_at": state.iso_now(time.time() + wait)})
+            log.warning("dispatch %s: %s; retried on schedule in %.0f s (attempt %d)", dispatch_id, describe(error),
+                        wait, run.attempt)
+            return again(time.time() + wait)
+        note_rate_limit(limiter, None, response.rate_limit)
+        job = response.data
+        move(ctx, run, dispatch_id, "accepted", request_id=response.request_id,
+             fields={"revor_job_id": job["id"], "scheduled_at": job.get("scheduled_at") or "",
+                     "accepted_at": state.iso_now(), "request_id": response.request_id or ""},
+             then=(units.poll_unit(dispatch_id), time.time() + next_poll(job, 0)))
+        return DONE
+    finally:
+        lock.release()

@@ -1,0 +1,55 @@
+"""The one RQ job the bridge runs: `run_due`, which runs whatever units of work are due.
+
+The web queues one per request that stored new events, the clock one when a timed unit (a
+retry, a poll, a write-back) falls due, and a run that stopped at its time budget one for what
+is left. Any of them may find that another job took the work already: it then ends at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from rq import Queue
+
+from integration.context import JobContext, job_context
+from integration.dispatches.create import process_event
+from integration.dispatches.submit import submit
+from integration.dispatches.track import poll
+from integration.scheduler import units
+from integration.scheduler.runner import Engine
+from integration.writeback.deliver import deliver
+
+JOB = "integration.jobs.engine.run_due"
+JOB_TIMEOUT = 60  # the run's budget (10 s) plus one write-back attempt in flight, with room
+
+_engine: Engine | None = None
+_built = threading.Lock()
+stop_requested = threading.Event()  # set by the worker on SIGTERM: finish the batch, claim no more
+
+
+def engine_for(ctx: JobContext) -> Engine:
+    """One engine (and thread pool) per worker process, built on its first job."""
+    global _engine
+    with _built:
+        if _engine is None:
+            _engine = Engine(ctx.redis, {
+                units.EVENT: lambda run: process_event(ctx, run),
+                units.SUBMIT: lambda run: submit(ctx, run),
+                units.POLL: lambda run: poll(ctx, run),
+                units.DELIVER: lambda run: deliver(ctx, run),
+            }, hold_seconds=ctx.settings.lease_seconds, threads=ctx.settings.worker_threads,
+                stopping=stop_requested.is_set)
+        return _engine
+
+
+def wake(queue: Queue, job_id: str) -> None:
+    queue.enqueue_call(JOB, job_id=job_id, result_ttl=0, failure_ttl=86400, timeout=JOB_TIMEOUT)
+
+
+def run_due() -> int:
+    ctx = job_context()
+    ran, more = engine_for(ctx).drain()
+    if more and not stop_requested.is_set():
+        wake(ctx.queue, f"more-{uuid.uuid4().hex}")
+    return ran

@@ -1,0 +1,168 @@
+"""The engine: claim what is due in batches, run each unit on a small thread pool, schedule its next
+attempt.
+
+One RQ job (jobs/engine.py) runs `Engine.drain`: it claims up to `batch` due units at once, in
+the order they fell due, and runs them `threads` at a time, so a HubSpot batch of 100 events is
+one job and the Revor calls of many units overlap (each still waits for a token from the shared
+limiter). A stage may name units that its run just made due (a dispatch to submit after it was
+built, status messages to deliver after a state change): they are claimed and run right after,
+on the same thread, without waiting for another job.
+
+What each unit does is the stages' business: a handler per kind returns what comes next for
+the unit (done, or its next attempt time), and the engine records it. A handler that raises is
+a bug or an outage: logged, and the unit is tried again on a back-off; the worker never dies of it.
+
+Why it is safe to run many units in one non-forking process: a unit is claimed in Redis before
+it runs, with a deadline that the engine pushes ahead while the unit runs. If the process dies
+(SIGKILL, out of memory), the claims run out and the clock makes those units due again, with
+their attempt counts; every stage is idempotent (dispatch ids are Revor's Idempotency-Key, state
+changes check their sequence), so running a unit again never sends twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import redis
+
+from integration.scheduler import units
+from integration.scheduler.outage import REDIS_DOWN, describe
+
+log = logging.getLogger(__name__)
+
+# After a handler raised (a bug, a dependency away): 1 s, 5 s, 30 s, 2 min, then every 10 min.
+FAILURE_BACKOFF = [1, 5, 30, 120, 600]
+
+
+@dataclass(frozen=True)
+class Next:
+    """What comes after a run: `at` None = the unit is done; else its next attempt time.
+    `counted=False` gives back the attempt (a wait that is nobody's fault). `handled`: the stage
+    recorded it itself."""
+
+    at: float | None = None
+    counted: bool = True
+    handled: bool = False
+
+
+DONE = Next()
+HANDLED = Next(handled=True)
+
+
+def again(at: float, counted: bool = True) -> Next:
+    return Next(at=at, counted=counted)
+
+
+def backoff(schedule: list[float], attempt: int) -> float:
+    """The wait after the `attempt`-th attempt failed: the schedule's entry, its last one after."""
+    return float(schedule[min(max(attempt, 1), len(schedule)) - 1])
+
+
+@dataclass
+class Run:
+    unit: units.Unit
+    attempt: int
+    follow: list[str] = field(default_factory=list)  # units to run right after this one
+
+
+Handler = Callable[[Run], Next]
+
+
+class Engine:
+    def __init__(self, connection: redis.Redis, handlers: dict[str, Handler], *, hold_seconds: float,
+                 threads: int = 8, batch: int = 100, budget: float = 10.0,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.connection, self.handlers = connection, handlers
+        self.hold, self.threads, self.batch, self.budget, self.stopping = hold_seconds, threads, batch, budget, stopping
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="unit")
+        self.in_flight: set[str] = set()
+        self.guard = threading.Lock()
+
+    def drain(self) -> tuple[int, bool]:
+        """Run due units until none is due, the budget is spent or a stop is asked for.
+
+        Returns (units run, whether more are due: then the caller queues another job, so other
+        jobs get their turn)."""
+        started = time.monotonic()
+        ran = 0
+        while not self.stopping():
+            if time.monotonic() - started > self.budget:
+                return ran, True
+            claimed = units.claim(self.connection, self.batch, self.hold)
+            if not claimed:
+                return ran, False
+            futures = [self.pool.submit(self._run_chain, unit, attempt) for unit, attempt in claimed]
+            self._wait(futures)
+            ran += len(claimed)
+        return ran, False
+
+    def _wait(self, futures: list[Future]) -> None:
+        """Wait for the batch, pushing the claims of what still runs ahead every third of the hold."""
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=max(0.5, self.hold / 3), return_when=FIRST_COMPLETED)
+            if pending:
+                with self.guard:
+                    running = list(self.in_flight)
+                try:
+                    units.extend(self.connection, running, self.hold)
+                except REDIS_DOWN as error:  # the claims may lapse; a second run is harmless
+                    log.warning("engine: could not extend claims (%s)", describe(error))
+
+    def _run_chain(self, unit_id: str, attempt: int) -> None:
+        chain = [(unit_id, attempt)]
+        while chain:
+            current, number = chain.pop(0)
+            follow = self._run_one(current, number)
+            if follow:
+                try:
+                    chain += units.claim(self.connection, len(follow), self.hold, units=follow)
+                except REDIS_DOWN as error:  # they stay due; a later job runs them
+                    log.warning("engine: %s", describe(error))
+
+    def _run_one(self, unit_id: str, attempt: int) -> list[str]:
+        unit = units.Unit.parse(unit_id)
+        with self.guard:
+            self.in_flight.add(unit_id)
+        try:
+            handler = self.handlers.get(unit.kind)
+            run = Run(unit, attempt)
+            if handler is None:  # written by a newer version of the bridge: leave it for that one
+                log.error("engine: no handler for %s; trying again in 5 minutes", unit_id)
+                outcome = again(time.time() + 300, counted=False)
+            else:
+                try:
+                    outcome = handler(run)
+                except REDIS_DOWN as error:
+                    log.warning("engine: %s stopped: Redis unreachable (%s); its claim brings it back",
+                                unit_id, describe(error))
+                    return []
+                except Exception:
+                    wait_for = backoff(FAILURE_BACKOFF, attempt)
+                    log.exception("engine: %s failed (attempt %d); next attempt in %.0f s", unit_id, attempt,
+                                  wait_for)
+                    outcome = again(time.time() + wait_for)
+            self._record(unit_id, outcome)
+            return run.follow
+        finally:
+            with self.guard:
+                self.in_flight.discard(unit_id)
+
+    def _record(self, unit_id: str, outcome: Next) -> None:
+        try:
+            if outcome.handled:
+                return
+            if outcome.at is None:
+                units.finish(self.connection, unit_id)
+            else:
+                units.again(self.connection, unit_id, outcome.at, counted=outcome.counted)
+        except REDIS_DOWN as error:
+            log.warning("engine: could not record %s (%s); its claim brings it back", unit_id, describe(error))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,206 @@
+"""Units of work in Redis: when each is due next, who holds it now, how often it was started.
+
+- `rb:due` (sorted set): unit -> the time of its next attempt. Waiting here never expires: a
+  unit that waits an hour behind a backlog is simply due, not lost and not "recovered".
+- `rb:claimed` (sorted set): unit -> the deadline of the claim on it. A worker claims a unit
+  (it moves from `rb:due` to here in one script), pushes the deadline ahead while it works, and
+  either finishes it or gives it its next attempt time. A worker killed with SIGKILL leaves the
+  claim behind; once its deadline passes, `recover` makes the unit due again, with its attempt
+  count intact, so the schedule goes on where it was.
+- `rb:attempts` (hash): unit -> attempts started. Counted when the claim is made, before any
+  work, so an attempt that never finished still counts.
+
+A unit id is `<kind>|<ref>`: `event|rb:event:<source>:<id>`, `submit|<dispatch id>`,
+`poll|<dispatch id>`, `deliver|<dispatch id>|<destination>`.
+
+Every script names each key it touches in KEYS (Redis' scripting contract, which managed Redis
+proxies and clusters rely on).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+DUE = "rb:due"
+CLAIMED = "rb:claimed"
+ATTEMPTS = "rb:attempts"
+RECOVERED = "rb:stats:recovered"  # how many claims ran out (a worker died or hung): for operators
+
+EVENT, SUBMIT, POLL, DELIVER = "event", "submit", "poll", "deliver"
+KINDS = (EVENT, SUBMIT, POLL, DELIVER)
+
+# KEYS: due, claimed, attempts. ARGV: now, claim deadline, limit, then any specific units.
+# With specific units only those are claimed (when due or not yet there at all is not claimed:
+# only units that are in `due`); without, the `limit` earliest due ones. A due unit that is
+# claimed already (a new message for an outbox being delivered) stays due, one second later.
+CLAIM = """
+local now, deadline, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local candidates
+if #ARGV > 3 then
+  candidates = {}
+  for i = 4, #ARGV do
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) <= now then candidates[#candidates + 1] = ARGV[i] end
+  end
+else
+  candidates = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+end
+local claimed = {}
+for _, unit in ipairs(candidates) do
+  if redis.call('ZSCORE', KEYS[2], unit) then
+    redis.call('ZADD', KEYS[1], now + 1, unit)
+  else
+    redis.call('ZREM', KEYS[1], unit)
+    redis.call('ZADD', KEYS[2], deadline, unit)
+    claimed[#claimed + 1] = unit
+    claimed[#claimed + 1] = redis.call('HINCRBY', KEYS[3], unit, 1)
+  end
+end
+return claimed
+"""
+
+# KEYS: due, claimed, recovered counter. ARGV: now, limit. Expired claims become due now.
+RECOVER = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, unit in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], unit)
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], unit)
+end
+if #expired > 0 then redis.call('INCRBY', KEYS[3], #expired) end
+return expired
+"""
+
+# KEYS: due, claimed, attempts. ARGV: unit, next attempt time, count (1: this attempt counts,
+# 0: it was a wait that is nobody's fault, such as a rate-limit pause).
+AGAIN = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if ARGV[3] == '0' then
+  local left = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
+  if left <= 0 then redis.call('HDEL', KEYS[3], ARGV[1]) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str
+    ref: str  # the event key, or the dispatch id (with `|destination` for a delivery)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}|{self.ref}"
+
+    @classmethod
+    def parse(cls, unit_id: str) -> Unit:
+        kind, _, ref = unit_id.partition("|")
+        return cls(kind, ref)
+
+
+def unit_id(kind: str, ref: str) -> str:
+    return f"{kind}|{ref}"
+
+
+def event_unit(event_key: str) -> str:
+    return unit_id(EVENT, event_key)
+
+
+def submit_unit(dispatch_id: str) -> str:
+    return unit_id(SUBMIT, dispatch_id)
+
+
+def poll_unit(dispatch_id: str) -> str:
+    return unit_id(POLL, dispatch_id)
+
+
+def deliver_unit(dispatch_id: str, destination: str) -> str:
+    return unit_id(DELIVER, f"{dispatch_id}|{destination}")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def schedule(connection: Any, unit: str, at: float | None = None, *, keep_earlier: bool = False) -> None:
+    """Make `unit` due at `at` (now by default). `keep_earlier`: an earlier time already set wins
+    (works in a pipeline too)."""
+    moment = time.time() if at is None else at
+    if keep_earlier:
+        connection.zadd(DUE, {unit: moment}, lt=True)
+    else:
+        connection.zadd(DUE, {unit: moment})
+
+
+def claim(connection: redis.Redis, limit: int, hold_seconds: float, units: list[str] | None = None,
+          now: float | None = None) -> list[tuple[str, int]]:
+    """Claim up to `limit` due units (or just `units`, those of them that are due); each with the
+    number of its attempt that starts now."""
+    moment = time.time() if now is None else now
+    reply = connection.eval(CLAIM, 3, DUE, CLAIMED, ATTEMPTS, moment, moment + hold_seconds, limit, *(units or []))
+    return [(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def extend(connection: redis.Redis, units: list[str], hold_seconds: float) -> None:
+    """Push the claims on `units` ahead (only those still claimed: XX)."""
+    if units:
+        deadline = time.time() + hold_seconds
+        connection.zadd(CLAIMED, dict.fromkeys(units, deadline), xx=True)
+
+
+def finish(connection: Any, unit: str) -> None:
+    """Done: the claim and the attempt count go. A unit made due again meanwhile stays due."""
+    connection.zrem(CLAIMED, unit)
+    connection.hdel(ATTEMPTS, unit)
+
+
+def again(connection: redis.Redis, unit: str, at: float, *, counted: bool = True) -> None:
+    """The unit's next attempt is at `at`; `counted=False` hands back the attempt it was charged."""
+    connection.eval(AGAIN, 3, DUE, CLAIMED, ATTEMPTS, unit, f"{at:.6f}", 1 if counted else 0)
+
+
+def recover(connection: redis.Redis, now: float | None = None, limit: int = 1000) -> list[str]:
+    """Claims whose deadline passed become due now (their attempt counts stay)."""
+    moment = time.time() if now is None else now
+    return [_text(u) for u in connection.eval(RECOVER, 3, DUE, CLAIMED, RECOVERED, moment, limit)]
+
+
+def next_due(connection: redis.Redis) -> float | None:
+    """When the earliest unit is due (None: nothing waits)."""
+    first = connection.zrange(DUE, 0, 0, withscores=True)
+    return float(first[0][1]) if first else None
+
+
+def attempts(connection: redis.Redis, unit: str) -> int:
+    return int(connection.hget(ATTEMPTS, unit) or 0)
+
+
+def where(connection: redis.Redis, unit: str) -> dict[str, float | None]:
+    """For the status API and tests: the unit's due time and claim deadline (None: not there)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zscore(DUE, unit)
+        pipe.zscore(CLAIMED, unit)
+        due, claimed = pipe.execute()
+    return {"due": due, "claimed_until": claimed}
+
+
+def counts(connection: redis.Redis, now: float | None = None) -> dict[str, Any]:
+    """Per kind: waiting (not yet due), due now, and claimed; the oldest due unit's wait."""
+    moment = time.time() if now is None else now
+    result: dict[str, Any] = {kind: {"waiting": 0, "due": 0, "claimed": 0} for kind in KINDS}
+    for member, score in connection.zrange(DUE, 0, -1, withscores=True):
+        kind = _text(member).partition("|")[0]
+        if kind in result:
+            result[kind]["due" if score <= moment else "waiting"] += 1
+    for member in connection.zrange(CLAIMED, 0, -1):
+        kind = _text(member).partition("|")[0]
+        if kind in result:
+            result[kind]["claimed"] += 1
+    first = next_due(connection)
+    result["oldest_due_seconds"] = round(moment - first, 3) if first is not None and first <= moment else 0.0
+    result["recovered_total"] = int(connection.get(RECOVERED) or 0)
+    return result
