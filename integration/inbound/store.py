@@ -1,10 +1,11 @@
 """Durable, deduplicated storage of inbound events, and the enqueue of their processing.
 
-One request is one Redis transaction (MULTI ... EXEC, one round trip however many events it
-holds): a Lua script stores the raw delivery and each event that is new, counts duplicates,
-marks events older than one already seen for the same object and property as stale, and lists
-the new events; in the same transaction RQ gets a job for the delivery. So an event is either
-stored *and* queued or neither, and the sender is answered 2xx only after EXEC succeeded.
+One request is one Redis transaction in one round trip however many events it holds (MULTI, a
+Lua script, the wake job, EXEC): the script stores the raw delivery and each event that is new,
+counts duplicates, marks events older than one already seen for the same object and property as
+stale, enforces the source's stored-bytes ceiling, and makes the new events due (`rb:due`); in
+the same transaction RQ gets one job that wakes a worker. So an event is either stored *and* due
+with a job to run it, or neither, and the sender is answered 2xx only after EXEC succeeded.
 
 Dedupe and ordering keys live 7 days: longer than any sender retries (HubSpot workflows, the
 longest, 3 days).
@@ -18,6 +19,7 @@ import json
 import math
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ import redis
 from rq import Queue
 
 from integration.inbound.normalize import InboundEvent
+from integration.scheduler.units import DUE as DUE_KEY
 
 TTL_SECONDS = 7 * 24 * 3600
 PREFIX = "rb:"
@@ -32,6 +35,10 @@ PREFIX = "rb:"
 # the units it runs keep their own schedule in Redis.
 WAKE_JOB = "integration.jobs.engine.run_due"
 WAKE_JOB_TIMEOUT = 60
+# Events stored and not yet processed, by received time (inbound/records.py: RECEIVED).
+RECEIVED_INDEX_KEY = f"{PREFIX}events:status:received"
+# Per connection pool: the SHA-1 of the scripts this process loaded into that Redis.
+_LOADED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 # How far ahead of the server clock an event may be dated and still order its record.
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000
@@ -42,55 +49,63 @@ SKIPPED_ITEM_BYTES = 300
 SKIPPED_ENTRY_BYTES = 600
 
 # What the per-source ceiling (INBOUND_MAX_STORED_BYTES) charges, so that it tracks what Redis
-# really holds, not only the bodies (which were about a seventh of it). Measured with INFO memory
-# (used_memory) on Redis 7.0 (jemalloc, 64-bit) over 1,000 requests each, see
-# tests/test_inbound_store.py::test_the_ceiling_counts_what_redis_really_holds:
-#   one small Zapier event per request:  used_memory +4,400 to +4,800 bytes per request, of which
-#     bodies and the delivery record are 930;
-#   the same with a 250-character event id and a 180-character deal id: +7,350 (bodies 2,470);
-#   HubSpot batches of 100 events: +1,780 bytes per event (bodies 700);
-#   one HubSpot event per request: +4,670 (bodies 1,100); Pipedrive: +6,900 (bodies 3,390).
-# Fitted: each stored delivery costs its record plus DELIVERY_OVERHEAD_BYTES (the key and its
-# TTL, its list of new events, and the RQ job hash with its queue entry: ~1,600 of it); each new
-# event costs its body plus EVENT_OVERHEAD_BYTES (the hash's fields and headers, its TTL, its
-# lease-zset member and list entry, its ordering key) plus EVENT_KEY_COPIES times its key's
-# length (the key itself, the list entry, the lease member, and a one-event job's description
-# and argument) plus its ordering key's length. That model is within 3% of every figure above.
-# The job hash goes once the job has run (result TTL 10 minutes), so the charge errs on the high
-# side for processed events; what the worker adds afterwards (context, dispatches) is not counted.
-DELIVERY_OVERHEAD_BYTES = 2500
-EVENT_OVERHEAD_BYTES = 800
-EVENT_KEY_COPIES = 5
+# really holds, not only the bodies. Measured with INFO memory (used_memory) on Redis 7.0
+# (jemalloc, 64-bit) over 1,000 requests each (50 for batches), what the web stores at ingest:
+#   one small Zapier event per request: used_memory +2,450 bytes per request (bodies and the
+#     delivery record 690);
+#   the same with a 250-character event id and a 180-character deal id: +5,040 (bodies 2,220);
+#   HubSpot batches of 100 events: +2,030 bytes per event (bodies 760);
+#   one HubSpot event per request: +2,980 (bodies 1,000); Pipedrive: +5,230 (bodies 3,220).
+# Fitted (least squares, within 8% of every figure above): each stored delivery costs its record
+# plus DELIVERY_OVERHEAD_BYTES (~710: the key and its TTL, the RQ wake job's hash and queue
+# entry); each new event costs its body plus EVENT_OVERHEAD_BYTES (~1,060: the hash's fields and
+# headers, its TTL, its members in rb:due and in the received index, its ordering key's value and
+# TTL) plus EVENT_KEY_COPIES times its key's length (the key itself, its rb:due member, its index
+# member) plus its ordering key's length. The constants are rounded up, so the charge errs on the
+# high side; the wake job and the rb:due member go once the event ran, and what the worker adds
+# afterwards (context, dispatches) is not counted.
+DELIVERY_OVERHEAD_BYTES = 800
+EVENT_OVERHEAD_BYTES = 1100
+EVENT_KEY_COPIES = 3
 # A string key with a TTL, beyond its name and value (Salesforce's tracked field value): measured
 # 210 bytes per key for a 69-byte name and a 10-byte value.
 KEY_OVERHEAD_BYTES = 130
 
-# ARGV: ttl, delivery key, delivery json, received_at, count, now ms, future tolerance ms,
-#   stored-bytes key, ceiling (0: none), this hour, bucket seconds, delivery overhead, event
-#   overhead, event key copies, key overhead; then per event (EVENT_ARGS):
-#   event key, event json, ordering key, occurred ms or '', tracked field or '', its value or '',
-#   future-dated reason or ''
+# KEYS: the delivery, the source's stored-bytes hash, rb:due, rb:events:status:received; then per
+#   event: its key, its ordering key, and its tracked-field key when it has a tracked field.
+# ARGV: ttl, delivery json, received_at, count, now ms, future tolerance ms, ceiling (0: none),
+#   this hour, bucket seconds, delivery overhead, event overhead, event key copies, key overhead;
+#   then per event (5): event json, occurred ms or '', tracked field or '', its value or '',
+#   future-dated reason or ''.
+# Every key the script touches is in KEYS (Redis' scripting contract: proxies and clusters route
+# by them); tests/test_inbound_store.py checks it.
 STORE_SCRIPT = """
-local ttl, delivery, record, received = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local count, now_ms, ahead_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local bytes_key, ceiling, hour, bucket = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local delivery_cost, event_cost = tonumber(ARGV[12]), tonumber(ARGV[13])
-local key_copies, key_cost = tonumber(ARGV[14]), tonumber(ARGV[15])
-local first, width = 16, 7
+local delivery, bytes_key, due, received_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ttl, record, received = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local count, now_ms, ahead_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ceiling, hour, bucket = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local delivery_cost, event_cost = tonumber(ARGV[10]), tonumber(ARGV[11])
+local key_copies, key_cost = tonumber(ARGV[12]), tonumber(ARGV[13])
 
 -- What this request would store: events not seen before, and the delivery with them. A delivery
 -- whose events are all duplicates stores nothing (each original counts its duplicates). The
 -- charge is what Redis holds for them, keys and overheads included (store.py: the measurement).
-local needed, fresh = 0, 0
+local events, needed, fresh, k = {}, 0, 0, 5
 for i = 0, count - 1 do
-  local b = first + i * width
-  if redis.call('EXISTS', ARGV[b]) == 0 then
-    needed = needed + #ARGV[b + 1] + event_cost + key_copies * #ARGV[b] + #ARGV[b + 2]
-    if ARGV[b + 4] ~= '' then
-      needed = needed + key_cost + #ARGV[b + 2] + 1 + #ARGV[b + 4] + #ARGV[b + 5]
-    end
+  local b = 14 + i * 5
+  local e = {key = KEYS[k], okey = KEYS[k + 1], body = ARGV[b], occurred = ARGV[b + 1],
+             tfield = ARGV[b + 2], tvalue = ARGV[b + 3], future = ARGV[b + 4]}
+  k = k + 2
+  if e.tfield ~= '' then
+    e.tkey = KEYS[k]
+    k = k + 1
+  end
+  if redis.call('EXISTS', e.key) == 0 then
+    needed = needed + #e.body + event_cost + key_copies * #e.key + #e.okey
+    if e.tkey then needed = needed + key_cost + #e.tkey + #e.tvalue end
     fresh = fresh + 1
   end
+  events[#events + 1] = e
 end
 local keep_delivery = fresh > 0 or count == 0
 if keep_delivery then needed = needed + #record + delivery_cost end
@@ -124,47 +139,46 @@ end
 
 if keep_delivery then redis.call('SET', delivery, record, 'EX', ttl) end
 local results = {}
-for i = 0, count - 1 do
-  local b = first + i * width
-  local key, body, okey, occurred, tfield, tvalue, future =
-    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HINCRBY', key, 'duplicates', 1)
+for _, e in ipairs(events) do
+  -- Checked again: the same event twice in one batch is stored once, then counted as a duplicate.
+  if redis.call('EXISTS', e.key) == 1 then
+    redis.call('HINCRBY', e.key, 'duplicates', 1)
     results[#results + 1] = 'duplicate'
   else
-    local stale = 0
+    local body, stale = e.body, 0
     -- A future-dated event is processed but never orders its record: dated 2099, it would make
     -- every genuine event after it stale for as long as the key lives.
-    if occurred ~= '' and future == '' then
-      local last = redis.call('GET', okey)
+    if e.occurred ~= '' and e.future == '' then
+      local last = redis.call('GET', e.okey)
       if last and tonumber(last) > now_ms + ahead_ms then
         last = nil  -- written by a future-dated event before that rule existed: ignore it
       end
-      if last and tonumber(last) > tonumber(occurred) then
+      if last and tonumber(last) > tonumber(e.occurred) then
         stale = 1
       else
-        redis.call('SET', okey, occurred, 'EX', ttl)
+        redis.call('SET', e.okey, e.occurred, 'EX', ttl)
       end
     end
-    if tfield ~= '' and stale == 0 then
-      local tkey = okey .. '|' .. tfield
-      local before = redis.call('GET', tkey)
-      if before ~= tvalue then
+    if e.tkey and stale == 0 then
+      local before = redis.call('GET', e.tkey)
+      if before ~= e.tvalue then
         local event = cjson.decode(body)
         event['type'] = event['object']['type'] .. '.stage_changed'
-        if before then event['previous'] = {[tfield] = before} end
+        if before then event['previous'] = {[e.tfield] = before} end
         body = cjson.encode(event)
       end
-      redis.call('SET', tkey, tvalue, 'EX', ttl)
+      redis.call('SET', e.tkey, e.tvalue, 'EX', ttl)
     end
-    redis.call('HSET', key, 'event', body, 'delivery', delivery, 'status', 'received',
-               'stale', stale, 'received_at', received, 'duplicates', 0)
-    if future ~= '' then redis.call('HSET', key, 'future_dated', future) end
-    redis.call('EXPIRE', key, ttl)
-    redis.call('RPUSH', delivery .. ':new', key)
-    redis.call('ZADD', 'rb:due', received, 'event|' .. key)
-    redis.call('ZADD', 'rb:events:status:received', received, key)
-    redis.call('EXPIRE', delivery .. ':new', ttl)
+    if e.future ~= '' then
+      redis.call('HSET', e.key, 'event', body, 'delivery', delivery, 'status', 'received', 'stale', stale,
+                 'received_at', received, 'duplicates', 0, 'future_dated', e.future)
+    else
+      redis.call('HSET', e.key, 'event', body, 'delivery', delivery, 'status', 'received', 'stale', stale,
+                 'received_at', received, 'duplicates', 0)
+    end
+    redis.call('EXPIRE', e.key, ttl)
+    redis.call('ZADD', due, received, 'event|' .. e.key)
+    redis.call('ZADD', received_index, received, e.key)
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end
 end
@@ -190,6 +204,11 @@ def _is_secret_header(name: str) -> bool:
 
 def event_key(source: str, event_id: str) -> str:
     return f"{PREFIX}event:{source}:{event_id}"
+
+
+def tracked_key(ordering_key: str, field: str) -> str:
+    """Where the last value of a tracked field (Salesforce's stage) is kept, per record."""
+    return f"{ordering_key}|{field}"
 
 
 def job_id_for(key: str) -> str:
@@ -291,40 +310,33 @@ def delivery_charge(record: str) -> int:
     return len(record.encode()) + DELIVERY_OVERHEAD_BYTES
 
 
-def _precheck(connection: redis.Redis, source: str, keys: list[str], charges: list[int], record: str,
-              ceiling: int) -> bool:
-    """The ceiling, checked before the transaction so that a refused request queues no job (the
-    script checks again, atomically; see store). `charges`: each event's `event_charge`.
+def _loaded_shas(connection: redis.Redis) -> set[str]:
+    """The scripts this process loaded into `connection`'s Redis (EVALSHA then needs no reload)."""
+    return _LOADED.setdefault(connection.connection_pool, set())
 
-    Returns whether every event is already stored: a pure repeat then queues no job either (the
-    original's job was queued with it, and an event that expires meanwhile is still picked up
-    by its lease), so a flood of duplicates costs Redis nothing that lasts."""
-    now = time.time()
+
+def _script_sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+def _unqueue(connection: redis.Redis, queue: Queue, job_id: str) -> None:
+    """Remove a wake job queued by a transaction that stored nothing (best effort: a worker that
+    already took it finds nothing due)."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.hgetall(stored_bytes_key(source))
-        for key in keys:
-            pipe.exists(key)
-        replies = pipe.execute()
-    horizon = _hour(now) - math.ceil(TTL_SECONDS / BUCKET_SECONDS)
-    buckets = sorted((int(h), int(n)) for h, n in replies[0].items() if int(h) > horizon)
-    fresh = [charge for charge, seen in zip(charges, replies[1:], strict=True) if not seen]
-    needed = sum(fresh) + (delivery_charge(record) if fresh or not keys else 0)
-    used = sum(n for _, n in buckets)
-    if ceiling and needed and used + needed > ceiling:
-        freed, room_at = 0, -1
-        for hour, count in buckets:
-            freed += count
-            if used - freed + needed <= ceiling:
-                room_at = hour
-                break
-        raise StorageFull(source, used, ceiling, _retry_after(room_at, now))
-    return bool(keys) and not fresh
+        queue.remove(job_id, pipeline=pipe)
+        pipe.delete(queue.job_class.key_for(job_id))
+        pipe.execute()
 
 
 def store(connection: redis.Redis, queue: Queue, source: str, events: list[InboundEvent],
           record: dict[str, Any], *, now: float | None = None, max_stored_bytes: int = 0) -> StoreResult:
     """Store and enqueue in one transaction; raises redis.RedisError when Redis cannot take it and
     StorageFull when the source has `max_stored_bytes` (0: no ceiling) stored in the last 7 days.
+
+    One round trip: MULTI, the script (EVALSHA: its text is sent once per process and Redis), the
+    wake job, EXEC. The script decides, atomically, what is new and whether the ceiling allows
+    it; when it stored nothing (refused, or every event a duplicate) the wake job queued with it
+    is removed afterwards, so a flood of duplicates or refusals leaves nothing in Redis.
 
     `now` is the server clock that decides whether an event is future-dated (the web app's clock).
     """
@@ -333,40 +345,53 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     delivery_key = f"{PREFIX}delivery:{delivery_id}"
     record_json = json.dumps(record)
     real_now = time.time()
-    argv: list[Any] = [TTL_SECONDS, delivery_key, record_json, f"{real_now:.3f}", len(events),
-                       int(now * 1000), FUTURE_TOLERANCE_MS, stored_bytes_key(source), max_stored_bytes,
-                       _hour(real_now), BUCKET_SECONDS, DELIVERY_OVERHEAD_BYTES, EVENT_OVERHEAD_BYTES,
-                       EVENT_KEY_COPIES, KEY_OVERHEAD_BYTES]
-    keys, charges = [], []
+    keys = [delivery_key, stored_bytes_key(source), DUE_KEY, RECEIVED_INDEX_KEY]
+    argv: list[Any] = [TTL_SECONDS, record_json, f"{real_now:.3f}", len(events), int(now * 1000),
+                       FUTURE_TOLERANCE_MS, max_stored_bytes, _hour(real_now), BUCKET_SECONDS,
+                       DELIVERY_OVERHEAD_BYTES, EVENT_OVERHEAD_BYTES, EVENT_KEY_COPIES, KEY_OVERHEAD_BYTES]
     for item in events:
         tracked = item.track_field or ""
-        tracked_value = str(item.event["properties"].get(tracked) or "") if tracked else ""
-        key = event_key(item.event["source"], item.event["event_id"])
-        body = json.dumps({**item.event, "_extra": item.extra})
-        keys.append(key)
-        charges.append(event_charge(key, body, item.ordering_key, tracked, tracked_value))
-        argv += [key, body, item.ordering_key,
-                 "" if item.occurred_ms is None else str(item.occurred_ms),
-                 tracked, tracked_value, future_dated_reason(item.occurred_ms, now)]
-    repeat = _precheck(connection, source, keys, charges, record_json, max_stored_bytes)
+        keys += [event_key(item.event["source"], item.event["event_id"]), item.ordering_key]
+        if tracked:
+            keys.append(tracked_key(item.ordering_key, tracked))
+        argv += [json.dumps({**item.event, "_extra": item.extra}),
+                 "" if item.occurred_ms is None else str(item.occurred_ms), tracked,
+                 str(item.event["properties"].get(tracked) or "") if tracked else "",
+                 future_dated_reason(item.occurred_ms, now)]
+    script = STORE_SCRIPT  # read at call time: tests run an instrumented copy
+    sha, loaded = _script_sha(script), _loaded_shas(connection)
     job_id = f"wake-{delivery_id}"
-    with connection.pipeline(transaction=True) as pipe:
-        pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
-        pipe.eval(STORE_SCRIPT, 0, *argv)
-        if not repeat:
-            # The new events are due now (the script put them in rb:due); this job wakes a worker
-            # to run whatever is due, these events first among equals (scheduler/runner.py).
-            queue.enqueue_call(WAKE_JOB, job_id=job_id, pipeline=pipe, result_ttl=0, failure_ttl=86400,
-                               timeout=WAKE_JOB_TIMEOUT)
-        replies = pipe.execute()
+    for attempt in (1, 2):
+        if sha not in loaded:
+            connection.script_load(script)
+            loaded.add(sha)
+        try:
+            with connection.pipeline(transaction=True) as pipe:
+                pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
+                pipe.evalsha(sha, len(keys), *keys, *argv)
+                if events:
+                    # The new events are due now (the script put them in rb:due); this job wakes a
+                    # worker to run whatever is due (scheduler/runner.py).
+                    queue.enqueue_call(WAKE_JOB, job_id=job_id, pipeline=pipe, result_ttl=0,
+                                       failure_ttl=86400, timeout=WAKE_JOB_TIMEOUT)
+                replies = pipe.execute()
+            break
+        except redis.exceptions.NoScriptError:
+            # Redis restarted or its scripts were flushed: the transaction's other commands ran
+            # (EXEC does not roll back), so the job is removed before storing again.
+            loaded.discard(sha)
+            if events:
+                _unqueue(connection, queue, job_id)
+            if attempt == 2:
+                raise
     outcomes = [o.decode() if isinstance(o, bytes) else str(o) for o in replies[0]]
     if outcomes[:1] == ["full"]:
-        # Another request filled the ceiling between the check and the transaction: nothing was
-        # stored, so the job queued with it has nothing to do; remove it (best effort).
-        job = queue.fetch_job(job_id) if not repeat else None
-        if job is not None:
-            job.delete()
+        if events:
+            _unqueue(connection, queue, job_id)
         raise StorageFull(source, int(outcomes[1]), max_stored_bytes, _retry_after(int(outcomes[2]), real_now))
+    if events and "new" not in outcomes and "stale" not in outcomes:
+        # Every event was stored already, with the job queued for it then.
+        _unqueue(connection, queue, job_id)
     return StoreResult(delivery_id, outcomes)
 
 
