@@ -95,6 +95,10 @@ class Settings:
     writeback_timeout_seconds: float = 15.0
     # Per source: raw deliveries and events stored in the last 7 days; beyond it webhooks get 429.
     inbound_max_stored_bytes: int = 256 * 1024 * 1024
+    # DISPATCH_RETENTION_DAYS, in seconds (tests use a few): how long a finished dispatch, its
+    # timeline and status messages stay in Redis. At least 7 days, the events' own lifetime: an
+    # event retried within it must find the dispatches it made, or it would make them again.
+    dispatch_retention_seconds: int = 30 * 86400
 
     @property
     def uses_sandbox(self) -> bool:
@@ -161,6 +165,8 @@ class Settings:
             writeback_timeout_seconds=env.number("WRITEBACK_TIMEOUT_SECONDS", 15.0, low=0.5, high=20),
             inbound_max_stored_bytes=int(env.number("INBOUND_MAX_STORED_BYTES", 256 * 1024 * 1024, low=4 * 1024 * 1024,
                                                     high=2**40, integer=True)),
+            dispatch_retention_seconds=int(env.number("DISPATCH_RETENTION_DAYS", 30, low=7, high=3650,
+                                                      integer=True)) * 86400,
         )
 
 

@@ -189,4 +189,5 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
             follow.append(submit)
     else:
         state.transition(ctx.redis, plan.dispatch_id, status or "invalid", create=create, reason=reason,
-                         destinations=ctx.destinations(), follow=follow)
+                         destinations=ctx.destinations(), follow=follow,
+                         retention=ctx.settings.dispatch_retention_seconds)

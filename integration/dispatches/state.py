@@ -10,6 +10,12 @@ Each change is one Lua script run: it checks the expected `sequence` (so two wri
 both move a dispatch), writes the fields, appends the timeline entry, moves the status index,
 and puts one status message per destination into that destination's outbox, due at once. So a
 state change and its write-backs are recorded together or not at all; delivery happens later.
+
+A dispatch that reaches a final state expires `retention` seconds later (DISPATCH_RETENTION_DAYS),
+together with every key that belongs to it: its timeline, outboxes and status messages with
+their attempt and dead-letter records. The same script sets the expiry, so a final state is
+never recorded without it; an operator's retry (the one move out of a final state) takes it off
+again. Index entries are trimmed by the retention sweep (dispatches/retention.py).
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ RULE_INDEX = "rb:dispatches:rule:"
 RANK = {"pending": 0, "accepted": 1, "scheduled": 2, "running": 3, "succeeded": 4, "failed": 4, "cancelled": 4,
         "rejected": 4, "invalid": 4, "skipped": 4}
 TERMINAL = {s for s, r in RANK.items() if r == 4}
+DEFAULT_RETENTION_SECONDS = 30 * 86400  # DISPATCH_RETENTION_DAYS' default
 RETRYABLE_END = {"failed", "rejected", "cancelled"}
 
 # KEYS: dispatch, its timeline, the old status index (or the new one again when creating), the
 #       new status index, the all index, the rule index, the due set, then per message: the
-#       destination's outbox and the message key.
+#       destination's outbox and the message key; then the other keys that live and die with the
+#       dispatch (its outboxes' retry waits, every status message with its attempt and dead-letter
+#       records), which only a move into or out of a final state touches.
 # ARGV: expected sequence ("" = create), new sequence, status, old status, now, fields json,
-#       timeline json, unit to schedule or "", its due time, then per message: message json and
+#       timeline json, unit to schedule or "", its due time, expiry ("" = leave as is, "persist",
+#       or the epoch ms at which the dispatch's keys expire), then per message: message json and
 #       the delivery unit (due now unless it already waits for a retry: NX).
 TRANSITION = """
 local key = KEYS[1]
@@ -59,14 +69,30 @@ if ARGV[1] == '' then
 end
 if ARGV[8] ~= '' then redis.call('ZADD', KEYS[7], ARGV[9], ARGV[8]) end
 local k = 8
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   redis.call('SET', KEYS[k + 1], ARGV[i])
   redis.call('RPUSH', KEYS[k], KEYS[k + 1])
   redis.call('ZADD', KEYS[7], 'NX', ARGV[5], ARGV[i + 1])
   k = k + 2
 end
+if ARGV[10] ~= '' then
+  for j = 1, #KEYS do
+    if j <= 2 or j >= 8 then
+      if ARGV[10] == 'persist' then redis.call('PERSIST', KEYS[j]) else redis.call('PEXPIREAT', KEYS[j], ARGV[10]) end
+    end
+  end
+end
 return 1
 """
+
+# KEYS: a key, the key whose expiry it takes (a message's attempt or dead-letter record written
+# after its dispatch got its expiry goes with it). Returns that expiry in ms (< 0: none).
+EXPIRE_WITH = """
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return ttl
+"""
+
 
 def iso_now(now: float | None = None) -> str:
     moment = time.time() if now is None else now
@@ -79,6 +105,28 @@ def key_for(dispatch_id: str) -> str:
 
 def outbox_key(dispatch_id: str, destination: str) -> str:
     return f"rb:outbox:{dispatch_id}:{destination}"
+
+
+def message_key(dispatch_id: str, sequence: int, destination: str) -> str:
+    return f"rb:msg:msg_{dispatch_id}_{sequence}_{destination}"
+
+
+def owned_keys(dispatch_id: str, sequence: int, destinations: list[str]) -> list[str]:
+    """The keys besides its hash and timeline that belong to a dispatch at `sequence` with these
+    write-back destinations: outboxes with their retry waits, and every status message it may
+    have (one per state change and destination) with its attempt and dead-letter records."""
+    keys = []
+    for name in destinations:
+        keys += [outbox_key(dispatch_id, name), outbox_key(dispatch_id, name) + ":not_before"]
+        for number in range(1, sequence + 1):
+            message = message_key(dispatch_id, number, name)
+            keys += [message, message + ":attempts", message + ":dead"]
+    return keys
+
+
+def expire_with(connection: Any, key: str, owner: str) -> None:
+    """Give `key` the expiry `owner` has, if any (works in a pipeline too)."""
+    connection.eval(EXPIRE_WITH, 2, key, owner)
 
 
 def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:
@@ -126,7 +174,7 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
                *, reason: str | None = None, request_id: str | None = None,
                destinations: dict[str, list[str]] | None = None, create: dict[str, Any] | None = None,
                force: bool = False, now: float | None = None, then: tuple[str, float] | None = None,
-               follow: list[str] | None = None) -> int | None:
+               follow: list[str] | None = None, retention: float | None = None) -> int | None:
     """Move a dispatch to `status` (or create it there); the new sequence, or None if it was a no-op.
 
     `destinations` maps destination name -> the statuses it wants. A move that is not forward is
@@ -137,6 +185,10 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
     scheduled in the same script, so the state and the work that follows it never part. The
     delivery units of the status messages are due at once; `follow` collects them for a caller
     that delivers them right away.
+
+    A move into a final state makes the dispatch and all its keys expire `retention` seconds
+    later (DEFAULT_RETENTION_SECONDS when None); a move out of one (an operator's retry) keeps
+    them for good again.
     """
     fields = dict(fields or {})
     if reason is not None:
@@ -166,7 +218,8 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
                            json.dumps(_encode({**fields, **(create or {}),
                                                **({"created_at": record["created_at"]} if create else {}),
                                                "id": dispatch_id})),
-                           json.dumps(entry), then[0] if then else "", f"{then[1]:.6f}" if then else ""]
+                           json.dumps(entry), then[0] if then else "", f"{then[1]:.6f}" if then else "",
+                           _expiry(status, current, moment, retention)]
         delivery_units = []
         chosen = record.get("writeback") or []
         for name, wanted in (destinations or {}).items():
@@ -175,14 +228,25 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
             message_id = f"msg_{dispatch_id}_{sequence}_{name}"
             message = {"id": message_id, "destination": name, "dispatch_id": dispatch_id, "sequence": sequence,
                        "body": status_body(record, moment), "created_at": moment}
-            keys += [outbox_key(dispatch_id, name), f"rb:msg:{message_id}"]
+            keys += [outbox_key(dispatch_id, name), message_key(dispatch_id, sequence, name)]
             argv += [json.dumps(message), deliver_unit(dispatch_id, name)]
             delivery_units.append(deliver_unit(dispatch_id, name))
+        if argv[9]:  # into or out of a final state: every key of the dispatch expires or stays with it
+            keys += owned_keys(dispatch_id, sequence, list(chosen))
         if connection.eval(TRANSITION, len(keys), *keys, *argv):
             if follow is not None:
                 follow.extend(delivery_units)
             return sequence
     raise RuntimeError(f"dispatch {dispatch_id}: could not record {status} (too many concurrent changes)")
+
+
+def _expiry(status: str, current: dict[str, Any] | None, moment: float, retention: float | None) -> str:
+    """The script's expiry argument: when the dispatch's keys go, "persist" or "" (no change)."""
+    if status in TERMINAL:
+        return str(int((moment + (DEFAULT_RETENTION_SECONDS if retention is None else retention)) * 1000))
+    if current is not None and current["status"] in TERMINAL:
+        return "persist"
+    return ""
 
 
 def list_ids(connection: redis.Redis, status: str | None = None, rule: str | None = None,

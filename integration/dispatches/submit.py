@@ -55,7 +55,7 @@ def describe(error: RevorError) -> str:
 def move(ctx: JobContext, run: Run, dispatch_id: str, status: str, **kwargs: Any) -> int | None:
     """A state change; its status messages are delivered right after this run (run.follow)."""
     return state.transition(ctx.redis, dispatch_id, status, destinations=ctx.destinations(), follow=run.follow,
-                            **kwargs)
+                            retention=ctx.settings.dispatch_retention_seconds, **kwargs)
 
 
 def submit(ctx: JobContext, run: Run) -> Next:

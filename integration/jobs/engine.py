@@ -13,11 +13,12 @@ import uuid
 from rq import Queue
 
 from integration.context import JobContext, job_context
+from integration.dispatches import retention
 from integration.dispatches.create import process_event
 from integration.dispatches.submit import submit
 from integration.dispatches.track import poll
 from integration.scheduler import units
-from integration.scheduler.runner import Engine
+from integration.scheduler.runner import Engine, Handler
 from integration.writeback.deliver import deliver
 
 JOB = "integration.jobs.engine.run_due"
@@ -28,18 +29,24 @@ _built = threading.Lock()
 stop_requested = threading.Event()  # set by the worker on SIGTERM: finish the batch, claim no more
 
 
+def handlers(ctx: JobContext) -> dict[str, Handler]:
+    """The handler of each kind of unit (a function, so tests can run the engine in-process)."""
+    return {
+        units.EVENT: lambda run: process_event(ctx, run),
+        units.SUBMIT: lambda run: submit(ctx, run),
+        units.POLL: lambda run: poll(ctx, run),
+        units.DELIVER: lambda run: deliver(ctx, run),
+        retention.SWEEP: retention.handler(ctx.redis, ctx.settings.dispatch_retention_seconds),
+    }
+
+
 def engine_for(ctx: JobContext) -> Engine:
     """One engine (and thread pool) per worker process, built on its first job."""
     global _engine
     with _built:
         if _engine is None:
-            _engine = Engine(ctx.redis, {
-                units.EVENT: lambda run: process_event(ctx, run),
-                units.SUBMIT: lambda run: submit(ctx, run),
-                units.POLL: lambda run: poll(ctx, run),
-                units.DELIVER: lambda run: deliver(ctx, run),
-            }, hold_seconds=ctx.settings.lease_seconds, threads=ctx.settings.worker_threads,
-                stopping=stop_requested.is_set)
+            _engine = Engine(ctx.redis, handlers(ctx), hold_seconds=ctx.settings.lease_seconds,
+                             threads=ctx.settings.worker_threads, stopping=stop_requested.is_set)
         return _engine
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from rq import Queue
 
+from integration.dispatches.retention import ensure_scheduled
 from integration.scheduler import units
 from integration.scheduler.outage import REDIS_DOWN, Outage, describe
 from integration.settings import Settings
@@ -70,8 +71,12 @@ def run(settings: Settings, interval: float = INTERVAL) -> None:
     def stopping() -> bool:
         return stop["now"] or os.getppid() != parent
 
+    swept = False
     while not stopping():
         try:
+            if not swept:  # the hourly retention sweep, if no worker scheduled it yet (it then keeps itself)
+                ensure_scheduled(connection)
+                swept = True
             tick(connection, queue, token)
         except REDIS_DOWN as exc:  # one line per outage, back-off, then on with the ticks
             if not outage.wait(exc, connection.ping, stopping):

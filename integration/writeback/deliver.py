@@ -38,7 +38,7 @@ from requests.utils import requote_uri
 from standardwebhooks import Webhook
 
 from integration.context import JobContext
-from integration.dispatches.state import outbox_key
+from integration.dispatches.state import expire_with, outbox_key
 from integration.revor.client import parse_retry_after
 from integration.rules.templates import RenderError, Template
 from integration.scheduler import units
@@ -259,6 +259,8 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             keepalive()
             # Counted before the first byte leaves: whatever happens next, this attempt is on record.
             attempts = connection.hincrby(attempts_key, "count", 1)
+            if attempts == 1:  # a new record: it expires with its message (and dispatch), if that is set
+                expire_with(connection, attempts_key, message_key)
             connection.hset(attempts_key, mapping={"last": "sending", "at": f"{time.time():.3f}", "sending": 1})
             attempted = True
             status, retry_after, outcome = send(config["url"], config["secret"], message, body=body,
@@ -267,8 +269,12 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             connection.hset(attempts_key, mapping={"last": outcome, "sending": 0})
             if status is not None and 200 <= status < 300:
                 destinations.record_success(connection, destination)
-                connection.lrem(outbox, 1, message_key)
-                connection.delete(f"{outbox}:not_before")
+                # Delivered: the message and its attempts go (the dispatch's timeline keeps the
+                # state change); only messages still waiting and dead letters stay in Redis.
+                with connection.pipeline(transaction=True) as pipe:
+                    pipe.lrem(outbox, 1, message_key)
+                    pipe.delete(f"{outbox}:not_before", message_key, attempts_key)
+                    pipe.execute()
                 continue
             if status == 410:
                 # The reason leaves the URL out: a catch-hook URL is itself a secret.
@@ -297,6 +303,7 @@ def _failed(connection: Any, outbox: str, destination: str, unit: str, message: 
         wait = max(wait, retry_after)
     wait = max(wait, open_until - time.time())
     connection.set(f"{outbox}:not_before", f"{time.time() + wait:.3f}", ex=int(wait) + 86400)
+    expire_with(connection, f"{outbox}:not_before", message_key)  # never beyond its message (and dispatch)
     units.again(connection, unit, time.time() + wait, counted=False)
     log.info("write-back %s to %s: %s; attempt %d, next in %.1f s", message["id"], destination, outcome,
              attempts, wait)

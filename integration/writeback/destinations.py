@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from integration.dispatches.state import outbox_key
+from integration.dispatches.state import expire_with, outbox_key
 from integration.scheduler import units
 
 FAILURES_TO_OPEN = 5
@@ -83,6 +83,7 @@ def dead_letter(connection: redis.Redis, destination: str, message_key: str, rea
     message_id = message_key.removeprefix("rb:msg:")
     with connection.pipeline(transaction=True) as pipe:
         pipe.hset(f"{message_key}:dead", mapping={"reason": reason, "at": f"{time.time():.3f}"})
+        expire_with(pipe, f"{message_key}:dead", message_key)  # it goes with its message
         pipe.zadd(dead_key(destination), {message_id: time.time()})
         pipe.execute()
 
