@@ -80,7 +80,7 @@ class Engine:
         self.connection, self.handlers = connection, handlers
         self.hold, self.threads, self.batch, self.budget, self.stopping = hold_seconds, threads, batch, budget, stopping
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="unit")
-        self.in_flight: set[str] = set()
+        self.in_flight: set[str] = set()  # claimed by this process and not yet recorded
         self.guard = threading.Lock()
 
     def drain(self) -> tuple[int, bool]:
@@ -96,6 +96,8 @@ class Engine:
             claimed = units.claim(self.connection, self.batch, self.hold)
             if not claimed:
                 return ran, False
+            with self.guard:  # held from now on, also while queued for a thread: their claims are extended
+                self.in_flight.update(unit for unit, _ in claimed)
             futures = [self.pool.submit(self._run_chain, unit, attempt) for unit, attempt in claimed]
             self._wait(futures)
             ran += len(claimed)
@@ -121,9 +123,13 @@ class Engine:
             follow = self._run_one(current, number)
             if follow:
                 try:
-                    chain += units.claim(self.connection, len(follow), self.hold, units=follow)
+                    claimed = units.claim(self.connection, len(follow), self.hold, units=follow)
                 except REDIS_DOWN as error:  # they stay due; a later job runs them
                     log.warning("engine: %s", describe(error))
+                    continue
+                with self.guard:
+                    self.in_flight.update(unit for unit, _ in claimed)
+                chain += claimed
 
     def _run_one(self, unit_id: str, attempt: int) -> list[str]:
         unit = units.Unit.parse(unit_id)
