@@ -36,7 +36,7 @@ from integration.dispatches import state
 from integration.dispatches.create import create_dispatches
 from integration.inbound import generic
 from integration.scheduler import units
-from integration.scheduler.runner import Engine
+from integration.scheduler.runner import DONE, Engine
 from integration.settings import Settings
 from integration.storage import free_port, redis_server_binary
 from integration.writeback.deliver import deliver
@@ -129,7 +129,9 @@ def finish(ctx: JobContext, dispatch_id: str) -> None:
 def make(settings: Settings, first: int, stop: int) -> None:
     """Dispatches number `first` to `stop`, finished and their messages delivered (one process)."""
     ctx = JobContext.build(settings)
-    engine = Engine(ctx.redis, {units.DELIVER: lambda run: deliver(ctx, run)},
+    # Submits are this script's own business (finish()); one another process's engine claims
+    # meanwhile is simply done.
+    engine = Engine(ctx.redis, {units.DELIVER: lambda run: deliver(ctx, run), units.SUBMIT: lambda run: DONE},
                     hold_seconds=settings.lease_seconds, threads=settings.worker_threads, budget=3600)
     for start in range(first, stop, BATCH):
         for number in range(start, min(start + BATCH, stop)):
