@@ -1,9 +1,10 @@
 """Tracking cost: how many RQ jobs following N Revor jobs takes, against one per dispatch.
 
 Creates N dispatches whose Revor jobs exist in a local sandbox (created through the real client),
-marks them all accepted and due for a poll, runs `--workers` `revor-bridge worker` processes until
-every dispatch is finished, and prints how many `poll_due` RQ jobs and how many Revor GETs that
-took: batching means a few poll jobs, not N (or N per poll round).
+marks them all accepted and makes their poll units due (scheduler/units.py), runs `--workers`
+`revor-bridge worker` processes until every dispatch is finished, and prints how many RQ jobs
+(`run_due`, each running a batch of due units) and how many Revor GETs that took: batching means
+a few jobs, not N (or N per poll round).
 
     python -m benchmarks.tracking [--dispatches 1000] [--workers 1]
 """
@@ -22,16 +23,23 @@ from pathlib import Path
 
 import redis
 import requests
+from rq import Worker
 
 from benchmarks.common import wait_for
 from integration.dispatches import state
-from integration.jobs import leases
 from integration.revor import RevorClient
+from integration.scheduler import units
 from integration.settings import SANDBOX_API_KEY
 from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+
+def polls_left(connection: redis.Redis) -> int:
+    """Poll units still due or claimed (other units, such as the hourly sweep, stay scheduled)."""
+    return sum(1 for key in (units.DUE, units.CLAIMED) for member in connection.zrange(key, 0, -1)
+               if member.startswith(units.POLL.encode() + b"|"))
 
 
 def main() -> None:
@@ -66,19 +74,21 @@ def main() -> None:
                 state.transition(connection, dispatch_id, "accepted", {"revor_job_id": job["id"]})
         log_url = f"http://127.0.0.1:{sandbox_port}/_sandbox/requests"
         gets_before = sum(1 for e in requests.get(log_url, timeout=30).json()["items"] if e["method"] == "GET")
-        connection.zadd(leases.TRACK, {f"dsp_track_{n}": time.time() for n in range(args.dispatches)})
+        connection.zadd(units.DUE, {units.poll_unit(f"dsp_track_{n}"): time.time() for n in range(args.dispatches)})
         started = time.monotonic()
         workers = [subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, cwd=folder,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                    for _ in range(args.workers)]
-        while connection.zcard(leases.TRACK) and time.monotonic() - started < 300:
+        while polls_left(connection) and time.monotonic() - started < 300:
             time.sleep(0.2)
         elapsed = time.monotonic() - started
+        # Jobs run, as each worker counts them (read before they stop and unregister).
+        poll_jobs = sum(worker.successful_job_count + worker.failed_job_count
+                        for worker in Worker.all(connection=connection))
         for worker in workers:
             os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:
             worker.wait(timeout=60)
-        poll_jobs = sum(1 for key in connection.scan_iter("rq:job:poll*"))
         finished = connection.zcard(state.STATUS_INDEX + "succeeded")
         log = requests.get(log_url, timeout=30).json()["items"]
         gets = sum(1 for entry in log if entry["method"] == "GET") - gets_before
@@ -89,7 +99,7 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"dispatches tracked to their end: {finished} of {args.dispatches} in {elapsed:.1f} s "
           f"with {args.workers} worker(s)")
-    print(f"RQ poll jobs                   : {poll_jobs}  ({poll_jobs / args.dispatches:.3f} per dispatch)")
+    print(f"RQ jobs (run_due)              : {poll_jobs}  ({poll_jobs / args.dispatches:.3f} per dispatch)")
     print(f"Revor GETs                     : {gets}  ({gets / max(finished, 1):.2f} per dispatch)")
     print(f"RQ jobs per dispatch per poll  : {poll_jobs / max(gets, 1):.3f}  (one job per poll would be 1.000)")
 

@@ -71,14 +71,25 @@ def test_inbound_storage_benchmark_measures_redis_growth():
     assert lines[-1].startswith("ratio grown/charged") and 0.5 <= _ratio(lines[-1].split("(")[0]) <= 2
 
 
-def test_pipeline_benchmark_gets_every_event_to_revor():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.pipeline", "--events", "20", "--workers", "1",
-                             "--clients", "2", "--noop-jobs", "200"],
+def _field(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.startswith(name)).split(":", 1)[1].strip()
+
+
+def test_pipeline_benchmark_gets_every_event_to_revor_once():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.pipeline", "--events", "30", "--workers", "1",
+                             "--senders", "1", "--baseline", "50", "--timeout", "120"],
                             cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("events: 20 sent, 20 reached Revor's 202, 20 Revor tasks created")
-    assert lines[-1].startswith("ratio events/no-ops") and float(lines[-1].split(":")[1].split()[0]) > 0
+    # Each event processed by exactly one run, into one dispatch, submitted by one run, one Revor task.
+    assert _field(lines, "events  ").startswith("30 sent; outcomes {'processed': 30, 'failed': 0, 'skipped': 0}; "
+                                               "runs per event {1: 30}")
+    assert _field(lines, "dispatches  ").endswith("submit runs per dispatch {1: 30}")
+    assert _field(lines, "sandbox tasks").startswith("30 for 30 dispatches (tasks per dispatch {1: 30})")
+    assert _field(lines, "claims recovered").startswith("0 ")
+    assert _field(lines, "events reached 202") == "30 of 30"
+    assert 0 < float(_field(lines, "peak RSS web, any process").split()[0]) < 100
+    assert lines[-1].startswith("ratio end-to-end/bare") and float(lines[-1].split(":")[1].split()[0]) > 0
 
 
 def test_tracking_benchmark_batches_polls():
@@ -87,5 +98,6 @@ def test_tracking_benchmark_batches_polls():
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("dispatches tracked to their end: 120 of 120")
-    poll_jobs = int(lines[1].split(":")[1].split()[0])
-    assert 0 < poll_jobs < 120 / 10  # batched: a handful of jobs, not one per dispatch
+    assert lines[1].startswith("RQ jobs (run_due)")
+    jobs = int(lines[1].split(":")[1].split()[0])
+    assert 0 < jobs < 120 / 10  # batched: a handful of jobs, not one per dispatch
