@@ -467,3 +467,27 @@ def test_a_flushed_script_is_loaded_again_and_leaves_no_stray_job(redis_db):
         assert result.outcomes == ["new"]
         assert queue.job_ids[-1] == f"wake-{result.delivery_id}"
     assert queue.count == 2 and len(redis_db.keys("rq:job:*")) == 2
+
+
+def test_a_replayed_wake_job_is_what_rq_itself_enqueues(redis_db):
+    """store() writes its wake job by replaying the commands RQ's enqueue_call issued once (building
+    a job through RQ cost as much CPU as the rest of the storage): the job must be RQ's own."""
+    from rq.job import Job
+
+    from integration.inbound import store as store_module
+
+    queue = Queue("default", connection=redis_db, serializer="json")
+    with redis_db.pipeline(transaction=True) as pipe:
+        pipe.multi()
+        queue.enqueue_call(store_module.WAKE_JOB, job_id="wake-by-rq", pipeline=pipe, result_ttl=0,
+                           failure_ttl=store_module.WAKE_JOB_FAILURE_TTL, timeout=store_module.WAKE_JOB_TIMEOUT)
+        store_module._enqueue_wake(pipe, queue, "wake-replayed")
+        pipe.execute()
+    by_rq, replayed = (redis_db.hgetall(f"rq:job:{name}") for name in ("wake-by-rq", "wake-replayed"))
+    times = {b"created_at", b"enqueued_at"}
+    assert {k: v for k, v in replayed.items() if k not in times} == {k: v for k, v in by_rq.items() if k not in times}
+    assert replayed[b"created_at"] == replayed[b"enqueued_at"] != by_rq[b"created_at"]
+    assert queue.job_ids == ["wake-by-rq", "wake-replayed"]
+    job = Job.fetch("wake-replayed", connection=redis_db, serializer="json")
+    assert job.func_name == store_module.WAKE_JOB and job.get_status() == "queued" and job.timeout == 60
+    assert abs((job.enqueued_at - Job.fetch("wake-by-rq", connection=redis_db).enqueued_at).total_seconds()) < 5

@@ -25,7 +25,7 @@ from marshmallow import ValidationError
 
 from integration.inbound import jsonbody
 from integration.inbound.errors import InboundError, malformed, unauthorized
-from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, validated
+from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, shared_schema, validated
 from integration.inbound.signatures import safe_equal, whole_number, within_window
 from schemas.inbound import HubSpotAppEventSchema
 
@@ -159,7 +159,7 @@ def parse_app_batch(batch: list[Any]) -> tuple[list[InboundEvent], list[dict[str
             skipped.append({"index": index, "reason": jsonbody.lone_surrogate_reason(where)})
             continue
         try:
-            data = HubSpotAppEventSchema().load(item if isinstance(item, dict) else {"_": item})
+            data = shared_schema(HubSpotAppEventSchema).load(item if isinstance(item, dict) else {"_": item})
         except ValidationError as exc:
             skipped.append({"index": index, "reason": "invalid event", "fields": exc.messages_dict})
             continue

@@ -11,7 +11,14 @@ from typing import Any
 from marshmallow import ValidationError
 
 from integration.inbound.errors import malformed, unauthorized
-from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, timestamp_field, validated
+from integration.inbound.normalize import (
+    InboundEvent,
+    context_map,
+    iso_from_ms,
+    shared_schema,
+    timestamp_field,
+    validated,
+)
 from integration.inbound.signatures import basic_credentials, safe_equal
 from schemas.inbound import PipedriveWebhookSchema
 
@@ -79,7 +86,7 @@ def parse(body: Any) -> InboundEvent:
     if not isinstance(body, dict):
         raise malformed("expected a JSON object with meta, data and previous")
     try:
-        payload = PipedriveWebhookSchema().load(body)
+        payload = shared_schema(PipedriveWebhookSchema).load(body)
     except ValidationError as exc:
         raise malformed("not a Pipedrive webhook v2 body", fields=exc.messages_dict) from None
     meta = payload["meta"]

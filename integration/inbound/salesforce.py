@@ -29,7 +29,7 @@ from defusedxml.ElementTree import fromstring
 from marshmallow import ValidationError
 
 from integration.inbound.errors import InboundError, malformed, unauthorized
-from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, validated
+from integration.inbound.normalize import InboundEvent, context_map, iso_from_ms, ms_from_any, shared_schema, validated
 from schemas.inbound import SalesforceMessageSchema
 
 NS = {"s": "http://schemas.xmlsoap.org/soap/envelope/",
@@ -113,7 +113,7 @@ def read_message(raw: bytes) -> dict[str, Any]:
         "notifications": [_notification(n) for n in notifications.findall("o:Notification", NS)],
     }
     try:
-        loaded = SalesforceMessageSchema().load(message)
+        loaded = shared_schema(SalesforceMessageSchema).load(message)
     except ValidationError as exc:
         raise malformed("the Outbound Message is incomplete", fields=exc.messages_dict) from None
     # Only the optional session check reads these; `<SessionId xsi:nil="true"/>` is no session.

@@ -25,6 +25,8 @@ from typing import Any
 
 import redis
 from rq import Queue
+from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from integration.inbound.normalize import InboundEvent
 from integration.scheduler.units import DUE as DUE_KEY
@@ -35,10 +37,16 @@ PREFIX = "rb:"
 # the units it runs keep their own schedule in Redis.
 WAKE_JOB = "integration.jobs.engine.run_due"
 WAKE_JOB_TIMEOUT = 60
+WAKE_JOB_FAILURE_TTL = 86400
 # Events stored and not yet processed, by received time (inbound/records.py: RECEIVED).
 RECEIVED_INDEX_KEY = f"{PREFIX}events:status:received"
 # Per connection pool: the SHA-1 of the scripts this process loaded into that Redis.
 _LOADED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+# Per queue: the commands RQ issues to enqueue a wake job, recorded once (see _wake_commands).
+_WAKE_COMMANDS: weakref.WeakKeyDictionary[Queue, list[tuple[list[Any], list[int], list[int]]]] = \
+    weakref.WeakKeyDictionary()
+_RECORDED_JOB_ID = "wake-recorded"
+_JOB_TIMES = ("created_at", "enqueued_at")
 
 # How far ahead of the server clock an event may be dated and still order its record.
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000
@@ -319,6 +327,42 @@ def _script_sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
+def _wake_commands(queue: Queue) -> list[tuple[list[Any], list[int], list[int]]]:
+    """The commands `queue.enqueue_call` issues for a wake job, recorded once per queue into a
+    pipeline that is never executed: each is (arguments, where the job id is, where a time is).
+
+    Building a job through RQ (its object, serialised and compressed data, field by field) cost
+    as much CPU as all the rest of a request's storage; every wake job is the same but for its id
+    and times, so `_enqueue_wake` replays these with its own. tests/test_inbound_store.py checks
+    that the replayed job is what RQ itself writes."""
+    recorded = _WAKE_COMMANDS.get(queue)
+    if recorded is None:
+        recorded = []
+        with queue.connection.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            queue.enqueue_call(WAKE_JOB, job_id=_RECORDED_JOB_ID, pipeline=pipe, result_ttl=0,
+                               failure_ttl=WAKE_JOB_FAILURE_TTL, timeout=WAKE_JOB_TIMEOUT)
+            for args, _ in pipe.command_stack:
+                ids = [i for i, arg in enumerate(args) if isinstance(arg, str) and _RECORDED_JOB_ID in arg]
+                times = [i + 1 for i, arg in enumerate(args[:-1]) if arg in _JOB_TIMES]
+                recorded.append((list(args), ids, times))
+            pipe.reset()
+        _WAKE_COMMANDS[queue] = recorded
+    return recorded
+
+
+def _enqueue_wake(pipe: Any, queue: Queue, job_id: str) -> None:
+    """Add RQ's commands for a new wake job `job_id` to `pipe` (what enqueue_call would add)."""
+    stamp = utcformat(rq_now())
+    for args, ids, times in _wake_commands(queue):
+        command = list(args)
+        for i in ids:
+            command[i] = command[i].replace(_RECORDED_JOB_ID, job_id)
+        for i in times:
+            command[i] = stamp
+        pipe.execute_command(*command)
+
+
 def _unqueue(connection: redis.Redis, queue: Queue, job_id: str) -> None:
     """Remove a wake job queued by a transaction that stored nothing (best effort: a worker that
     already took it finds nothing due)."""
@@ -372,8 +416,7 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
                 if events:
                     # The new events are due now (the script put them in rb:due); this job wakes a
                     # worker to run whatever is due (scheduler/runner.py).
-                    queue.enqueue_call(WAKE_JOB, job_id=job_id, pipeline=pipe, result_ttl=0,
-                                       failure_ttl=86400, timeout=WAKE_JOB_TIMEOUT)
+                    _enqueue_wake(pipe, queue, job_id)
                 replies = pipe.execute()
             break
         except redis.exceptions.NoScriptError:
