@@ -52,6 +52,7 @@ from typing import Any
 
 import redis
 import requests
+from rq import Worker
 
 from benchmarks.common import wait_for
 from integration.dispatches import state
@@ -266,6 +267,39 @@ class RssSampler(threading.Thread):
 # ---- the processes ----------------------------------------------------------------------------------------
 
 
+class RoundTrips(threading.Thread):
+    """Redis' MONITOR during the measured phase: the commands clients sent (round trips or
+    pipelined), apart from those scripts ran inside Redis. Slows Redis: a diagnostic run only."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        super().__init__(daemon=True, name="monitor")
+        self.connection, self.sent, self.in_scripts = connection, Counter(), 0
+        self.done = threading.Event()
+
+    def start(self) -> RoundTrips:
+        super().start()
+        time.sleep(0.5)
+        return self
+
+    def run(self) -> None:
+        with self.connection.monitor() as monitor:
+            for command in monitor.listen():
+                if self.done.is_set():
+                    return
+                if command.get("client_type") == "lua":
+                    self.in_scripts += 1
+                else:
+                    self.sent[command["command"].split(" ", 1)[0].upper()] += 1
+
+    def report(self, events: int) -> str:
+        self.done.set()
+        self.connection.ping()  # one more line for the monitor to notice the stop
+        total = sum(self.sent.values())
+        top = ", ".join(f"{name} {count / events:.1f}" for name, count in self.sent.most_common(10))
+        return (f"commands sent per event   : {total / events:.1f} ({top}); run inside scripts: "
+                f"{self.in_scripts / events:.1f}")
+
+
 @dataclass
 class Stack:
     folder: Path
@@ -278,6 +312,35 @@ class Stack:
     procs: list[subprocess.Popen] = field(default_factory=list)
     workers: list[subprocess.Popen] = field(default_factory=list)
 
+    def mark(self) -> None:
+        """The measured phase starts: CPU times and Redis' command counts from here."""
+        self.rss.mark()
+        self.redis.config_resetstat()
+
+    def costs(self, events: int) -> list[str]:
+        """Redis commands and RQ jobs per event since `mark()` (round trips: what a loaded machine
+        makes slow), read while the workers still run (their job counts go when they stop)."""
+        stats = self.redis.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        calls.pop("config", None)
+        jobs = sum(w.successful_job_count + w.failed_job_count for w in Worker.all(connection=self.redis))
+        top = ", ".join(f"{name} {count / events:.1f}" for name, count in
+                        sorted(calls.items(), key=lambda i: -i[1])[:8])
+        return [f"Redis commands per event  : {sum(calls.values()) / events:.1f} ({top})",
+                f"RQ jobs run               : {jobs} ({jobs / events:.2f} per event)"]
+
+    def watch_round_trips(self, enabled: bool) -> RoundTrips | None:
+        return RoundTrips(self.redis).start() if enabled else None
+
+    def profile(self, output: str | None) -> subprocess.Popen | None:
+        """`py-spy record` of worker 1 (collapsed stacks into `output`) until the returned process
+        gets SIGINT: where a worker's time goes during the measured phase."""
+        if not output:
+            return None
+        binary = shutil.which("py-spy") or "py-spy"
+        return subprocess.Popen([binary, "record", "-p", str(self.workers[0].pid), "-o", output, "-f", "raw",
+                                 "-r", "100", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def start_workers(self, count: int) -> None:
         for number in range(count):
             proc = subprocess.Popen([sys.executable, "-m", "integration", "worker"], cwd=self.folder, env=self.env,
@@ -289,6 +352,12 @@ class Stack:
         deadline = time.monotonic() + 60
         while len(self.redis.smembers("rq:workers")) < count and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def stop_profile(spy: subprocess.Popen | None) -> None:
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(timeout=60)
 
 
 def _serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
@@ -450,7 +519,7 @@ def print_exactly_once(out: Outcome, events: int) -> None:
     print(f"claims recovered          : {out.recovered} (no worker died)")
 
 
-def print_cpu(s: Stack, events: int, generator_cpu: float, wall: float) -> None:
+def print_cpu(s: Stack, events: int, generator_cpu: float, wall: float, costs: list[str]) -> None:
     """Where the time goes: CPU ms per event of each process tree, over the measured phase."""
     used = s.rss.cpu()
     used["load generator"] = generator_cpu
@@ -458,6 +527,7 @@ def print_cpu(s: Stack, events: int, generator_cpu: float, wall: float) -> None:
                                                                                           key=lambda i: -i[1]))
     print(f"CPU ms per event          : {parts}; total {sum(used.values()) * 1000 / events:.2f} "
           f"({sum(used.values()) / wall:.2f} cores busy over {wall:.1f} s)")
+    print(*costs, sep="\n")
 
 
 def print_memory(s: Stack) -> None:
@@ -488,13 +558,16 @@ def throughput(args: argparse.Namespace) -> None:
     with stack(args.time_scale, receiver=False, hubspot_api=False) as s:
         bare_rate, _ = bare_posts(s.sandbox_url + "/api/v1", args.baseline)
         s.start_workers(args.workers)
-        s.rss.mark()
+        s.mark()
+        spy, monitor = s.profile(args.py_spy), s.watch_round_trips(args.round_trips)
         numbers = list(range(args.events))
         sent, cpu, refused = run_generators(s.web_url + "/webhooks/generic/bench",
                                             [numbers[i::args.senders] for i in range(args.senders)], 0)
         if refused:
             raise SystemExit(f"{refused} webhooks were not answered 200")
         drained = wait_until_drained(s, args.events, args.timeout)
+        stop_profile(spy)
+        costs = s.costs(args.events) + ([monitor.report(args.events)] if monitor else [])
         out = read_outcome(s)
         first = min(t for _, t in sent)
         send_span = max(t for _, t in sent) - first
@@ -510,7 +583,7 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"events reached 202        : {len(out.accepted_at)} of {args.events}" + ("" if drained else
                                                                                     " (timed out)"))
         print(f"webhook -> 202 p50 / p99  : {ms(statistics.median(latencies))} / {ms(pct(latencies, 0.99))}")
-        print_cpu(s, args.events, cpu, span)
+        print_cpu(s, args.events, cpu, span, costs)
         print_memory(s)
         print(f"bare POST to the sandbox  : {bare_rate:8.1f} dispatches/s (one process, requests.Session, "
               f"{args.baseline} POSTs, same sandbox, same run)")
@@ -523,12 +596,15 @@ def steady(args: argparse.Namespace) -> None:
     with stack(args.time_scale, receiver=True, hubspot_api=False) as s:
         _, bare_latencies = bare_posts(s.sandbox_url + "/api/v1", args.baseline)
         s.start_workers(args.workers)
-        s.rss.mark()
+        s.mark()
+        spy, monitor = s.profile(args.py_spy), s.watch_round_trips(args.round_trips)
         sent, cpu, refused = run_generators(s.web_url + "/webhooks/generic/bench", [list(range(events))], args.rate)
         if refused:
             raise SystemExit(f"{refused} webhooks were not answered 200")
         drained = wait_until_drained(s, events, args.timeout)
+        stop_profile(spy)
         time.sleep(3)  # the last write-backs
+        costs = s.costs(events) + ([monitor.report(events)] if monitor else [])
         out = read_outcome(s)
         arrivals = requests.get(s.receiver_url.replace("/status", "/times"), timeout=60).json()["items"]
         first = min(t for _, t in sent)
@@ -548,7 +624,7 @@ def steady(args: argparse.Namespace) -> None:
             if changed is not None:
                 writebacks.append(moment - changed)
         print(f"write-backs received      : {len(arrivals)} for {out.written_states} state changes after `pending`")
-        print_cpu(s, events, cpu, max(out.accepted_at.values()) - first)
+        print_cpu(s, events, cpu, max(out.accepted_at.values()) - first, costs)
         print_memory(s)
         bare_p50 = statistics.median(bare_latencies)
         p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
@@ -564,7 +640,8 @@ def burst(args: argparse.Namespace) -> None:
     with stack(args.time_scale, receiver=False, hubspot_api=True) as s:
         bare_rate, _ = bare_posts(s.sandbox_url + "/api/v1", args.baseline)
         s.start_workers(args.workers)
-        s.rss.mark()
+        s.mark()
+        spy, monitor = s.profile(args.py_spy), s.watch_round_trips(args.round_trips)
         before = resource.getrusage(resource.RUSAGE_SELF)
         first, posting, refused = send_hubspot(s.web_url + "/webhooks/hubspot", args.batches, 100)
         after = resource.getrusage(resource.RUSAGE_SELF)
@@ -572,6 +649,8 @@ def burst(args: argparse.Namespace) -> None:
         if refused:
             raise SystemExit(f"{refused} HubSpot batches were not answered 200")
         drained = wait_until_drained(s, events, args.timeout)
+        stop_profile(spy)
+        costs = s.costs(events) + ([monitor.report(events)] if monitor else [])
         out = read_outcome(s)
         print(f"mode: burst; {args.batches} signed (v3) HubSpot batches of 100 deal events, hydrated from a local "
               f"HubSpot API stand-in (2 calls per event); {args.workers} worker processes; sandbox time scale "
@@ -585,7 +664,7 @@ def burst(args: argparse.Namespace) -> None:
                                                                                          "skipped", "rejected"))
         print(f"processed exactly once    : {once} of {events} events (attempts == 1)")
         print(f"dispatches submitted      : {submitted} of {events} events; sandbox tasks {out.tasks}")
-        print_cpu(s, events, generator_cpu, drain)
+        print_cpu(s, events, generator_cpu, drain, costs)
         print_memory(s)
         print(f"time to drain             : {drain:8.2f} s (first batch posted to last 202)"
               + ("" if drained else " (timed out)"))
@@ -609,6 +688,9 @@ def main() -> None:
                         help="sandbox time scale (default: 1 = Revor's own pacing, so polls fall after the run; "
                              "steady: 10000, so each dispatch runs its whole course and is written back)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the pipeline to drain")
+    parser.add_argument("--round-trips", action="store_true",
+                        help="count the commands clients send to Redis (MONITOR: slows Redis, diagnostic only)")
+    parser.add_argument("--py-spy", metavar="FILE", help="profile worker 1 with py-spy (collapsed stacks to FILE)")
     args = parser.parse_args()
     if args.time_scale is None:
         args.time_scale = 10000.0 if args.steady else 1.0
