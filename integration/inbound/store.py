@@ -14,6 +14,7 @@ longest, 3 days).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -323,6 +324,7 @@ def _loaded_shas(connection: redis.Redis) -> set[str]:
     return _LOADED.setdefault(connection.connection_pool, set())
 
 
+@functools.lru_cache(maxsize=8)
 def _script_sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
@@ -342,13 +344,27 @@ def _wake_commands(queue: Queue) -> list[tuple[list[Any], list[int], list[int]]]
             pipe.multi()
             queue.enqueue_call(WAKE_JOB, job_id=_RECORDED_JOB_ID, pipeline=pipe, result_ttl=0,
                                failure_ttl=WAKE_JOB_FAILURE_TTL, timeout=WAKE_JOB_TIMEOUT)
-            for args, _ in pipe.command_stack:
+            for args in _merged_hsets([list(args) for args, _ in pipe.command_stack]):
                 ids = [i for i, arg in enumerate(args) if isinstance(arg, str) and _RECORDED_JOB_ID in arg]
                 times = [i + 1 for i, arg in enumerate(args[:-1]) if arg in _JOB_TIMES]
-                recorded.append((list(args), ids, times))
+                recorded.append((args, ids, times))
             pipe.reset()
         _WAKE_COMMANDS[queue] = recorded
     return recorded
+
+
+def _merged_hsets(commands: list[list[Any]]) -> list[list[Any]]:
+    """RQ sets the job's status, then writes the whole job (status included): one HSET of both."""
+    merged: list[list[Any]] = []
+    for command in commands:
+        last = merged[-1] if merged else None
+        if last and command[0] == last[0] == "HSET" and command[1] == last[1]:
+            fields = dict(zip(last[2::2], last[3::2], strict=True))
+            fields.update(zip(command[2::2], command[3::2], strict=True))
+            merged[-1] = ["HSET", command[1], *(item for pair in fields.items() for item in pair)]
+        else:
+            merged.append(command)
+    return merged
 
 
 def _enqueue_wake(pipe: Any, queue: Queue, job_id: str) -> None:
