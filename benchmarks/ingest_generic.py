@@ -7,14 +7,18 @@ one loopback load generator: the bridge (verify, parse, normalise, dedupe, store
 enqueue) and a bare endpoint that only answers. Every request is a new event that is really
 stored (no duplicate short-cut); the script checks that the bridge stored every one. Prints
 requests per second for each, the median over alternating rounds, and the ratio bridge/bare;
-the target is at least 0.5.
+the target is at least 0.5. It also prints the peak RSS of each web process of the bridge (master
+and workers, from /proc: the target is at most 100 MB each).
 
 The load generator is a Python client (threads, Standard Webhooks signatures), or with `--wrk`
-(when `wrk` is on PATH) wrk with `wrk_generic_hook.lua` (a token-authenticated hook, X-Hook-Token,
-event_id varied per request). Either way it prints how much CPU the generator used, and with wrk
-also the bare app's rate under the Python client: a generator near one full core per thread (the
-Python client: one core, it holds the GIL) is the bottleneck, not the app. `--stock-gthread` also
-serves the bare app under gunicorn's stock gthread worker, to compare the custom worker with it.
+wrk (`apt-get install wrk` on Debian/Ubuntu, `brew install wrk` on macOS) with
+`wrk_generic_hook.lua` (a token-authenticated hook, X-Hook-Token, event_id varied per request).
+Either way it prints how much CPU the generator used, and with wrk two checks that wrk is not
+the bottleneck: its CPU per thread (a thread near one full core is saturated), and the bare app
+loaded again with twice the connections (an app that is the bottleneck answers no faster). It
+also prints the bare app's rate under the Python client (one core, it holds the GIL), which is
+why wrk is the one to quote. `--stock-gthread` also serves the bare app under gunicorn's stock
+gthread worker, to compare the custom worker with it.
 
     python -m benchmarks.ingest_generic [--requests 2000] [--rounds 3] [--workers 2] [--clients 8]
     python -m benchmarks.ingest_generic --wrk [--wrk-threads 2] [--wrk-connections 16] [--duration 10]
@@ -87,6 +91,7 @@ class Run:
     cpu: float  # CPU seconds of the load generator per second of the run (1.0: one core busy)
     answered: int = 0  # 2xx answers (wrk)
     generated: int = 0  # requests started (wrk): answered plus those in flight when it stopped
+    errors: int = 0  # socket errors (wrk, with strict=False)
 
 
 def load(url: str, prepared: list[tuple[bytes, dict[str, str]]], clients: int) -> Run:
@@ -118,8 +123,11 @@ _SUMMARY = re.compile(r"wrk-summary requests=(\d+) non2xx=(\d+) connect=(\d+) re
                       r"timeout=(\d+) generated=(\d+)")
 
 
-def wrk(url: str, run_id: str, threads: int, connections: int, seconds: float) -> Run:
-    """One wrk run of `seconds` posting new token-authenticated events (wrk_generic_hook.lua)."""
+def wrk(url: str, run_id: str, threads: int, connections: int, seconds: float, strict: bool = True) -> Run:
+    """One wrk run of `seconds` posting new token-authenticated events (wrk_generic_hook.lua).
+
+    Any answer not 2xx stops the benchmark; so does any socket error when `strict` (the measured
+    runs), else they are counted (the check with more connections than threads)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
                "-s", str(WRK_SCRIPT), url, "--", TOKEN, run_id, datetime.now(UTC).isoformat()]
@@ -130,7 +138,7 @@ def wrk(url: str, run_id: str, threads: int, connections: int, seconds: float) -
     if result.returncode != 0 or not rate or not summary:
         raise SystemExit(f"wrk failed ({result.returncode}): {result.stdout[-1000:]} {result.stderr[-1000:]}")
     completed, non2xx, *socket_errors, generated = (int(n) for n in summary.groups())
-    if non2xx or any(socket_errors):
+    if non2xx or (strict and any(socket_errors)):
         raise SystemExit(f"wrk: {non2xx} answers not 2xx, socket errors (connect, read, write, timeout) "
                          f"{socket_errors}, against {url}")
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -138,7 +146,30 @@ def wrk(url: str, run_id: str, threads: int, connections: int, seconds: float) -
     elapsed = seconds
     if duration:
         elapsed = float(duration.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[duration.group(2)]
-    return Run(float(rate.group(1)), cpu / elapsed, completed, generated)
+    return Run(float(rate.group(1)), cpu / elapsed, completed, generated, sum(socket_errors))
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc): gunicorn's master and its workers."""
+    pids, index = [pid], 0
+    while index < len(pids):
+        try:
+            children = Path(f"/proc/{pids[index]}/task/{pids[index]}/children").read_text().split()
+        except OSError:
+            children = []
+        pids += [int(child) for child in children]
+        index += 1
+    return pids
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set size so far (VmHWM), in MB; None where /proc has none."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else None
 
 
 def count_keys(connection: redis.Redis, pattern: str) -> int:
@@ -183,6 +214,8 @@ def main() -> None:
     runs: dict[str, list[Run]] = {name: [] for name in urls}
     wrk_counts: list[tuple[int, int, int]] = []  # per bridge wrk run: stored, answered, generated
     python_bare: Run | None = None
+    wider_bare: Run | None = None  # the bare app with twice the wrk connections
+    bridge_rss: dict[int, float] = {}
     connection = redis.Redis(port=redis_port)
     try:
         wait_for(f"{urls['bridge']}/healthz")
@@ -204,7 +237,13 @@ def main() -> None:
                 else:
                     run = load(f"{urls[name]}{SIGNED_PATH}", prepared, args.clients)
                 runs[name].append(run)
-        if use_wrk:  # is the generator the bottleneck? The bare app under the Python client, for comparison
+        # Peak RSS so far, read before anything is stopped: the bridge's processes after its load.
+        for pid in process_tree(servers[0].pid):
+            if (rss := peak_rss_mb(pid)) is not None:
+                bridge_rss[pid] = rss
+        if use_wrk:  # is the generator the bottleneck? More connections, and the Python client
+            wider_bare = wrk(f"{urls['bare']}{TOKEN_PATH}", "wrkwide", args.wrk_threads, 2 * args.wrk_connections,
+                             args.duration, strict=False)
             python_bare = load(f"{urls['bare']}{SIGNED_PATH}", signed_requests(args.requests, 10**8), args.clients)
         stored_signed = count_keys(connection, "rb:event:generic:bench:*")
     finally:
@@ -238,9 +277,23 @@ def main() -> None:
     generator = "wrk" if use_wrk else "Python client"
     print(f"load generator CPU  : {cpu['bare']:8.2f} cores on the bare app, {cpu['bridge']:.2f} on the bridge "
           f"({generator}; a generator near {args.wrk_threads if use_wrk else 1} core(s) is the bottleneck)")
+    if wider_bare:
+        per_thread = max(cpu["bare"], cpu["bridge"], wider_bare.cpu) / args.wrk_threads
+        change = wider_bare.rate / rate["bare"] - 1
+        print(f"bare app, wrk -c{2 * args.wrk_connections}: {wider_bare.rate:8.1f} requests/s ({change:+.0%} with "
+              f"twice the connections; wrk at {wider_bare.cpu:.2f} cores; {wider_bare.errors} socket errors)")
+        saturated = per_thread >= 0.5 or change > 0.15
+        print(f"wrk the bottleneck? {'POSSIBLY' if saturated else 'no'}: at most {per_thread:.2f} core per wrk thread "
+              f"(a saturated thread is near 1.0), and the bare app {'gains' if change > 0.15 else 'gains nothing'} "
+              f"from more connections")
     if python_bare:
         print(f"bare app, Python client: {python_bare.rate:8.1f} requests/s ({python_bare.cpu:.2f} cores) "
               f"vs {rate['bare']:.1f} with wrk: wrk/Python {rate['bare'] / python_bare.rate:.2f}")
+    if bridge_rss:
+        master = bridge_rss.get(servers[0].pid)
+        workers = sorted(rss for pid, rss in bridge_rss.items() if pid != servers[0].pid)
+        print(f"bridge web peak RSS : master {master or 0:.0f} MB, workers "
+              f"{', '.join(f'{rss:.0f}' for rss in workers)} MB (target <= 100 MB per process)")
     if "stock" in rate:
         print(f"bare app, stock gthread worker: {rate['stock']:8.1f} requests/s (median) vs {rate['bare']:.1f} "
               f"under revor-bridge's worker: custom/stock {rate['bare'] / rate['stock']:.2f}")

@@ -53,6 +53,11 @@ def test_ingest_benchmark_under_wrk_stores_every_event_answered():
     kept, sent, answered = (int(n) for n in stored.groups())
     assert 0 < answered <= kept <= sent  # each request a new event (event_id varied per request), all stored
     assert _ratio(next(line for line in lines if line.startswith("bare app, Python client"))) > 0
+    assert any(line.startswith("bare app, wrk -c8:") for line in lines)  # twice the connections
+    assert any(line.startswith("wrk the bottleneck? ") for line in lines)
+    rss = next(line for line in lines if line.startswith("bridge web peak RSS"))
+    sizes = [float(n) for n in re.findall(r"(\d+) MB", rss.replace(",", " MB"))]
+    assert sizes and all(0 < size < 1000 for size in sizes), rss
     assert lines[-1].startswith("ratio bridge/bare") and float(lines[-1].split(":")[1].split()[0]) > 0
 
 
