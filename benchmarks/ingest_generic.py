@@ -282,10 +282,10 @@ def main() -> None:
         change = wider_bare.rate / rate["bare"] - 1
         print(f"bare app, wrk -c{2 * args.wrk_connections}: {wider_bare.rate:8.1f} requests/s ({change:+.0%} with "
               f"twice the connections; wrk at {wider_bare.cpu:.2f} cores; {wider_bare.errors} socket errors)")
-        saturated = per_thread >= 0.5 or change > 0.15
-        print(f"wrk the bottleneck? {'POSSIBLY' if saturated else 'no'}: at most {per_thread:.2f} core per wrk thread "
-              f"(a saturated thread is near 1.0), and the bare app {'gains' if change > 0.15 else 'gains nothing'} "
-              f"from more connections")
+        print(f"wrk the bottleneck? {'POSSIBLY' if per_thread >= 0.5 else 'no'}: at most {per_thread:.2f} core per wrk "
+              f"thread (a saturated thread is near 1.0)"
+              + ("; but the bare app answered more with more connections: compare with a higher --wrk-connections"
+                 if change > 0.15 else "; the bare app answers no faster with more connections (it is saturated)"))
     if python_bare:
         print(f"bare app, Python client: {python_bare.rate:8.1f} requests/s ({python_bare.cpu:.2f} cores) "
               f"vs {rate['bare']:.1f} with wrk: wrk/Python {rate['bare'] / python_bare.rate:.2f}")

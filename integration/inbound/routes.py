@@ -26,6 +26,7 @@ from integration.inbound.errors import InboundError, not_configured
 from integration.inbound.normalize import InboundEvent
 from integration.inbound.store import StorageFull, StoreResult, delivery_record, store
 from integration.settings import Settings
+from integration.web.read_deadline import BODY_KEY
 
 log = logging.getLogger(__name__)
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -46,6 +47,11 @@ def _now() -> float:
 
 def _raw_body() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
+    buffered = request.environ.get(BODY_KEY)  # read whole by ReadDeadline, as every body under gunicorn
+    if buffered is not None:
+        if len(buffered) > limit:
+            raise _too_large(limit)
+        return buffered
     try:
         raw = request.get_data(cache=True)
     except RequestEntityTooLarge:

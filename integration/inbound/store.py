@@ -109,7 +109,8 @@ for i = 0, count - 1 do
     e.tkey = KEYS[k]
     k = k + 1
   end
-  if redis.call('EXISTS', e.key) == 0 then
+  e.new = redis.call('EXISTS', e.key) == 0
+  if e.new then
     needed = needed + #e.body + event_cost + key_copies * #e.key + #e.okey
     if e.tkey then needed = needed + key_cost + #e.tkey + #e.tvalue end
     fresh = fresh + 1
@@ -147,10 +148,10 @@ if ceiling > 0 and needed > 0 and used + needed > ceiling then
 end
 
 if keep_delivery then redis.call('SET', delivery, record, 'EX', ttl) end
-local results = {}
+local results, stored = {}, {}
 for _, e in ipairs(events) do
-  -- Checked again: the same event twice in one batch is stored once, then counted as a duplicate.
-  if redis.call('EXISTS', e.key) == 1 then
+  -- The same event twice in one batch is stored once, then counted as a duplicate.
+  if not e.new or stored[e.key] then
     redis.call('HINCRBY', e.key, 'duplicates', 1)
     results[#results + 1] = 'duplicate'
   else
@@ -188,6 +189,7 @@ for _, e in ipairs(events) do
     redis.call('EXPIRE', e.key, ttl)
     redis.call('ZADD', due, received, 'event|' .. e.key)
     redis.call('ZADD', received_index, received, e.key)
+    stored[e.key] = true
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end
 end

@@ -99,6 +99,10 @@ def default_watchdog() -> Watchdog:
     return Watchdog()
 
 
+# Where ReadDeadline leaves the body it read, as bytes, in the WSGI environ.
+BODY_KEY = "revor_bridge.body"
+
+
 class ReadDeadline:
     """WSGI middleware: read the whole request body within `seconds`, or answer 408 and close.
 
@@ -134,6 +138,7 @@ class ReadDeadline:
             return self._error(environ, start_response, 400, "body_incomplete",
                                f"the connection ended after {len(body)} of the {length} bytes in Content-Length")
         environ["wsgi.input"] = io.BytesIO(body)
+        environ[BODY_KEY] = body  # the app may take it as it is (werkzeug's stream wrappers cost more)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return self.app(environ, start_response)
