@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import redis
@@ -86,35 +86,43 @@ class Engine:
     def drain(self) -> tuple[int, bool]:
         """Run due units until none is due, the budget is spent or a stop is asked for.
 
-        Returns (units run, whether more are due: then the caller queues another job, so other
-        jobs get their turn)."""
-        started = time.monotonic()
-        ran = 0
-        while not self.stopping():
-            if time.monotonic() - started > self.budget:
-                return ran, True
-            claimed = units.claim(self.connection, self.batch, self.hold)
-            if not claimed:
-                return ran, False
-            with self.guard:  # held from now on, also while queued for a thread: their claims are extended
-                self.in_flight.update(unit for unit, _ in claimed)
-            futures = [self.pool.submit(self._run_chain, unit, attempt) for unit, attempt in claimed]
-            self._wait(futures)
-            ran += len(claimed)
-        return ran, False
+        Units flow rather than march in batches: whenever half the threads are free, the engine
+        claims as many due units as there is room for (up to `batch`), so one slow unit (a
+        receiver that takes its 15 s) never holds up the others. Claims of everything this
+        process holds, running or queued for a thread, are pushed ahead every third of the hold.
 
-    def _wait(self, futures: list[Future]) -> None:
-        """Wait for the batch, pushing the claims of what still runs ahead every third of the hold."""
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=max(0.5, self.hold / 3), return_when=FIRST_COMPLETED)
-            if pending:
-                with self.guard:
-                    running = list(self.in_flight)
-                try:
-                    units.extend(self.connection, running, self.hold)
-                except REDIS_DOWN as error:  # the claims may lapse; a second run is harmless
-                    log.warning("engine: could not extend claims (%s)", describe(error))
+        Returns (units run, whether to queue another job: the budget ran out with work left, so
+        other jobs get their turn)."""
+        started = last_extend = time.monotonic()
+        ran, pending, exhausted = 0, set(), False
+        room = self.threads * 2
+        while True:
+            now = time.monotonic()
+            open_for_more = not self.stopping() and now - started <= self.budget
+            if open_for_more and not exhausted and (not pending or room - len(pending) >= self.threads):
+                claimed = units.claim(self.connection, min(self.batch, room - len(pending)), self.hold)
+                exhausted = not claimed
+                if claimed:
+                    with self.guard:  # held from now on, also while queued for a thread
+                        self.in_flight.update(unit for unit, _ in claimed)
+                    pending |= {self.pool.submit(self._run_chain, unit, attempt) for unit, attempt in claimed}
+            if not pending:
+                return ran, not open_for_more and not self.stopping()
+            done, pending = wait(pending, timeout=max(0.2, min(1.0, self.hold / 3)), return_when=FIRST_COMPLETED)
+            ran += len(done)
+            if done:
+                exhausted = False  # a finished unit may have made room for what fell due meanwhile
+            if time.monotonic() - last_extend >= self.hold / 3:
+                last_extend = time.monotonic()
+                self._extend()
+
+    def _extend(self) -> None:
+        with self.guard:
+            held = list(self.in_flight)
+        try:
+            units.extend(self.connection, held, self.hold)
+        except REDIS_DOWN as error:  # the claims may lapse; a second run is harmless
+            log.warning("engine: could not extend claims (%s)", describe(error))
 
     def _run_chain(self, unit_id: str, attempt: int) -> None:
         chain = [(unit_id, attempt)]

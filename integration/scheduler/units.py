@@ -32,6 +32,10 @@ RECOVERED = "rb:stats:recovered"  # how many claims ran out (a worker died or hu
 
 EVENT, SUBMIT, POLL, DELIVER = "event", "submit", "poll", "deliver"
 KINDS = (EVENT, SUBMIT, POLL, DELIVER)
+# Housekeeping: the hourly retention sweep (handled by dispatches/retention.py). Its id lives
+# here so the clock can make sure it is scheduled without importing the stages above it.
+SWEEP = "sweep"
+SWEEP_UNIT = f"{SWEEP}|retention"
 
 # KEYS: due, claimed, attempts. ARGV: now, claim deadline, limit, then any specific units.
 # With specific units only those are claimed (when due or not yet there at all is not claimed:
@@ -61,6 +65,13 @@ for _, unit in ipairs(candidates) do
   end
 end
 return claimed
+"""
+
+# KEYS: due, claimed. ARGV: unit, due time. Schedules the unit unless it is due or claimed already.
+ENSURE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
 """
 
 # KEYS: due, claimed, recovered counter. ARGV: now, limit. Expired claims become due now.
@@ -136,6 +147,13 @@ def schedule(connection: Any, unit: str, at: float | None = None, *, keep_earlie
         connection.zadd(DUE, {unit: moment})
 
 
+def ensure(connection: redis.Redis, unit: str, at: float | None = None) -> bool:
+    """Make `unit` due at `at` (now by default) unless it is due or claimed already: a unit that
+    keeps itself going (the sweep) is started once and never doubled. True if it was scheduled."""
+    moment = time.time() if at is None else at
+    return bool(connection.eval(ENSURE, 2, DUE, CLAIMED, unit, f"{moment:.6f}"))
+
+
 def claim(connection: redis.Redis, limit: int, hold_seconds: float, units: list[str] | None = None,
           now: float | None = None) -> list[tuple[str, int]]:
     """Claim up to `limit` due units (or just `units`, those of them that are due); each with the
@@ -154,8 +172,14 @@ def extend(connection: redis.Redis, units: list[str], hold_seconds: float) -> No
 
 def finish(connection: Any, unit: str) -> None:
     """Done: the claim and the attempt count go. A unit made due again meanwhile stays due."""
-    connection.zrem(CLAIMED, unit)
-    connection.hdel(ATTEMPTS, unit)
+    if isinstance(connection, redis.client.Pipeline):
+        connection.zrem(CLAIMED, unit)
+        connection.hdel(ATTEMPTS, unit)
+        return
+    with connection.pipeline(transaction=True) as pipe:  # one round trip
+        pipe.zrem(CLAIMED, unit)
+        pipe.hdel(ATTEMPTS, unit)
+        pipe.execute()
 
 
 def again(connection: redis.Redis, unit: str, at: float, *, counted: bool = True) -> None:
