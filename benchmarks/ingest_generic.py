@@ -162,6 +162,18 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU the processes used so far (Linux /proc; 0 elsewhere)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """The process's peak resident set size so far (VmHWM), in MB; None where /proc has none."""
     try:
@@ -216,6 +228,9 @@ def main() -> None:
     python_bare: Run | None = None
     wider_bare: Run | None = None  # the bare app with twice the wrk connections
     bridge_rss: dict[int, float] = {}
+    # Per app: CPU milliseconds of its web processes per answered request, and of Redis (bridge).
+    web_cpu: dict[str, list[float]] = {name: [] for name in urls}
+    redis_cpu: list[float] = []
     connection = redis.Redis(port=redis_port)
     try:
         wait_for(f"{urls['bridge']}/healthz")
@@ -227,6 +242,8 @@ def main() -> None:
             for name in ("bare", "stock", "bridge"):
                 if name not in urls:
                     continue
+                tree = process_tree(servers[list(urls).index(name)].pid)
+                web_before, redis_before = cpu_seconds(tree), cpu_seconds([redis_proc.pid])
                 if use_wrk:
                     run_id = f"wrk{round_number}{name}"
                     run = wrk(f"{urls[name]}{TOKEN_PATH}", run_id, args.wrk_threads, args.wrk_connections,
@@ -237,6 +254,10 @@ def main() -> None:
                 else:
                     run = load(f"{urls[name]}{SIGNED_PATH}", prepared, args.clients)
                 runs[name].append(run)
+                if run.answered:
+                    web_cpu[name].append((cpu_seconds(tree) - web_before) * 1000 / run.answered)
+                    if name == "bridge":
+                        redis_cpu.append((cpu_seconds([redis_proc.pid]) - redis_before) * 1000 / run.answered)
         # Peak RSS so far, read before anything is stopped: the bridge's processes after its load.
         for pid in process_tree(servers[0].pid):
             if (rss := peak_rss_mb(pid)) is not None:
@@ -297,6 +318,15 @@ def main() -> None:
     if "stock" in rate:
         print(f"bare app, stock gthread worker: {rate['stock']:8.1f} requests/s (median) vs {rate['bare']:.1f} "
               f"under revor-bridge's worker: custom/stock {rate['bare'] / rate['stock']:.2f}")
+    print("rounds (requests/s) : " + "; ".join(f"{name} " + ", ".join(f"{run.rate:.0f}" for run in runs[name])
+                                            for name in runs))
+    if web_cpu["bare"] and web_cpu["bridge"]:
+        # CPU per request barely moves when other processes share the machine; requests/s do.
+        bare_ms, bridge_ms = statistics.median(web_cpu["bare"]), statistics.median(web_cpu["bridge"])
+        redis_ms = statistics.median(redis_cpu) if redis_cpu else 0.0
+        print(f"CPU per request     : bare {bare_ms:.2f} ms, bridge {bridge_ms:.2f} ms in its web processes + "
+              f"{redis_ms:.2f} ms in Redis: bare/bridge {bare_ms / (bridge_ms + redis_ms):.2f} (what the ratio "
+              f"would be on a machine of its own, CPU-bound)")
     print(f"ratio bridge/bare   : {rate['bridge'] / rate['bare']:8.2f}  (target >= 0.5)")
 
 

@@ -58,6 +58,8 @@ def test_ingest_benchmark_under_wrk_stores_every_event_answered():
     rss = next(line for line in lines if line.startswith("bridge web peak RSS"))
     sizes = [float(n) for n in re.findall(r"(\d+) MB", rss.replace(",", " MB"))]
     assert sizes and all(0 < size < 1000 for size in sizes), rss
+    cpu = next(line for line in lines if line.startswith("CPU per request"))
+    assert re.search(r"bare \d+\.\d+ ms, bridge \d+\.\d+ ms .* bare/bridge \d+\.\d+", cpu), cpu
     assert lines[-1].startswith("ratio bridge/bare") and float(lines[-1].split(":")[1].split()[0]) > 0
 
 
