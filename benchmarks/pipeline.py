@@ -155,13 +155,13 @@ def send_hubspot(url: str, batches: int, size: int) -> tuple[float, float, int]:
 # ---- the baseline: one process, bare requests.Session, valid dispatches, the same sandbox ----------------
 
 
-def bare_posts(api_url: str, count: int) -> tuple[float, list[float]]:
+def bare_posts(api_url: str, count: int, offset: int = 0) -> tuple[float, list[float]]:
     """Dispatches/s and each POST's latency (s), one after the other on one keep-alive session."""
     headers = {"Authorization": f"Bearer {SANDBOX_API_KEY}", "Content-Type": "application/json"}
     latencies = []
     with requests.Session() as session:
         started = time.perf_counter()
-        for number in range(count):
+        for number in range(offset, offset + count):
             body = json.dumps({"account_id": "connect_account_sandbox_email", "channel": "email", "action": "outreach",
                                "recipient": {"address": f"bare{number}@example.com", "name": "Lead"},
                                "content": {"subject": "Hello", "text": "Hi there"},
@@ -581,6 +581,8 @@ def throughput(args: argparse.Namespace) -> None:
         stop_profile(spy)
         costs = s.costs(args.events) + ([monitor.report(args.events)] if monitor else [])
         out = read_outcome(s)
+        bare_after, _ = bare_posts(s.sandbox_url + "/api/v1", args.baseline, offset=args.baseline)
+        bare_before, bare_rate = bare_rate, (bare_rate + bare_after) / 2
         first = min(t for _, t in sent)
         send_span = max(t for _, t in sent) - first
         print(f"mode: throughput; {args.events} generic-hook events (one per request, X-Hook-Token); "
@@ -601,7 +603,7 @@ def throughput(args: argparse.Namespace) -> None:
         print_cpu(s, args.events, 0.0 if args.send_first else cpu, span, costs)
         print_memory(s)
         print(f"bare POST to the sandbox  : {bare_rate:8.1f} dispatches/s (one process, requests.Session, "
-              f"{args.baseline} POSTs, same sandbox, same run)")
+              f"{args.baseline} POSTs before the run: {bare_before:.0f}/s, {args.baseline} after: {bare_after:.0f}/s)")
         if args.send_first:
             print(f"workers' drain            : {rate:8.1f} events/s (stored events: first dispatch created to "
                   f"last 202)")
@@ -672,6 +674,8 @@ def burst(args: argparse.Namespace) -> None:
         stop_profile(spy)
         costs = s.costs(events) + ([monitor.report(events)] if monitor else [])
         out = read_outcome(s)
+        bare_after, _ = bare_posts(s.sandbox_url + "/api/v1", args.baseline, offset=args.baseline)
+        bare_before, bare_rate = bare_rate, (bare_rate + bare_after) / 2
         print(f"mode: burst; {args.batches} signed (v3) HubSpot batches of 100 deal events, hydrated from a local "
               f"HubSpot API stand-in (2 calls per event); {args.workers} worker processes; sandbox time scale "
               f"{args.time_scale:g}")
@@ -688,7 +692,8 @@ def burst(args: argparse.Namespace) -> None:
         print_memory(s)
         print(f"time to drain             : {drain:8.2f} s (first batch posted to last 202)"
               + ("" if drained else " (timed out)"))
-        print(f"bare POST to the sandbox  : {bare_rate:8.1f} dispatches/s ({events / bare_rate:.2f} s for {events})")
+        print(f"bare POST to the sandbox  : {bare_rate:8.1f} dispatches/s ({events / bare_rate:.2f} s for {events}; "
+              f"before the run {bare_before:.0f}/s, after {bare_after:.0f}/s)")
         print(f"ratio drain rate/bare     : {events / drain / bare_rate:8.3f}")
 
 

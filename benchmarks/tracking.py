@@ -55,6 +55,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "RULES_"))}
     env.update(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", REVOR_BASE_URL=f"http://127.0.0.1:{sandbox_port}/api/v1",
                REVOR_MAX_RPS="1000", LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+    workers: list[subprocess.Popen] = []
     try:
         procs.append(subprocess.Popen([sys.executable, "-m", "integration", "sandbox", "--port", str(sandbox_port),
                                        "--time-scale", "100000", "--rate-limit", "0"], env=env, cwd=folder,
@@ -76,10 +77,10 @@ def main() -> None:
         gets_before = sum(1 for e in requests.get(log_url, timeout=30).json()["items"] if e["method"] == "GET")
         connection.zadd(units.DUE, {units.poll_unit(f"dsp_track_{n}"): time.time() for n in range(args.dispatches)})
         started = time.monotonic()
-        workers = [subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, cwd=folder,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                   for _ in range(args.workers)]
-        while polls_left(connection) and time.monotonic() - started < 300:
+        workers += [subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, cwd=folder,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                    for _ in range(args.workers)]
+        while polls_left(connection) and time.monotonic() - started < 200:
             time.sleep(0.2)
         elapsed = time.monotonic() - started
         # Jobs run, as each worker counts them (read before they stop and unregister).
@@ -93,6 +94,9 @@ def main() -> None:
         log = requests.get(log_url, timeout=30).json()["items"]
         gets = sum(1 for entry in log if entry["method"] == "GET") - gets_before
     finally:
+        for worker in workers:  # a worker outlives its Redis (it waits for it): never leave one behind
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
