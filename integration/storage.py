@@ -15,6 +15,7 @@ together (`revor-bridge dev`, a Procfile runner) end with one shared server, nev
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -22,8 +23,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -41,6 +44,22 @@ def connect(url: str, *, decode: bool = False, **kwargs: object) -> redis.Redis:
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("health_check_interval", 30)
     return redis.Redis.from_url(url, decode_responses=decode, **kwargs)
+
+
+_SCRIPT_SHAS: dict[str, str] = {}
+
+
+def run_script(connection: Any, script: str, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+    """Run a Lua script by its SHA1 (EVALSHA): the script's text crosses the wire once per Redis
+    server, not with every call. When Redis does not know it yet (a restart, a fresh server),
+    EVAL runs it and caches it there."""
+    sha = _SCRIPT_SHAS.get(script)
+    if sha is None:
+        sha = _SCRIPT_SHAS[script] = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    try:
+        return connection.evalsha(sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        return connection.eval(script, len(keys), *keys, *args)
 
 
 def redis_server_binary() -> str:

@@ -20,7 +20,7 @@ QUEUES = ("high", "default", "low")
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--time-scale", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
               help="Sandbox seconds per real second: 60 makes a 180 s pacing interval pass in 3 s.")
 @click.option("--rate-limit", type=click.IntRange(min=0), default=600, show_default=True,
@@ -36,23 +36,25 @@ QUEUES = ("high", "default", "low")
 def sandbox(host: str, port: int, time_scale: float, rate_limit: int, rate_window_ms: int, error_rate: float,
             drop_rate: float, latency_ms: int, job_failure_rate: float, seed: int | None, verbose: bool) -> None:
     """Run the local Revor sandbox (API under /api/v1, controls under /_sandbox)."""
+    import socket
+
     from integration.sandbox.core import Faults
-    from integration.sandbox.server import SandboxServer
+    from integration.sandbox.server import GunicornSandbox
 
     faults = Faults(error_rate=error_rate, drop_rate=drop_rate, latency_ms=latency_ms,
                     job_failure_rate=job_failure_rate, rate_limit=rate_limit, rate_window_ms=rate_window_ms,
                     time_scale=time_scale)
-    try:
-        server = SandboxServer(host, port, faults=faults, seed=seed, quiet=not verbose)
+    try:  # a clear line now rather than gunicorn's retries when the port is taken
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     except OSError as exc:
         click.echo(f"revor-bridge: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(EXIT_UNREACHABLE)
-    click.echo(f"Revor sandbox listening on {server.api_url}  (API key: sk-revor-sandbox)", err=True)
-    click.echo(f"  use it with: REVOR_BASE_URL={server.api_url}  (leave REVOR_API_KEY unset)", err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    api_url = f"http://{host}:{port}/api/v1"
+    click.echo(f"Revor sandbox listening on {api_url}  (API key: sk-revor-sandbox)", err=True)
+    click.echo(f"  use it with: REVOR_BASE_URL={api_url}  (leave REVOR_API_KEY unset)", err=True)
+    GunicornSandbox(host, port, faults=faults, seed=seed, quiet=not verbose).run()
 
 
 def redis_settings(settings: Settings) -> Settings:

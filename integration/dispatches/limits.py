@@ -11,6 +11,8 @@ import time
 
 import redis
 
+from integration.storage import run_script
+
 BUCKET = """
 local key, rate, burst, now = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -30,6 +32,14 @@ return tostring((1 - tokens) / rate)
 """
 
 
+# KEYS: the pause key. ARGV: until (epoch seconds), its TTL in ms. The longest pause wins.
+PAUSE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+
+
 class Limiter:
     def __init__(self, connection: redis.Redis, name: str, rate: float, burst: float | None = None) -> None:
         self.connection = connection
@@ -40,7 +50,8 @@ class Limiter:
 
     def wait_time(self) -> float:
         """Take a token if one is free (0.0), else how long to wait before asking again."""
-        answer = self.connection.eval(BUCKET, 2, self.bucket, self.pause_key, self.rate, self.burst, time.time())
+        answer = run_script(self.connection, BUCKET, (self.bucket, self.pause_key),
+                            (self.rate, self.burst, time.time()))
         return float(answer)
 
     def acquire(self, max_wait: float) -> bool:
@@ -57,10 +68,7 @@ class Limiter:
     def pause(self, seconds: float) -> None:
         """Everyone stops calling for `seconds` (the longest pause asked for wins)."""
         until = time.time() + seconds
-        self.connection.eval(
-            "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') "
-            "if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 1",
-            1, self.pause_key, until, int(seconds * 1000) + 1000)
+        run_script(self.connection, PAUSE, (self.pause_key,), (until, int(seconds * 1000) + 1000))
 
     def paused_for(self) -> float:
         raw = self.connection.get(self.pause_key)

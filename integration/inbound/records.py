@@ -24,7 +24,6 @@ from typing import Any
 
 import redis
 
-from integration.inbound.store import TTL_SECONDS
 from integration.scheduler import units
 from integration.settings import Secret, Settings
 
@@ -83,13 +82,13 @@ def last_error(stored: dict[bytes, bytes]) -> dict[str, str] | None:
 
 
 def index_outcome(pipe: Any, key: str, status: str, now: float) -> None:
-    """Add the event to its outcome's index (inside the caller's pipeline) and trim what expired."""
+    """Move the event from `received` to its outcome's index (inside the caller's pipeline). An
+    event ends once, or again after an operator's retry of a failed one; what expired is trimmed
+    by the retention sweep (dispatches/retention.py)."""
     pipe.zrem(RECEIVED, key)
-    for other in FINAL:
-        if other != status:
-            pipe.zrem(STATUS_INDEX + other, key)
+    if status != "failed":
+        pipe.zrem(STATUS_INDEX + "failed", key)
     pipe.zadd(STATUS_INDEX + status, {key: now})
-    pipe.zremrangebyscore(STATUS_INDEX + status, "-inf", now - TTL_SECONDS)
 
 
 def summary(connection: redis.Redis, key: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import cache
 from typing import Any
 
 import requests
@@ -143,13 +144,19 @@ class RevorResponse:
     attempts: int = 1
 
 
+@cache
+def _schema(schema: type) -> Any:
+    """One instance per schema class: building one costs more than a load (they are reusable)."""
+    return schema()
+
+
 def dispatch_body(payload: dict[str, Any]) -> bytes:
     """Validate a dispatch and serialise it once, canonically (sorted keys, UTF-8, no spaces).
 
     The bytes are what the caller stores and resends on every retry under one key.
     """
     try:
-        clean = DispatchSchema().load(payload)
+        clean = _schema(DispatchSchema).load(payload)
     except ValidationError as exc:
         raise RevorInvalidPayload(exc.messages_dict) from None
     return json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -273,7 +280,7 @@ class RevorClient:
         code = request_id = None
         message = f"{method} {path} failed"
         try:
-            envelope = ErrorEnvelopeSchema().load(json.loads(raw))
+            envelope = _schema(ErrorEnvelopeSchema).load(json.loads(raw))
             code = envelope["error"]["code"]
             request_id = envelope["error"]["request_id"]
         except (ValueError, ValidationError):
@@ -291,7 +298,7 @@ class RevorClient:
         schema: type, method: str, path: str, status: int, raw: bytes, rate_limit: RateLimit
     ) -> tuple[dict[str, Any], str | None]:
         try:
-            data = schema().load(json.loads(raw))
+            data = _schema(schema).load(json.loads(raw))
         except (ValueError, ValidationError) as exc:
             detail = exc.messages if isinstance(exc, ValidationError) else "not JSON"
             raise RevorProtocolError(

@@ -12,6 +12,8 @@ import time
 
 import redis
 
+from integration.storage import run_script
+
 RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 EXTEND = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
@@ -25,7 +27,7 @@ class Lock:
         return bool(self.connection.set(self.key, self.token, nx=True, px=self.ms))
 
     def extend(self) -> None:
-        self.connection.eval(EXTEND, 1, self.key, self.token, self.ms)
+        run_script(self.connection, EXTEND, (self.key,), (self.token, self.ms))
 
     def release(self) -> None:
-        self.connection.eval(RELEASE, 1, self.key, self.token)
+        run_script(self.connection, RELEASE, (self.key,), (self.token,))

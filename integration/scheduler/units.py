@@ -25,6 +25,8 @@ from typing import Any
 
 import redis
 
+from integration.storage import run_script
+
 DUE = "rb:due"
 CLAIMED = "rb:claimed"
 ATTEMPTS = "rb:attempts"
@@ -151,7 +153,7 @@ def ensure(connection: redis.Redis, unit: str, at: float | None = None) -> bool:
     """Make `unit` due at `at` (now by default) unless it is due or claimed already: a unit that
     keeps itself going (the sweep) is started once and never doubled. True if it was scheduled."""
     moment = time.time() if at is None else at
-    return bool(connection.eval(ENSURE, 2, DUE, CLAIMED, unit, f"{moment:.6f}"))
+    return bool(run_script(connection, ENSURE, (DUE, CLAIMED), (unit, f"{moment:.6f}")))
 
 
 def claim(connection: redis.Redis, limit: int, hold_seconds: float, units: list[str] | None = None,
@@ -159,7 +161,8 @@ def claim(connection: redis.Redis, limit: int, hold_seconds: float, units: list[
     """Claim up to `limit` due units (or just `units`, those of them that are due); each with the
     number of its attempt that starts now."""
     moment = time.time() if now is None else now
-    reply = connection.eval(CLAIM, 3, DUE, CLAIMED, ATTEMPTS, moment, moment + hold_seconds, limit, *(units or []))
+    reply = run_script(connection, CLAIM, (DUE, CLAIMED, ATTEMPTS),
+                       (moment, moment + hold_seconds, limit, *(units or [])))
     return [(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 
@@ -184,13 +187,13 @@ def finish(connection: Any, unit: str) -> None:
 
 def again(connection: redis.Redis, unit: str, at: float, *, counted: bool = True) -> None:
     """The unit's next attempt is at `at`; `counted=False` hands back the attempt it was charged."""
-    connection.eval(AGAIN, 3, DUE, CLAIMED, ATTEMPTS, unit, f"{at:.6f}", 1 if counted else 0)
+    run_script(connection, AGAIN, (DUE, CLAIMED, ATTEMPTS), (unit, f"{at:.6f}", 1 if counted else 0))
 
 
 def recover(connection: redis.Redis, now: float | None = None, limit: int = 1000) -> list[str]:
     """Claims whose deadline passed become due now (their attempt counts stay)."""
     moment = time.time() if now is None else now
-    return [_text(u) for u in connection.eval(RECOVER, 3, DUE, CLAIMED, RECOVERED, moment, limit)]
+    return [_text(u) for u in run_script(connection, RECOVER, (DUE, CLAIMED, RECOVERED), (moment, limit))]
 
 
 def next_due(connection: redis.Redis) -> float | None:
