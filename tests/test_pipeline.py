@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from integration.dispatches import state
 from integration.sandbox.core import Faults
 from integration.sandbox.server import SandboxServer
 from tests.conftest import SALESFORCE_PATH, cli_env, configure, sandbox_requests, sandbox_tasks
@@ -155,11 +156,15 @@ def kill_worker_and_horse(proc: subprocess.Popen) -> None:
 
 
 def dispatches(redis_db) -> dict[str, dict]:
+    """Every dispatch record, its values as text (JSON for objects), as `state.load` reads it
+    from its two keys (integration/dispatches/state.py)."""
     found = {}
     for key in redis_db.keys("rb:dispatch:*"):
         name = key.decode()
-        if name.count(":") == 2:
-            found[name.split(":", 2)[2]] = {k.decode(): v.decode() for k, v in redis_db.hgetall(key).items()}
+        record = state.load(redis_db, name.split(":", 2)[2]) if name.count(":") == 2 else None
+        if record is not None:
+            found[record["id"]] = {k: json.dumps(v) if isinstance(v, dict | list) else str(v)
+                                   for k, v in record.items()}
     return found
 
 

@@ -199,10 +199,10 @@ def test_a_waiting_message_expires_with_its_dispatch_and_a_retry_keeps_everythin
     outbox = state.outbox_key("dsp_keep", "crm")
     waiting = [k.decode() for k in redis_db.lrange(outbox, 0, -1)]
     assert waiting == [state.message_key("dsp_keep", 1, "crm"), state.message_key("dsp_keep", 2, "crm")]
-    for key in [state.key_for("dsp_keep"), state.key_for("dsp_keep") + ":timeline", outbox, *waiting]:
+    for key in [state.key_for("dsp_keep"), state.doc_key("dsp_keep"), outbox, *waiting]:
         assert 599_000 < redis_db.pttl(key) <= 600_000, key
     state.transition(redis_db, "dsp_keep", "pending", force=True, destinations=destinations)
-    for key in [state.key_for("dsp_keep"), state.key_for("dsp_keep") + ":timeline", outbox, *waiting]:
+    for key in [state.key_for("dsp_keep"), state.doc_key("dsp_keep"), outbox, *waiting]:
         assert redis_db.pttl(key) == -1, key
     assert redis_db.pttl(state.message_key("dsp_keep", 3, "crm")) == -1
 

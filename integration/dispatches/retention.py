@@ -42,8 +42,8 @@ from integration.scheduler.runner import Next, Run, again
 
 log = logging.getLogger(__name__)
 
-SWEEP = "sweep"
-SWEEP_UNIT = units.unit_id(SWEEP, "retention")
+SWEEP = units.SWEEP
+SWEEP_UNIT = units.SWEEP_UNIT
 INTERVAL = 3600.0
 BATCH = 500
 # Event index entries this much younger than the events' lifetime are checked too: an event
@@ -83,22 +83,13 @@ end
 return removed
 """
 
-# KEYS: due, claimed. Schedules the sweep now unless it is due or running already.
-ENSURE = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-"""
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def ensure_scheduled(connection: redis.Redis, now: float | None = None) -> bool:
     """Make the hourly sweep due now if it is nowhere (first start, or lost); True if it was."""
-    moment = time.time() if now is None else now
-    return bool(connection.eval(ENSURE, 2, units.DUE, units.CLAIMED, SWEEP_UNIT, f"{moment:.6f}"))
+    return units.ensure(connection, SWEEP_UNIT, now)
 
 
 def trim_index(connection: redis.Redis, index: str, older_than: float, record_key: Callable[[str], str]) -> int:

@@ -1,7 +1,6 @@
 """Dispatch records, their state machine and timeline, and the outbox of status messages.
 
-A dispatch lives in the hash `rb:dispatch:<id>` with the exact request body stored once (every
-retry resends those bytes under the same Idempotency-Key). States only move forward:
+States only move forward:
 
     pending -> accepted -> scheduled -> running -> succeeded | failed | cancelled
     (or straight to rejected, invalid, skipped)
@@ -11,8 +10,31 @@ both move a dispatch), writes the fields, appends the timeline entry, moves the 
 and puts one status message per destination into that destination's outbox, due at once. So a
 state change and its write-backs are recorded together or not at all; delivery happens later.
 
+How a dispatch is stored (two keys), and why: a finished dispatch stays in Redis for
+DISPATCH_RETENTION_DAYS, so its size is what fills a plan. Redis keeps a hash compact (one
+listpack) only while every value is at most 64 bytes (`hash-max-listpack-value`, the default
+of every Redis since 7 and of the ziplist before); one longer value turns the whole hash into a
+hashtable, three times the size. Measured over 10,000 finished dispatches
+(`python -m benchmarks.storage`): 5,195 bytes each with the body, `crm`, `result`, ... in the
+hash and a list of full JSON timeline entries; 2,7xx bytes with the layout below.
+
+- `rb:dispatch:<id>` (hash): every field whose value is at most 64 bytes: status, sequence,
+  times, ids, counters. The stages update these in place (`polls`, `submit_attempts`, ...).
+- `rb:dispatch:<id>:doc` (string): one compact JSON document with the longer values (the Revor
+  request body, stored once and resent byte for byte on every retry; `crm`, `result`, a long
+  `reason` or `error`) and the timeline, each entry `[epoch ms, status, request id, reason]`
+  without its trailing nulls (its sequence is its position, its previous status the entry
+  before: `timeline()` gives them back in full). Only this script writes it, under the
+  sequence check, so rewriting it whole from what `transition` read is safe.
+
+Nothing is stored twice: not the id (it is in the key), not an Idempotency-Key equal to the id,
+not a `recipient` equal to the body's (`load()` puts them back). A field is in one of the two
+keys; a stage writing a hash field directly wins over the document (`load()` reads the hash
+last). Records written before this layout (everything in the hash, the timeline a list at
+`<key>:timeline`) are read as they are and take the new layout at their next change.
+
 A dispatch that reaches a final state expires `retention` seconds later (DISPATCH_RETENTION_DAYS),
-together with every key that belongs to it: its timeline, outboxes and status messages with
+together with every key that belongs to it: its document, outboxes and status messages with
 their attempt and dead-letter records. The same script sets the expiry, so a final state is
 never recorded without it; an operator's retry (the one move out of a final state) takes it off
 again. Index entries are trimmed by the retention sweep (dispatches/retention.py).
@@ -28,6 +50,7 @@ from typing import Any
 import redis
 
 from integration.scheduler.units import DUE, deliver_unit
+from integration.storage import run_script
 
 PREFIX = "rb:dispatch:"
 ALL_INDEX = "rb:dispatches:all"
@@ -39,15 +62,21 @@ TERMINAL = {s for s, r in RANK.items() if r == 4}
 DEFAULT_RETENTION_SECONDS = 30 * 86400  # DISPATCH_RETENTION_DAYS' default
 RETRYABLE_END = {"failed", "rejected", "cancelled"}
 
-# KEYS: dispatch, its timeline, the old status index (or the new one again when creating), the
+LISTPACK_VALUE = 64  # longest value a hash keeps in its compact encoding (hash-max-listpack-value)
+JSON_FIELDS = ("recipient", "crm", "result", "error", "writeback")
+TIMELINE = "timeline"  # the document's member holding the timeline
+
+# KEYS: dispatch hash, its document, its timeline list of the former layout (deleted: the
+#       document holds it now), the old status index (or the new one again when creating), the
 #       new status index, the all index, the rule index, the due set, then per message: the
 #       destination's outbox and the message key; then the other keys that live and die with the
 #       dispatch (its outboxes' retry waits, every status message with its attempt and dead-letter
 #       records), which only a move into or out of a final state touches.
-# ARGV: expected sequence ("" = create), new sequence, status, old status, now, fields json,
-#       timeline json, unit to schedule or "", its due time, expiry ("" = leave as is, "persist",
-#       or the epoch ms at which the dispatch's keys expire), then per message: message json and
-#       the delivery unit (due now unless it already waits for a retry: NX).
+# ARGV: expected sequence ("" = create), new sequence, status, old status, now, hash fields json,
+#       hash fields to delete json (they moved into the document), the document, unit to
+#       schedule or "", its due time, expiry ("" = leave as is, "persist", or the epoch ms at
+#       which the dispatch's keys expire), then per message: message json and the delivery unit
+#       (due now unless it already waits for a retry: NX).
 TRANSITION = """
 local key = KEYS[1]
 local current = redis.call('HGET', key, 'sequence')
@@ -57,28 +86,29 @@ elseif current ~= ARGV[1] then
   return 0
 end
 local id = string.sub(key, 13)
-local fields = cjson.decode(ARGV[6])
-for name, value in pairs(fields) do redis.call('HSET', key, name, value) end
+for name, value in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', key, name, value) end
+for _, name in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', key, name) end
 redis.call('HSET', key, 'sequence', ARGV[2], 'status', ARGV[3], 'previous_status', ARGV[4], 'updated_at', ARGV[5])
-redis.call('RPUSH', KEYS[2], ARGV[7])
-if ARGV[4] ~= '' then redis.call('ZREM', KEYS[3], id) end
-redis.call('ZADD', KEYS[4], ARGV[5], id)
+redis.call('SET', KEYS[2], ARGV[8], 'KEEPTTL')
+redis.call('DEL', KEYS[3])
+if ARGV[4] ~= '' then redis.call('ZREM', KEYS[4], id) end
+redis.call('ZADD', KEYS[5], ARGV[5], id)
 if ARGV[1] == '' then
-  redis.call('ZADD', KEYS[5], ARGV[5], id)
   redis.call('ZADD', KEYS[6], ARGV[5], id)
+  redis.call('ZADD', KEYS[7], ARGV[5], id)
 end
-if ARGV[8] ~= '' then redis.call('ZADD', KEYS[7], ARGV[9], ARGV[8]) end
-local k = 8
-for i = 11, #ARGV, 2 do
+if ARGV[9] ~= '' then redis.call('ZADD', KEYS[8], ARGV[10], ARGV[9]) end
+local k = 9
+for i = 12, #ARGV, 2 do
   redis.call('SET', KEYS[k + 1], ARGV[i])
   redis.call('RPUSH', KEYS[k], KEYS[k + 1])
-  redis.call('ZADD', KEYS[7], 'NX', ARGV[5], ARGV[i + 1])
+  redis.call('ZADD', KEYS[8], 'NX', ARGV[5], ARGV[i + 1])
   k = k + 2
 end
-if ARGV[10] ~= '' then
+if ARGV[11] ~= '' then
   for j = 1, #KEYS do
-    if j <= 2 or j >= 8 then
-      if ARGV[10] == 'persist' then redis.call('PERSIST', KEYS[j]) else redis.call('PEXPIREAT', KEYS[j], ARGV[10]) end
+    if j <= 2 or j >= 9 then
+      if ARGV[11] == 'persist' then redis.call('PERSIST', KEYS[j]) else redis.call('PEXPIREAT', KEYS[j], ARGV[11]) end
     end
   end
 end
@@ -103,6 +133,16 @@ def key_for(dispatch_id: str) -> str:
     return PREFIX + dispatch_id
 
 
+def doc_key(dispatch_id: str) -> str:
+    """The dispatch's document: its long values and its timeline."""
+    return PREFIX + dispatch_id + ":doc"
+
+
+def old_timeline_key(dispatch_id: str) -> str:
+    """Where the timeline was a list before the document held it (read until the next change)."""
+    return PREFIX + dispatch_id + ":timeline"
+
+
 def outbox_key(dispatch_id: str, destination: str) -> str:
     return f"rb:outbox:{dispatch_id}:{destination}"
 
@@ -112,7 +152,7 @@ def message_key(dispatch_id: str, sequence: int, destination: str) -> str:
 
 
 def owned_keys(dispatch_id: str, sequence: int, destinations: list[str]) -> list[str]:
-    """The keys besides its hash and timeline that belong to a dispatch at `sequence` with these
+    """The keys besides its hash and document that belong to a dispatch at `sequence` with these
     write-back destinations: outboxes with their retry waits, and every status message it may
     have (one per state change and destination) with its attempt and dead-letter records."""
     keys = []
@@ -129,21 +169,93 @@ def expire_with(connection: Any, key: str, owner: str) -> None:
     connection.eval(EXPIRE_WITH, 2, key, owner)
 
 
-def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:
-    raw = connection.hgetall(key_for(dispatch_id))
+def _read(connection: redis.Redis, dispatch_ids: list[str]) -> list[tuple[Any, Any, list[bytes]]]:
+    """Per dispatch, in one round trip: its hash, its document and, for a record of the former
+    layout (a hash without a document), its timeline list. The hash is read before the document:
+    a change recorded in between gives a newer document next to an older sequence, which the
+    script's sequence check refuses, never the reverse."""
+    with connection.pipeline(transaction=False) as pipe:
+        for dispatch_id in dispatch_ids:
+            pipe.hgetall(key_for(dispatch_id))
+            pipe.get(doc_key(dispatch_id))
+        answers = pipe.execute()
+    found = [(answers[i], answers[i + 1], []) for i in range(0, len(answers), 2)]
+    former = [i for i, (raw, document, _) in enumerate(found) if raw and document is None]
+    if former:
+        with connection.pipeline(transaction=False) as pipe:
+            for i in former:
+                pipe.lrange(old_timeline_key(dispatch_ids[i]), 0, -1)
+            for i, entries in zip(former, pipe.execute(), strict=True):
+                found[i] = (found[i][0], None, entries)
+    return found
+
+
+def _record(dispatch_id: str, raw: dict[bytes, bytes], document: dict[str, Any]) -> dict[str, Any] | None:
+    """The record as the stages and the API see it, from the hash and the document."""
     if not raw:
         return None
-    record = {k.decode(): v.decode() for k, v in raw.items()}
-    for name in ("recipient", "crm", "result", "error", "writeback"):
-        if record.get(name):
+    record = {name: value for name, value in document.items() if name != TIMELINE}
+    record.update({k.decode(): v.decode() for k, v in raw.items()})  # the hash last: a direct write is newer
+    for name in JSON_FIELDS:
+        if isinstance(record.get(name), str) and record[name]:
             record[name] = json.loads(record[name])
+    record.setdefault("id", dispatch_id)
+    record.setdefault("idempotency_key", dispatch_id)
+    if "recipient" not in record and record.get("body"):
+        record["recipient"] = json.loads(record["body"]).get("recipient") or {}
     record["sequence"] = int(record.get("sequence", 0))
     record["attempt"] = int(record.get("attempt", 0))
     return record
 
 
+def _entries(document: dict[str, Any], old_timeline: list[bytes]) -> list[Any]:
+    """The stored timeline entries: compact lists, or full dicts of the former layout."""
+    if TIMELINE in document:
+        return list(document[TIMELINE])
+    return [json.loads(entry) for entry in old_timeline]
+
+
+def _expand(entries: list[Any]) -> list[dict[str, Any]]:
+    """Compact entries `[epoch ms, status, request id, reason]` as the API shows them."""
+    expanded: list[dict[str, Any]] = []
+    previous = None
+    for number, entry in enumerate(entries, 1):
+        if isinstance(entry, dict):  # former layout: already in full
+            expanded.append(entry)
+        else:
+            at, status, request_id, reason = [*entry, None, None][:4]
+            expanded.append({"at": _iso_ms(at), "sequence": number, "status": status, "previous_status": previous,
+                             "reason": reason, "request_id": request_id})
+        previous = expanded[-1]["status"]
+    return expanded
+
+
+def _iso_ms(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def _document(raw: Any) -> dict[str, Any]:
+    return json.loads(raw) if raw else {}
+
+
+def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:
+    [(raw, document, _)] = _read(connection, [dispatch_id])
+    return _record(dispatch_id, raw, _document(document))
+
+
 def timeline(connection: redis.Redis, dispatch_id: str) -> list[dict[str, Any]]:
-    return [json.loads(entry) for entry in connection.lrange(key_for(dispatch_id) + ":timeline", 0, -1)]
+    [(_, document, old)] = _read(connection, [dispatch_id])
+    return _expand(_entries(_document(document), old))
+
+
+def load_many(connection: redis.Redis, dispatch_ids: list[str]) -> list[tuple[dict[str, Any] | None,
+                                                                               list[dict[str, Any]]]]:
+    """Each dispatch's record (None: gone) and timeline, in one round trip (for reports)."""
+    found = []
+    for dispatch_id, (raw, document, old) in zip(dispatch_ids, _read(connection, dispatch_ids), strict=True):
+        parsed = _document(document)
+        found.append((_record(dispatch_id, raw, parsed), _expand(_entries(parsed, old))))
+    return found
 
 
 def status_body(record: dict[str, Any], now: float) -> dict[str, Any]:
@@ -166,8 +278,33 @@ def status_body(record: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
-    return {k: json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else str(v))
-            for k, v in fields.items()}
+    return {k: json.dumps(v, separators=(",", ":"), ensure_ascii=False) if isinstance(v, dict | list)
+            else ("" if v is None else str(v)) for k, v in fields.items()}
+
+
+def _layout(dispatch_id: str, written: dict[str, str], body: str | None, document: dict[str, Any],
+            entries: list[Any]) -> tuple[dict[str, str], list[str], str]:
+    """Where the fields a change writes go (module docstring): the hash fields to set, those to
+    delete (now in the document, or not stored: what `load()` derives), and the new document."""
+    document = {name: value for name, value in document.items() if name != TIMELINE}
+    derived = {"id"}
+    if written.get("idempotency_key") == dispatch_id:
+        derived.add("idempotency_key")
+    if "recipient" in written and body and json.loads(written["recipient"] or "null") == \
+            json.loads(body).get("recipient"):
+        derived.add("recipient")
+    short, moved = {}, set(derived)
+    for name, value in written.items():
+        if name in derived:
+            document.pop(name, None)
+        elif len(value.encode()) <= LISTPACK_VALUE:
+            short[name] = value
+            document.pop(name, None)
+        else:
+            document[name] = json.loads(value) if name in JSON_FIELDS and value[:1] in "{[" else value
+            moved.add(name)
+    document[TIMELINE] = entries
+    return short, sorted(moved), json.dumps(document, separators=(",", ":"), ensure_ascii=False)
 
 
 def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: dict[str, Any] | None = None,
@@ -195,7 +332,9 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
         fields["reason"] = reason
     for _ in range(20):
         moment = time.time() if now is None else now
-        current = load(connection, dispatch_id)
+        [(raw, stored, old_timeline)] = _read(connection, [dispatch_id])
+        document = _document(stored)
+        current = _record(dispatch_id, raw, document)
         if current is None and create is None:
             return None
         if current is not None:
@@ -208,17 +347,18 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
                   "previous_status": current["status"] if current else "", "sequence": sequence}
         if create is not None:
             record["created_at"] = iso_now(moment)
-        entry = {"at": iso_now(moment), "sequence": sequence, "status": status,
-                 "previous_status": record["previous_status"] or None, "reason": reason, "request_id": request_id}
+        entry: list[Any] = [int(moment * 1000), status, request_id, reason]
+        while entry[-1] is None:
+            entry.pop()
+        written = _encode({**fields, **(create or {}), **({"created_at": record["created_at"]} if create else {})})
+        short, moved, new_document = _layout(dispatch_id, written, record.get("body"), document,
+                                             _entries(document, old_timeline) + [entry])
         old_index = STATUS_INDEX + (record["previous_status"] or status)
-        keys = [key_for(dispatch_id), key_for(dispatch_id) + ":timeline", old_index, STATUS_INDEX + status,
-                ALL_INDEX, RULE_INDEX + (record.get("rule") or ""), DUE]
+        keys = [key_for(dispatch_id), doc_key(dispatch_id), old_timeline_key(dispatch_id), old_index,
+                STATUS_INDEX + status, ALL_INDEX, RULE_INDEX + (record.get("rule") or ""), DUE]
         argv: list[Any] = ["" if current is None else str(current["sequence"]), sequence, status,
-                           record["previous_status"], f"{moment:.6f}",
-                           json.dumps(_encode({**fields, **(create or {}),
-                                               **({"created_at": record["created_at"]} if create else {}),
-                                               "id": dispatch_id})),
-                           json.dumps(entry), then[0] if then else "", f"{then[1]:.6f}" if then else "",
+                           record["previous_status"], f"{moment:.6f}", json.dumps(short), json.dumps(moved),
+                           new_document, then[0] if then else "", f"{then[1]:.6f}" if then else "",
                            _expiry(status, current, moment, retention)]
         delivery_units = []
         chosen = record.get("writeback") or []
@@ -231,9 +371,9 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
             keys += [outbox_key(dispatch_id, name), message_key(dispatch_id, sequence, name)]
             argv += [json.dumps(message), deliver_unit(dispatch_id, name)]
             delivery_units.append(deliver_unit(dispatch_id, name))
-        if argv[9]:  # into or out of a final state: every key of the dispatch expires or stays with it
+        if argv[10]:  # into or out of a final state: every key of the dispatch expires or stays with it
             keys += owned_keys(dispatch_id, sequence, list(chosen))
-        if connection.eval(TRANSITION, len(keys), *keys, *argv):
+        if run_script(connection, TRANSITION, keys, argv):
             if follow is not None:
                 follow.extend(delivery_units)
             return sequence

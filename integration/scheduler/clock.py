@@ -26,7 +26,6 @@ from typing import Any
 
 from rq import Queue
 
-from integration.dispatches.retention import ensure_scheduled
 from integration.scheduler import units
 from integration.scheduler.outage import REDIS_DOWN, Outage, describe
 from integration.settings import Settings
@@ -75,7 +74,7 @@ def run(settings: Settings, interval: float = INTERVAL) -> None:
     while not stopping():
         try:
             if not swept:  # the hourly retention sweep, if no worker scheduled it yet (it then keeps itself)
-                ensure_scheduled(connection)
+                units.ensure(connection, units.SWEEP_UNIT)
                 swept = True
             tick(connection, queue, token)
         except REDIS_DOWN as exc:  # one line per outage, back-off, then on with the ticks
