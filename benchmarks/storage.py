@@ -8,7 +8,9 @@ stored by `create_dispatches`), then `accepted`, `scheduled`, `running` and `suc
 it stores nothing in Redis), and every status message (one per state but `pending`) delivered
 to the receiver by the engine's `deliver` handler, signed, over HTTP. It prints Redis's
 `used_memory` (INFO memory, less client buffers) grown per finished dispatch, as bytes and as a
-ratio to the 3 KB target, and what is left per key pattern.
+ratio to the 3 KB target, and what is left per key pattern: how many keys, their MEMORY USAGE
+per finished dispatch and their encodings (the dispatch hash should be a `listpack`: see
+integration/dispatches/state.py for the layout and why).
 
     python -m benchmarks.storage [--dispatches 10000] [--processes 4]
 """
@@ -126,13 +128,17 @@ def finish(ctx: JobContext, dispatch_id: str) -> None:
                          request_id=f"req_{uuid.uuid4().hex[:24]}", retention=retention)
 
 
+def _engine(ctx: JobContext, settings: Settings) -> Engine:
+    # Submits are this script's own business (finish()); one another process's engine claims
+    # meanwhile is simply done.
+    return Engine(ctx.redis, {units.DELIVER: lambda run: deliver(ctx, run), units.SUBMIT: lambda run: DONE},
+                  hold_seconds=settings.lease_seconds, threads=settings.worker_threads, budget=3600)
+
+
 def make(settings: Settings, first: int, stop: int) -> None:
     """Dispatches number `first` to `stop`, finished and their messages delivered (one process)."""
     ctx = JobContext.build(settings)
-    # Submits are this script's own business (finish()); one another process's engine claims
-    # meanwhile is simply done.
-    engine = Engine(ctx.redis, {units.DELIVER: lambda run: deliver(ctx, run), units.SUBMIT: lambda run: DONE},
-                    hold_seconds=settings.lease_seconds, threads=settings.worker_threads, budget=3600)
+    engine = _engine(ctx, settings)
     for start in range(first, stop, BATCH):
         for number in range(start, min(start + BATCH, stop)):
             event_key, event = zapier_event(number)
@@ -142,12 +148,34 @@ def make(settings: Settings, first: int, stop: int) -> None:
     engine.close()
 
 
-def key_patterns(connection: redis.Redis) -> Counter:
-    """How many keys of each shape are left (ids replaced by <id>)."""
+def deliver_the_rest(settings: Settings, timeout: float = 60) -> None:
+    """Deliver what the makers left: a delivery one process had claimed when another found it due
+    waits a second more, by which time its own drain may have ended."""
+    ctx = JobContext.build(settings)
+    engine = _engine(ctx, settings)
+    deadline = time.monotonic() + timeout
+    while ctx.redis.zcard(units.DUE) + ctx.redis.zcard(units.CLAIMED) and time.monotonic() < deadline:
+        engine.drain()
+        time.sleep(0.5)
+    engine.close()
+
+
+def key_patterns(connection: redis.Redis) -> tuple[Counter, Counter, dict[str, Counter]]:
+    """Per shape of key left (ids replaced by <id>): how many, their MEMORY USAGE in total, and
+    their encodings (a dispatch hash should be a `listpack`, see dispatches/state.py)."""
     shapes: Counter = Counter()
+    sizes: Counter = Counter()
+    encodings: dict[str, Counter] = {}
     for key in connection.scan_iter(count=1000):
-        shapes[re.sub(r"dsp_[0-9a-f]+", "<id>", key.decode())] += 1
-    return shapes
+        shape = re.sub(r"dsp_[0-9a-f]+", "<id>", key.decode())
+        shapes[shape] += 1
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.memory_usage(key, samples=0)
+            pipe.object("encoding", key)
+            size, encoding = pipe.execute()
+        sizes[shape] += int(size or 0)
+        encodings.setdefault(shape, Counter())[(encoding or b"?").decode()] += 1
+    return shapes, sizes, encodings
 
 
 def main() -> None:
@@ -186,6 +214,7 @@ def main() -> None:
             maker.start()
         for maker in makers:
             maker.join()
+        deliver_the_rest(settings)
         took = time.monotonic() - started
         finished = sum(connection.zcard(state.STATUS_INDEX + s) for s in state.TERMINAL)
         left = connection.zcard(units.DUE) + connection.zcard(units.CLAIMED)
@@ -194,9 +223,11 @@ def main() -> None:
         print(f"dispatches finished: {finished} of {args.dispatches} in {took:.1f} s; units left: {left}")
         print(f"Redis used_memory grown: {grown:,} bytes = {per:,.0f} bytes per finished dispatch "
               f"(target {TARGET_BYTES:,}: ratio {per / TARGET_BYTES:.2f})")
-        print("keys left, by shape:")
-        for shape, count in key_patterns(connection).most_common(12):
-            print(f"  {count:>7}  {shape}")
+        print("keys left, by shape: count, MEMORY USAGE per finished dispatch, encoding")
+        shapes, sizes, encodings = key_patterns(connection)
+        for shape, count in shapes.most_common(12):
+            kinds = ", ".join(f"{name} {n}" for name, n in encodings[shape].most_common())
+            print(f"  {count:>7}  {sizes[shape] / max(1, finished):>7,.0f} B  {shape}  ({kinds})")
         if args.keep:
             print(f"Redis kept at redis://127.0.0.1:{redis_port}; Enter ends")
             input()

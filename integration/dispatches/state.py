@@ -14,9 +14,15 @@ How a dispatch is stored (two keys), and why: a finished dispatch stays in Redis
 DISPATCH_RETENTION_DAYS, so its size is what fills a plan. Redis keeps a hash compact (one
 listpack) only while every value is at most 64 bytes (`hash-max-listpack-value`, the default
 of every Redis since 7 and of the ziplist before); one longer value turns the whole hash into a
-hashtable, three times the size. Measured over 10,000 finished dispatches
+hashtable (3.2 KB for a typical finished dispatch). Measured over 10,000 finished dispatches
 (`python -m benchmarks.storage`): 5,195 bytes each with the body, `crm`, `result`, ... in the
-hash and a list of full JSON timeline entries; 2,7xx bytes with the layout below.
+hash and a list of full JSON timeline entries; 2,785 bytes (0.91x the 3 KB target) with the
+layout below: the hash about 740, the document about 1,380, the index entries about 450.
+Rejected, measured with the benchmark's data written straight into Redis: one JSON string per
+finished dispatch (3,195 bytes: the body escaped inside it; and every stage writing a hash field
+would have to know the dispatch is not finished yet), a third key for the timeline (3,371
+bytes: a small list costs as much again as its entries). The price of this layout: each change
+rewrites the document (about 1.2 KB), one SET in the same script.
 
 - `rb:dispatch:<id>` (hash): every field whose value is at most 64 bytes: status, sequence,
   times, ids, counters. The stages update these in place (`polls`, `submit_attempts`, ...).
