@@ -10,6 +10,7 @@ the Redis server, the sandbox over HTTP, the rules, the state machine and the sc
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -44,11 +45,19 @@ class AcceptedWriteFails(redis.Redis):
 
     failing = False
 
-    def eval(self, script, numkeys, *args):
-        if AcceptedWriteFails.failing and script == state.TRANSITION and "accepted" in args[numkeys:numkeys + 3]:
+    def _fail_now(self, script_or_sha, numkeys, args) -> None:
+        transition = (state.TRANSITION, hashlib.sha1(state.TRANSITION.encode()).hexdigest())
+        if AcceptedWriteFails.failing and script_or_sha in transition and "accepted" in args[numkeys:numkeys + 4]:
             AcceptedWriteFails.failing = False
             raise redis.ConnectionError("Connection closed by server.")
+
+    def eval(self, script, numkeys, *args):
+        self._fail_now(script, numkeys, args)
         return super().eval(script, numkeys, *args)
+
+    def evalsha(self, sha, numkeys, *args):
+        self._fail_now(sha, numkeys, args)
+        return super().evalsha(sha, numkeys, *args)
 
 
 def _run(handler, context, unit_id: str, now: float | None = None):

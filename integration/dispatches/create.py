@@ -26,12 +26,10 @@ from integration.dispatches.limits import Limiter
 from integration.hydrate.context import hydrate_hubspot, with_rate_limit_waits
 from integration.hydrate.hubspot import HubSpotError
 from integration.inbound import records
-from integration.inbound.store import job_id_for
 from integration.rules.build import Plan, plan_event
 from integration.rules.guards import claim_once, is_suppressed
 from integration.scheduler import units
-from integration.scheduler.lock import Lock
-from integration.scheduler.runner import DONE, Next, Run, again, backoff
+from integration.scheduler.runner import HANDLED, Next, Run, again, backoff
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +39,30 @@ HYDRATION_BACKOFF = [5, 30, 60, 300, 900, 3600]
 
 
 def process_event(ctx: JobContext, run: Run) -> Next:
+    """No lock of its own: the scheduler hands the unit to one worker at a time, and should a claim
+    lapse while its worker still runs (a frozen process), a second run creates nothing twice."""
     key = run.unit.ref
-    lock = Lock(ctx.redis, f"event:{job_id_for(key)}", ctx.settings.lease_seconds)
-    if not lock.acquire():
-        return again(time.time() + 1.0, counted=False)  # another run has it right now
-    try:
-        return _process(ctx, run, key)
-    finally:
-        lock.release()
-
-
-def _process(ctx: JobContext, run: Run, key: str) -> Next:
-    stored = ctx.redis.hgetall(key)
-    if not stored:
-        ctx.redis.zrem(records.STATUS_INDEX + "received", key)
-        log.warning("event %s expired before it was processed", key)
-        return DONE
-    if stored[b"status"].decode() in DONE_STATUSES:
-        return DONE
-    attempts = records.begin_attempt(ctx.redis, key)
+    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip: the event, and this run counted
+        pipe.hgetall(key)
+        pipe.hincrby(key, "attempts", 1)  # counted before any work: a run killed midway still counts
+        stored, attempts = pipe.execute()
+    attempts = int(attempts)
+    if not stored or stored.get(b"status", b"").decode() in DONE_STATUSES:
+        with ctx.redis.pipeline(transaction=False) as pipe:
+            if stored:
+                records.undo_attempt(pipe, key)  # not a run: nothing was left to do
+            else:  # expired: drop what the count just created, and its index entry
+                pipe.delete(key)
+                pipe.zrem(records.STATUS_INDEX + "received", key)
+                log.warning("event %s expired before it was processed", key)
+            units.finish(pipe, run.unit.id)
+            pipe.execute()
+        return HANDLED
     if attempts > records.MAX_ATTEMPTS:  # every earlier run died before it could record anything
         error = records.last_error(stored)
         why = f"{error['type']}: {error['message']}" if error else \
             "each run stopped before it finished (the worker was killed or ran out of memory)"
-        return _finish(ctx, key, "failed", reason=f"gave up after {records.MAX_ATTEMPTS} attempts: {why}")
+        return _finish(ctx, run, key, "failed", reason=f"gave up after {records.MAX_ATTEMPTS} attempts: {why}")
     try:
         return _run(ctx, run, key, stored)
     except Exception as exc:
@@ -76,7 +74,7 @@ def _process(ctx: JobContext, run: Run, key: str) -> Next:
         error = records.describe(exc, ctx.settings)
         log.error("event %s: attempt %d of %d failed", key, attempts, records.MAX_ATTEMPTS, exc_info=True)
         if attempts >= records.MAX_ATTEMPTS:
-            return _finish(ctx, key, "failed", error=error,
+            return _finish(ctx, run, key, "failed", error=error,
                            reason=f"processing failed {attempts} times: {error['type']}: {error['message']}")
         records.record_error(ctx.redis, key, error)
         return again(time.time() + ctx.settings.lease_seconds)
@@ -96,7 +94,7 @@ def _expected(error: Exception) -> bool:
 def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Next:
     event = json.loads(stored[b"event"])
     if stored.get(b"stale") == b"1":
-        return _finish(ctx, key, "skipped", reason="stale: a newer event for this object was already received")
+        return _finish(ctx, run, key, "skipped", reason="stale: a newer event for this object was already received")
     context: dict[str, Any] | None = None
     reason = None
     if event["source"] == "hubspot" and event.get("hydrate"):
@@ -110,16 +108,17 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Nex
             except HubSpotError as error:
                 if error.retryable:
                     raise
-                return _finish(ctx, key, "failed", reason=f"hydration failed: {error}")
+                return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}")
     dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run.follow)
     if ctx.rules is None:
         reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
-    return _finish(ctx, key, "processed", reason=reason, context=context, dispatches=dispatches)
+    return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches)
 
 
-def _finish(ctx: JobContext, key: str, status: str, reason: str | None = None,
+def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None = None,
             context: dict[str, Any] | None = None, dispatches: list[str] | None = None,
             error: dict[str, str] | None = None) -> Next:
+    """The event's outcome, its index and the end of its unit, in one transaction."""
     now = time.time()
     fields: dict[str, Any] = {"status": status, "processed_at": f"{now:.3f}"}
     if reason:
@@ -135,8 +134,9 @@ def _finish(ctx: JobContext, key: str, status: str, reason: str | None = None,
         if status != "failed":
             pipe.hdel(key, "error")  # an earlier attempt's error, now overcome
         records.index_outcome(pipe, key, status, now)
+        units.finish(pipe, run.unit.id)
         pipe.execute()
-    return DONE
+    return HANDLED
 
 
 # ---- from a matched event to dispatches -------------------------------------------------------------

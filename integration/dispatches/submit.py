@@ -20,7 +20,7 @@ from integration.revor.errors import RevorError, RevorFinalError, RevorRetryable
 from integration.revor.polling import next_poll
 from integration.scheduler import units
 from integration.scheduler.lock import Lock
-from integration.scheduler.runner import DONE, Next, Run, again, backoff
+from integration.scheduler.runner import DONE, HANDLED, Next, Run, again, backoff
 
 log = logging.getLogger(__name__)
 # After attempt n fails: 2 s, 10 s, 30 s, 2 min, then every 10 min until Revor takes it.
@@ -69,34 +69,49 @@ def submit(ctx: JobContext, run: Run) -> Next:
             units.schedule(ctx.redis, units.poll_unit(dispatch_id), keep_earlier=True)
         return DONE
     lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
-    if not lock.acquire():
+    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip: the lock, and the attempt shown
+        lock.acquire(pipe)
+        pipe.hset(state.key_for(dispatch_id), "submit_attempts", run.attempt)
+        locked = pipe.execute()[0]
+    if not locked:
         return again(time.time() + 1.0, counted=False)  # another run is sending it right now
     try:
-        limiter = revor_limiter(ctx)
-        if not limiter.acquire(max_wait=LIMITER_WAIT):
-            return again(time.time() + max(0.5, limiter.paused_for()), counted=False)
-        ctx.redis.hset(state.key_for(dispatch_id), "submit_attempts", run.attempt)
-        try:
-            response = ctx.revor.create_dispatch(record["body"].encode("utf-8"), record.get("idempotency_key")
-                                                 or dispatch_id)
-        except RevorFinalError as error:
-            move(ctx, run, dispatch_id, "rejected", reason=describe(error), request_id=error.request_id,
-                 fields={"error": {"code": error.code, "status": error.status, "request_id": error.request_id}})
-            return DONE
-        except RevorRetryableError as error:
-            note_rate_limit(limiter, error, error.rate_limit)
-            wait = max(backoff(SUBMIT_BACKOFF, run.attempt), error.retry_after or 0)
-            ctx.redis.hset(state.key_for(dispatch_id), mapping={
-                "last_error": describe(error), "next_attempt_at": state.iso_now(time.time() + wait)})
-            log.warning("dispatch %s: %s; retried on schedule in %.0f s (attempt %d)", dispatch_id, describe(error),
-                        wait, run.attempt)
-            return again(time.time() + wait)
-        note_rate_limit(limiter, None, response.rate_limit)
-        job = response.data
-        move(ctx, run, dispatch_id, "accepted", request_id=response.request_id,
-             fields={"revor_job_id": job["id"], "scheduled_at": job.get("scheduled_at") or "",
-                     "accepted_at": state.iso_now(), "request_id": response.request_id or ""},
-             then=(units.poll_unit(dispatch_id), time.time() + next_poll(job, 0)))
-        return DONE
-    finally:
+        outcome = _send(ctx, run, dispatch_id, record)
+    except BaseException:
         lock.release()
+        raise
+    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip: the lock and, when done, the unit
+        lock.release(pipe)
+        if outcome is DONE:
+            units.finish(pipe, run.unit.id)
+        pipe.execute()
+    return HANDLED if outcome is DONE else outcome
+
+
+def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any]) -> Next:
+    limiter = revor_limiter(ctx)
+    if not limiter.acquire(max_wait=LIMITER_WAIT):
+        return again(time.time() + max(0.5, limiter.paused_for()), counted=False)
+    try:
+        response = ctx.revor.create_dispatch(record["body"].encode("utf-8"), record.get("idempotency_key")
+                                             or dispatch_id)
+    except RevorFinalError as error:
+        move(ctx, run, dispatch_id, "rejected", reason=describe(error), request_id=error.request_id,
+             fields={"error": {"code": error.code, "status": error.status, "request_id": error.request_id}})
+        return DONE
+    except RevorRetryableError as error:
+        note_rate_limit(limiter, error, error.rate_limit)
+        wait = max(backoff(SUBMIT_BACKOFF, run.attempt), error.retry_after or 0)
+        ctx.redis.hset(state.key_for(dispatch_id), mapping={
+            "last_error": describe(error),
+            "next_attempt_at": state.iso_now(time.time() + wait)})
+        log.warning("dispatch %s: %s; retried on schedule in %.0f s (attempt %d)", dispatch_id, describe(error),
+                    wait, run.attempt)
+        return again(time.time() + wait)
+    note_rate_limit(limiter, None, response.rate_limit)
+    job = response.data
+    move(ctx, run, dispatch_id, "accepted", request_id=response.request_id,
+         fields={"revor_job_id": job["id"], "scheduled_at": job.get("scheduled_at") or "",
+                 "accepted_at": state.iso_now(), "request_id": response.request_id or ""},
+         then=(units.poll_unit(dispatch_id), time.time() + next_poll(job, 0)))
+    return DONE

@@ -23,11 +23,19 @@ class Lock:
         self.connection, self.key, self.ms = connection, f"rb:lock:{name}", int(seconds * 1000)
         self.token = f"{os.getpid()}-{time.time():.6f}-{id(self)}"
 
-    def acquire(self) -> bool:
+    def acquire(self, pipe: redis.client.Pipeline | None = None) -> bool:
+        """True when taken; with `pipe`, queued there (its reply says)."""
+        if pipe is not None:
+            pipe.set(self.key, self.token, nx=True, px=self.ms)
+            return True
         return bool(self.connection.set(self.key, self.token, nx=True, px=self.ms))
 
     def extend(self) -> None:
         run_script(self.connection, EXTEND, (self.key,), (self.token, self.ms))
 
-    def release(self) -> None:
+    def release(self, pipe: redis.client.Pipeline | None = None) -> None:
+        """Let go (only of our own lock); with `pipe`, as one more command of the caller's round trip."""
+        if pipe is not None:
+            pipe.eval(RELEASE, 1, self.key, self.token)
+            return
         run_script(self.connection, RELEASE, (self.key,), (self.token,))
