@@ -1,11 +1,19 @@
 """Durable, deduplicated storage of inbound events, and the enqueue of their processing.
 
-One request is one Redis transaction in one round trip however many events it holds (MULTI, a
-Lua script, the wake job, EXEC): the script stores the raw delivery and each event that is new,
-counts duplicates, marks events older than one already seen for the same object and property as
-stale, enforces the source's stored-bytes ceiling, and makes the new events due (`rb:due`); in
-the same transaction RQ gets one job that wakes a worker. So an event is either stored *and* due
-with a job to run it, or neither, and the sender is answered 2xx only after EXEC succeeded.
+One request is one Lua script in one round trip however many events it holds (EVALSHA): the
+script stores the raw delivery and each event that is new, counts duplicates, marks events older
+than one already seen for the same object and property as stale, enforces the source's
+stored-bytes ceiling, makes the new events due (`rb:due`) and, unless a wake job is pending
+already, queues the RQ job that wakes a worker. So an event is either stored *and* due with a
+job to run it, or neither, and the sender is answered 2xx only after the script ran.
+
+One wake job serves every request until a worker starts it: the script queues one only when it
+sets `rb:wake:pending` (SET NX, for WAKE_PENDING_MS), and `run_due` (jobs/engine.py) deletes that
+flag before it claims any unit. An event stored before the delete is due when the job claims, one
+stored after it sets the flag again and queues the next job: no event waits for a job that
+already started. A burst of thousands of requests queues one job instead of thousands that each
+find nothing left to run. Should a job be lost (its worker killed before the delete), the flag
+lapses after WAKE_PENDING_MS, and the workers' clock wakes one whenever a unit is due.
 
 Dedupe and ordering keys live 7 days: longer than any sender retries (HubSpot workflows, the
 longest, 3 days).
@@ -14,6 +22,7 @@ longest, 3 days).
 from __future__ import annotations
 
 import base64
+import enum
 import functools
 import hashlib
 import json
@@ -22,7 +31,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from rq import Queue
@@ -39,13 +48,16 @@ PREFIX = "rb:"
 WAKE_JOB = "integration.jobs.engine.run_due"
 WAKE_JOB_TIMEOUT = 60
 WAKE_JOB_FAILURE_TTL = 86400
+# Set by the store script when it queues a wake job, deleted by run_due when it starts: while it
+# is there, a job that has not started yet will run whatever the next requests make due.
+WAKE_PENDING_KEY = f"{PREFIX}wake:pending"
+WAKE_PENDING_MS = 2000
 # Events stored and not yet processed, by received time (inbound/records.py: RECEIVED).
 RECEIVED_INDEX_KEY = f"{PREFIX}events:status:received"
 # Per connection pool: the SHA-1 of the scripts this process loaded into that Redis.
 _LOADED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-# Per queue: the commands RQ issues to enqueue a wake job, recorded once (see _wake_commands).
-_WAKE_COMMANDS: weakref.WeakKeyDictionary[Queue, list[tuple[list[Any], list[int], list[int]]]] = \
-    weakref.WeakKeyDictionary()
+# Per queue: what RQ writes to enqueue a wake job, recorded once (see _wake_template).
+_WAKE_TEMPLATES: weakref.WeakKeyDictionary[Queue, WakeTemplate] = weakref.WeakKeyDictionary()
 _RECORDED_JOB_ID = "wake-recorded"
 _JOB_TIMES = ("created_at", "enqueued_at")
 
@@ -58,50 +70,57 @@ SKIPPED_ITEM_BYTES = 300
 SKIPPED_ENTRY_BYTES = 600
 
 # What the per-source ceiling (INBOUND_MAX_STORED_BYTES) charges, so that it tracks what Redis
-# really holds, not only the bodies. Measured with INFO memory (used_memory) on Redis 7.0
-# (jemalloc, 64-bit) over 1,000 requests each (50 for batches), what the web stores at ingest:
-#   one small Zapier event per request: used_memory +2,450 bytes per request (bodies and the
-#     delivery record 690);
-#   the same with a 250-character event id and a 180-character deal id: +5,040 (bodies 2,220);
-#   HubSpot batches of 100 events: +2,030 bytes per event (bodies 760);
-#   one HubSpot event per request: +2,980 (bodies 1,000); Pipedrive: +5,230 (bodies 3,220).
-# Fitted (least squares, within 8% of every figure above): each stored delivery costs its record
-# plus DELIVERY_OVERHEAD_BYTES (~710: the key and its TTL, the RQ wake job's hash and queue
-# entry); each new event costs its body plus EVENT_OVERHEAD_BYTES (~1,060: the hash's fields and
-# headers, its TTL, its members in rb:due and in the received index, its ordering key's value and
-# TTL) plus EVENT_KEY_COPIES times its key's length (the key itself, its rb:due member, its index
-# member) plus its ordering key's length. The constants are rounded up, so the charge errs on the
-# high side; the wake job and the rb:due member go once the event ran, and what the worker adds
-# afterwards (context, dispatches) is not counted.
-DELIVERY_OVERHEAD_BYTES = 800
-EVENT_OVERHEAD_BYTES = 1100
+# really holds, not only the bodies. Measured with INFO memory (used_memory less the clients'
+# buffers) on Redis 7.0 (jemalloc, 64-bit), what the web stores at ingest while a wake job is
+# pending (so requests queue none), per request over 1,000 requests (50 for batches):
+#   one small Zapier event per request: +1,900 bytes (its delivery record 500 bytes; the event's
+#     body and key copies 460);
+#   the same with a 250-character event id and a 180-character deal id: +4,440 (1,170; 2,240);
+#   HubSpot batches of 100 events: +1,975 bytes per event (320; 640);
+#   one HubSpot event per request: +2,560 (710; 650); Pipedrive: +4,770 (1,760; 1,730).
+# Fitted (least squares of the relative error; within 9% of every figure above): each stored
+# delivery costs its record plus DELIVERY_OVERHEAD_BYTES (~35: its key and TTL); each new event
+# costs its body plus EVENT_OVERHEAD_BYTES (~1,020: the hash's fields and headers, its TTL, its
+# members in rb:due and in the received index, its ordering key's value and TTL) plus
+# EVENT_KEY_COPIES times its key's length (the key itself, its rb:due member, its index member)
+# plus its ordering key's length. The constants are rounded up, so the charge errs on the high
+# side. The wake job (~800 bytes) is not charged: one serves every request until a worker starts
+# it, and it goes once run, as does the rb:due member; what the worker adds afterwards (context,
+# dispatches) is not counted.
+DELIVERY_OVERHEAD_BYTES = 50
+EVENT_OVERHEAD_BYTES = 1040
 EVENT_KEY_COPIES = 3
 # A string key with a TTL, beyond its name and value (Salesforce's tracked field value): measured
 # 210 bytes per key for a 69-byte name and a 10-byte value.
 KEY_OVERHEAD_BYTES = 130
 
-# KEYS: the delivery, the source's stored-bytes hash, rb:due, rb:events:status:received; then per
-#   event: its key, its ordering key, and its tracked-field key when it has a tracked field.
+# KEYS: the delivery, the source's stored-bytes hash, rb:due, rb:events:status:received,
+#   rb:wake:pending, RQ's set of queues (rq:queues), this request's wake job hash and its queue
+#   (rq:queue:default); then per event: its key, its ordering key, and its tracked-field key when it
+#   has a tracked field.
 # ARGV: ttl, delivery json, received_at, count, now ms, future tolerance ms, ceiling (0: none),
-#   this hour, bucket seconds, delivery overhead, event overhead, event key copies, key overhead;
-#   then per event (5): event json, occurred ms or '', tracked field or '', its value or '',
-#   future-dated reason or ''.
+#   this hour, bucket seconds, delivery overhead, event overhead, event key copies, key overhead,
+#   wake pending ms, wake job id; then per event (5): event json, occurred ms or '', tracked field
+#   or '', its value or '', future-dated reason or ''; then the wake job's hash fields and values
+#   (what RQ writes, see _wake_template).
 # Every key the script touches is in KEYS (Redis' scripting contract: proxies and clusters route
 # by them); tests/test_inbound_store.py checks it.
 STORE_SCRIPT = """
 local delivery, bytes_key, due, received_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local wake_flag, rq_queues, wake_job, rq_queue = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local ttl, record, received = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local count, now_ms, ahead_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local ceiling, hour, bucket = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local delivery_cost, event_cost = tonumber(ARGV[10]), tonumber(ARGV[11])
 local key_copies, key_cost = tonumber(ARGV[12]), tonumber(ARGV[13])
+local wake_ms, wake_id = tonumber(ARGV[14]), ARGV[15]
 
 -- What this request would store: events not seen before, and the delivery with them. A delivery
 -- whose events are all duplicates stores nothing (each original counts its duplicates). The
 -- charge is what Redis holds for them, keys and overheads included (store.py: the measurement).
-local events, needed, fresh, k = {}, 0, 0, 5
+local events, needed, fresh, k = {}, 0, 0, 9
 for i = 0, count - 1 do
-  local b = 14 + i * 5
+  local b = 16 + i * 5
   local e = {key = KEYS[k], okey = KEYS[k + 1], body = ARGV[b], occurred = ARGV[b + 1],
              tfield = ARGV[b + 2], tvalue = ARGV[b + 3], future = ARGV[b + 4]}
   k = k + 2
@@ -196,6 +215,13 @@ end
 if needed > 0 then
   redis.call('HINCRBY', bytes_key, hour, needed)
   redis.call('EXPIRE', bytes_key, ttl + bucket)
+end
+-- New events are due: wake a worker, unless a job queued by an earlier request has not started
+-- yet (it will claim these too). What RQ's enqueue writes, in its order.
+if fresh > 0 and redis.call('SET', wake_flag, '1', 'NX', 'PX', wake_ms) then
+  redis.call('SADD', rq_queues, rq_queue)
+  redis.call('HSET', wake_job, unpack(ARGV, 16 + count * 5))
+  redis.call('RPUSH', rq_queue, wake_id)
 end
 return results
 """
@@ -317,7 +343,7 @@ def event_charge(key: str, body: str, ordering_key: str, tracked: str = "", trac
 
 
 def delivery_charge(record: str) -> int:
-    """The bytes a stored delivery adds, with its list of new events and its RQ job."""
+    """The bytes a stored delivery adds (its record, key and TTL)."""
     return len(record.encode()) + DELIVERY_OVERHEAD_BYTES
 
 
@@ -331,74 +357,64 @@ def _script_sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
-def _wake_commands(queue: Queue) -> list[tuple[list[Any], list[int], list[int]]]:
+class WakeTemplate(NamedTuple):
+    """What RQ writes to enqueue a wake job, but for the job's id and times."""
+
+    queues_key: str  # RQ's set of queue keys (rq:queues)
+    queue_key: str  # the queue's list (rq:queue:default)
+    job_key_prefix: str  # + the job id: the job's hash
+    fields: list[Any]  # the job hash's fields and values, flat
+    times: list[int]  # where in `fields` a time goes (created_at, enqueued_at)
+
+
+def _wake_template(queue: Queue) -> WakeTemplate:
     """The commands `queue.enqueue_call` issues for a wake job, recorded once per queue into a
-    pipeline that is never executed: each is (arguments, where the job id is, where a time is).
+    pipeline that is never executed, as the store script replays them.
 
     Building a job through RQ (its object, serialised and compressed data, field by field) cost
     as much CPU as all the rest of a request's storage; every wake job is the same but for its id
-    and times, so `_enqueue_wake` replays these with its own. tests/test_inbound_store.py checks
-    that the replayed job is what RQ itself writes."""
-    recorded = _WAKE_COMMANDS.get(queue)
-    if recorded is None:
-        recorded = []
+    and times. RQ adds the queue to its set of queues, writes the job's hash (its status, then
+    the whole job: one HSET here) and pushes its id; anything else means RQ changed, and this
+    refuses to guess. tests/test_inbound_store.py checks that the script's job is RQ's own."""
+    template = _WAKE_TEMPLATES.get(queue)
+    if template is None:
         with queue.connection.pipeline(transaction=True) as pipe:
             pipe.multi()
             queue.enqueue_call(WAKE_JOB, job_id=_RECORDED_JOB_ID, pipeline=pipe, result_ttl=0,
                                failure_ttl=WAKE_JOB_FAILURE_TTL, timeout=WAKE_JOB_TIMEOUT)
-            for args in _merged_hsets([list(args) for args, _ in pipe.command_stack]):
-                ids = [i for i, arg in enumerate(args) if isinstance(arg, str) and _RECORDED_JOB_ID in arg]
-                times = [i + 1 for i, arg in enumerate(args[:-1]) if arg in _JOB_TIMES]
-                recorded.append((args, ids, times))
+            commands = [[_plain(arg) for arg in args] for args, _ in pipe.command_stack]
             pipe.reset()
-        _WAKE_COMMANDS[queue] = recorded
-    return recorded
+        job_key = queue.job_class.key_for(_RECORDED_JOB_ID)
+        fields: dict[Any, Any] = {}
+        for command in commands:
+            if command[:2] == ["HSET", job_key]:
+                fields.update(zip(command[2::2], command[3::2], strict=True))
+        expected = [["SADD", queue.redis_queues_keys, queue.key], ["RPUSH", queue.key, _RECORDED_JOB_ID]]
+        hsets_elsewhere = any(c[0] == "HSET" and c[1] != job_key for c in commands)
+        if [c for c in commands if c[0] != "HSET"] != expected or hsets_elsewhere or \
+                commands[0] != expected[0] or commands[-1] != expected[-1]:
+            raise RuntimeError(f"RQ's enqueue issued commands this bridge does not replay: {commands}")
+        flat = [item for pair in fields.items() for item in pair]
+        template = WakeTemplate(queue.redis_queues_keys, queue.key, job_key[:-len(_RECORDED_JOB_ID)], flat,
+                                [i + 1 for i, item in enumerate(flat[:-1]) if i % 2 == 0 and item in _JOB_TIMES])
+        _WAKE_TEMPLATES[queue] = template
+    return template
 
 
-def _merged_hsets(commands: list[list[Any]]) -> list[list[Any]]:
-    """RQ sets the job's status, then writes the whole job (status included): one HSET of both."""
-    merged: list[list[Any]] = []
-    for command in commands:
-        last = merged[-1] if merged else None
-        if last and command[0] == last[0] == "HSET" and command[1] == last[1]:
-            fields = dict(zip(last[2::2], last[3::2], strict=True))
-            fields.update(zip(command[2::2], command[3::2], strict=True))
-            merged[-1] = ["HSET", command[1], *(item for pair in fields.items() for item in pair)]
-        else:
-            merged.append(command)
-    return merged
-
-
-def _enqueue_wake(pipe: Any, queue: Queue, job_id: str) -> None:
-    """Add RQ's commands for a new wake job `job_id` to `pipe` (what enqueue_call would add)."""
-    stamp = utcformat(rq_now())
-    for args, ids, times in _wake_commands(queue):
-        command = list(args)
-        for i in ids:
-            command[i] = command[i].replace(_RECORDED_JOB_ID, job_id)
-        for i in times:
-            command[i] = stamp
-        pipe.execute_command(*command)
-
-
-def _unqueue(connection: redis.Redis, queue: Queue, job_id: str) -> None:
-    """Remove a wake job queued by a transaction that stored nothing (best effort: a worker that
-    already took it finds nothing due)."""
-    with connection.pipeline(transaction=False) as pipe:
-        queue.remove(job_id, pipeline=pipe)
-        pipe.delete(queue.job_class.key_for(job_id))
-        pipe.execute()
+def _plain(value: Any) -> Any:
+    """A recorded argument as Redis receives it (RQ passes its status as an enum)."""
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 def store(connection: redis.Redis, queue: Queue, source: str, events: list[InboundEvent],
           record: dict[str, Any], *, now: float | None = None, max_stored_bytes: int = 0) -> StoreResult:
-    """Store and enqueue in one transaction; raises redis.RedisError when Redis cannot take it and
-    StorageFull when the source has `max_stored_bytes` (0: no ceiling) stored in the last 7 days.
+    """Store and, unless one is pending, queue a wake job in one script; raises redis.RedisError
+    when Redis cannot take it and StorageFull when the source has `max_stored_bytes` (0: no
+    ceiling) stored in the last 7 days.
 
-    One round trip: MULTI, the script (EVALSHA: its text is sent once per process and Redis), the
-    wake job, EXEC. The script decides, atomically, what is new and whether the ceiling allows
-    it; when it stored nothing (refused, or every event a duplicate) the wake job queued with it
-    is removed afterwards, so a flood of duplicates or refusals leaves nothing in Redis.
+    One round trip: EVALSHA (the script's text is sent once per process and Redis). The script
+    decides, atomically, what is new, whether the ceiling allows it and whether a wake job is
+    needed; a request that stored nothing (refused, or every event a duplicate) queues nothing.
 
     `now` is the server clock that decides whether an event is future-dated (the web app's clock).
     """
@@ -407,10 +423,14 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     delivery_key = f"{PREFIX}delivery:{delivery_id}"
     record_json = json.dumps(record)
     real_now = time.time()
-    keys = [delivery_key, stored_bytes_key(source), DUE_KEY, RECEIVED_INDEX_KEY]
+    wake = _wake_template(queue)
+    job_id = f"wake-{delivery_id}"
+    keys = [delivery_key, stored_bytes_key(source), DUE_KEY, RECEIVED_INDEX_KEY,
+            WAKE_PENDING_KEY, wake.queues_key, wake.job_key_prefix + job_id, wake.queue_key]
     argv: list[Any] = [TTL_SECONDS, record_json, f"{real_now:.3f}", len(events), int(now * 1000),
                        FUTURE_TOLERANCE_MS, max_stored_bytes, _hour(real_now), BUCKET_SECONDS,
-                       DELIVERY_OVERHEAD_BYTES, EVENT_OVERHEAD_BYTES, EVENT_KEY_COPIES, KEY_OVERHEAD_BYTES]
+                       DELIVERY_OVERHEAD_BYTES, EVENT_OVERHEAD_BYTES, EVENT_KEY_COPIES, KEY_OVERHEAD_BYTES,
+                       WAKE_PENDING_MS, job_id]
     for item in events:
         tracked = item.track_field or ""
         keys += [event_key(item.event["source"], item.event["event_id"]), item.ordering_key]
@@ -420,39 +440,28 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
                  "" if item.occurred_ms is None else str(item.occurred_ms), tracked,
                  str(item.event["properties"].get(tracked) or "") if tracked else "",
                  future_dated_reason(item.occurred_ms, now)]
+    job_fields = list(wake.fields)
+    stamp = utcformat(rq_now())
+    for i in wake.times:
+        job_fields[i] = stamp
+    argv += job_fields
     script = STORE_SCRIPT  # read at call time: tests run an instrumented copy
     sha, loaded = _script_sha(script), _loaded_shas(connection)
-    job_id = f"wake-{delivery_id}"
     for attempt in (1, 2):
         if sha not in loaded:
             connection.script_load(script)
             loaded.add(sha)
         try:
-            with connection.pipeline(transaction=True) as pipe:
-                pipe.multi()  # explicit, so RQ adds its commands to this transaction instead of opening one
-                pipe.evalsha(sha, len(keys), *keys, *argv)
-                if events:
-                    # The new events are due now (the script put them in rb:due); this job wakes a
-                    # worker to run whatever is due (scheduler/runner.py).
-                    _enqueue_wake(pipe, queue, job_id)
-                replies = pipe.execute()
+            replies = connection.evalsha(sha, len(keys), *keys, *argv)
             break
         except redis.exceptions.NoScriptError:
-            # Redis restarted or its scripts were flushed: the transaction's other commands ran
-            # (EXEC does not roll back), so the job is removed before storing again.
+            # Redis restarted or its scripts were flushed: nothing ran; load it again.
             loaded.discard(sha)
-            if events:
-                _unqueue(connection, queue, job_id)
             if attempt == 2:
                 raise
-    outcomes = [o.decode() if isinstance(o, bytes) else str(o) for o in replies[0]]
+    outcomes = [o.decode() if isinstance(o, bytes) else str(o) for o in replies]
     if outcomes[:1] == ["full"]:
-        if events:
-            _unqueue(connection, queue, job_id)
         raise StorageFull(source, int(outcomes[1]), max_stored_bytes, _retry_after(int(outcomes[2]), real_now))
-    if events and "new" not in outcomes and "stale" not in outcomes:
-        # Every event was stored already, with the job queued for it then.
-        _unqueue(connection, queue, job_id)
     return StoreResult(delivery_id, outcomes)
 
 

@@ -1,8 +1,8 @@
 """The one RQ job the bridge runs: `run_due`, which runs whatever units of work are due.
 
-The web queues one per request that stored new events, the clock one when a timed unit (a
-retry, a poll, a write-back) falls due, and a run that stopped at its time budget one for what
-is left. Any of them may find that another job took the work already: it then ends at once.
+The web queues one when it stores new events and none is pending yet, the clock one when a
+timed unit (a retry, a poll, a write-back) falls due, and a run that stopped at its time budget
+one for what is left. Any of them may find that another job took the work already: it then ends at once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from integration.dispatches import retention
 from integration.dispatches.create import process_event
 from integration.dispatches.submit import submit
 from integration.dispatches.track import poll
+from integration.inbound.store import WAKE_PENDING_KEY
 from integration.scheduler import units
 from integration.scheduler.runner import Engine, Handler
 from integration.writeback.deliver import deliver
@@ -56,6 +57,9 @@ def wake(queue: Queue, job_id: str) -> None:
 
 def run_due() -> int:
     ctx = job_context()
+    # Before any claim: an event stored from now on queues the next job (inbound/store.py), one
+    # stored before is due for this run. Either way none waits for a job that already started.
+    ctx.redis.delete(WAKE_PENDING_KEY)
     ran, more = engine_for(ctx).drain()
     if more and not stop_requested.is_set():
         wake(ctx.queue, f"more-{uuid.uuid4().hex}")
