@@ -157,13 +157,6 @@ def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], co
 
 
 def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], follow: list[str]) -> None:
-    existing = state.load(ctx.redis, plan.dispatch_id)
-    if existing is not None:  # the event is being processed again: never a second dispatch
-        if existing["status"] == "pending":  # its submit may have been lost with a crash: make sure
-            submit = units.submit_unit(plan.dispatch_id)
-            units.schedule(ctx.redis, submit, keep_earlier=True)
-            follow.append(submit)
-        return
     status, reason = plan.status, plan.reason
     if status == "ready" and plan.recipient_key and is_suppressed(ctx.redis, plan.recipient_key):
         status, reason = "skipped", "recipient is on the suppression list"
@@ -182,12 +175,21 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
         "idempotency_key": plan.dispatch_id,
         "body": plan.body.decode("utf-8") if plan.body else "",
     }
+    submit = units.submit_unit(plan.dispatch_id)
     if status == "ready":
-        submit = units.submit_unit(plan.dispatch_id)
-        if state.transition(ctx.redis, plan.dispatch_id, "pending", create=create, destinations=ctx.destinations(),
-                            then=(submit, time.time()), follow=follow) is not None:
-            follow.append(submit)
+        created = state.transition(ctx.redis, plan.dispatch_id, "pending", create=create,
+                                   destinations=ctx.destinations(), then=(submit, time.time()), follow=follow)
     else:
-        state.transition(ctx.redis, plan.dispatch_id, status or "invalid", create=create, reason=reason,
-                         destinations=ctx.destinations(), follow=follow,
-                         retention=ctx.settings.dispatch_retention_seconds)
+        created = state.transition(ctx.redis, plan.dispatch_id, status or "invalid", create=create, reason=reason,
+                                   destinations=ctx.destinations(), follow=follow,
+                                   retention=ctx.settings.dispatch_retention_seconds)
+    if created is not None:
+        if status == "ready":
+            follow.append(submit)
+        return
+    # It exists: the event is being processed again, and never makes a second dispatch. A pending
+    # one may have lost its submit with a crash: make sure it has one.
+    existing = state.load(ctx.redis, plan.dispatch_id)
+    if existing is not None and existing["status"] == "pending":
+        units.schedule(ctx.redis, submit, keep_earlier=True)
+        follow.append(submit)

@@ -336,9 +336,12 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
     fields = dict(fields or {})
     if reason is not None:
         fields["reason"] = reason
-    for _ in range(20):
+    for tries in range(20):
         moment = time.time() if now is None else now
-        [(raw, stored, old_timeline)] = _read(connection, [dispatch_id])
+        if create is not None and tries == 0:
+            raw, stored, old_timeline = {}, None, []  # new, most likely: the script checks that it is
+        else:
+            [(raw, stored, old_timeline)] = _read(connection, [dispatch_id])
         document = _document(stored)
         current = _record(dispatch_id, raw, document)
         if current is None and create is None:

@@ -103,7 +103,7 @@ def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any]) -
         note_rate_limit(limiter, error, error.rate_limit)
         wait = max(backoff(SUBMIT_BACKOFF, run.attempt), error.retry_after or 0)
         ctx.redis.hset(state.key_for(dispatch_id), mapping={
-            "last_error": describe(error),
+            "last_error": describe(error)[:64],  # short: the hash stays compact (state.py)
             "next_attempt_at": state.iso_now(time.time() + wait)})
         log.warning("dispatch %s: %s; retried on schedule in %.0f s (attempt %d)", dispatch_id, describe(error),
                     wait, run.attempt)
