@@ -92,9 +92,11 @@ elseif current ~= ARGV[1] then
   return 0
 end
 local id = string.sub(key, 13)
-for name, value in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', key, name, value) end
-for _, name in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', key, name) end
-redis.call('HSET', key, 'sequence', ARGV[2], 'status', ARGV[3], 'previous_status', ARGV[4], 'updated_at', ARGV[5])
+local flat = {'sequence', ARGV[2], 'status', ARGV[3], 'previous_status', ARGV[4], 'updated_at', ARGV[5]}
+for name, value in pairs(cjson.decode(ARGV[6])) do flat[#flat + 1] = name; flat[#flat + 1] = value end
+redis.call('HSET', key, unpack(flat))
+local gone = cjson.decode(ARGV[7])
+if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
 redis.call('SET', KEYS[2], ARGV[8], 'KEEPTTL')
 redis.call('DEL', KEYS[3])
 if ARGV[4] ~= '' then redis.call('ZREM', KEYS[4], id) end

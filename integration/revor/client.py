@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -176,6 +177,13 @@ class RevorClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.session = session or requests.Session()
+        # The proxy settings (HTTPS_PROXY, NO_PROXY) are read once, here: requests would scan the
+        # whole environment again on every call, a measurable share of a worker's CPU.
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        self.session.trust_env = False
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle and self.session.verify is True:  # what trust_env would have read, read once too
+            self.session.verify = bundle
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
