@@ -311,11 +311,13 @@ class Stack:
     rss: RssSampler
     procs: list[subprocess.Popen] = field(default_factory=list)
     workers: list[subprocess.Popen] = field(default_factory=list)
+    load_at_mark: float = 0.0  # the machine's 1-minute load average when the measured phase began
 
     def mark(self) -> None:
         """The measured phase starts: CPU times and Redis' command counts from here."""
         self.rss.mark()
         self.redis.config_resetstat()
+        self.load_at_mark = os.getloadavg()[0]
 
     def costs(self, events: int) -> list[str]:
         """Redis commands and RQ jobs per event since `mark()` (round trips: what a loaded machine
@@ -534,7 +536,8 @@ def print_cpu(s: Stack, events: int, generator_cpu: float, wall: float, costs: l
     parts = ", ".join(f"{label} {seconds * 1000 / events:.2f}" for label, seconds in sorted(used.items(),
                                                                                           key=lambda i: -i[1]))
     print(f"CPU ms per event          : {parts}; total {sum(used.values()) * 1000 / events:.2f} "
-          f"({sum(used.values()) / wall:.2f} cores busy over {wall:.1f} s)")
+          f"({sum(used.values()) / wall:.2f} cores busy over {wall:.1f} s; {os.cpu_count()} cores, load average "
+          f"{s.load_at_mark:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
     print(*costs, sep="\n")
 
 
@@ -546,6 +549,45 @@ def print_memory(s: Stack) -> None:
 
 
 # ---- the modes --------------------------------------------------------------------------------------------
+
+
+def stored_events(connection: redis.Redis) -> int:
+    with connection.pipeline(transaction=False) as pipe:
+        for status in ("received", *records.FINAL):
+            pipe.zcard(records.STATUS_INDEX + status)
+        return sum(pipe.execute())
+
+
+def run_wrk(web_url: str, connection: redis.Redis, events: int, threads: int,
+            connections: int) -> tuple[list[tuple[str, float]], float, int]:
+    """wrk (C, a few µs per request) as the load generator: `events` new events over `threads`
+    threads, stopped (SIGINT) once Redis holds them all; per event only the run's start and the
+    moment the last one was stored are known (so no per-event latency)."""
+    quota = events // threads
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    proc = subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", "-d300s", "--timeout", "30s", "-s",
+                             str(Path(__file__).resolve().parent / "wrk_pipeline.lua"), web_url, "--", TOKEN,
+                             str(quota)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wrk drops a request it had built for a connection that the server closed, yet counts it:
+    # the events are those Redis holds once their number stops growing.
+    count, stored = 0, time.time()
+    while proc.poll() is None and count < quota * threads and time.time() - stored < 1.0:
+        time.sleep(0.02)
+        now_count = stored_events(connection)
+        if now_count != count:
+            count, stored = now_count, time.time()
+    proc.send_signal(2)
+    output, _ = proc.communicate(timeout=60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = dict(part.split("=") for part in next(line for line in output.splitlines()
+                                                     if line.startswith("wrk-summary")).split()[1:])
+    sent = [(f"bench-{thread}{number:06d}", started) for thread in range(1, threads + 1)
+            for number in range(1, quota + 1)]
+    sent = sent[:count]
+    sent[-1] = (sent[-1][0], stored)  # the span of sending: until Redis held the last event
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return sent, cpu, int(summary["refused"])
 
 
 def run_generators(url: str, groups: list[list[int]], rate: float) -> tuple[list[tuple[str, float]], float, int]:
@@ -566,17 +608,22 @@ def throughput(args: argparse.Namespace) -> None:
     with stack(args.time_scale, receiver=False, hubspot_api=False, logs=args.logs) as s:
         bare_rate, _ = bare_posts(s.sandbox_url + "/api/v1", args.baseline)
         numbers = list(range(args.events))
+        def generate() -> tuple[list[tuple[str, float]], float, int]:
+            if args.wrk:
+                return run_wrk(s.web_url, s.redis, args.events, args.senders, args.wrk_connections)
+            return run_generators(s.web_url + "/webhooks/generic/bench",
+                                  [numbers[i::args.senders] for i in range(args.senders)], 0)
+
         if args.send_first:  # every webhook stored before a worker runs: the workers' own rate
-            sent, cpu, refused = run_generators(s.web_url + "/webhooks/generic/bench",
-                                                [numbers[i::args.senders] for i in range(args.senders)], 0)
+            sent, cpu, refused = generate()
         s.start_workers(args.workers)
         s.mark()
         spy, monitor = s.profile(args.py_spy), s.watch_round_trips(args.round_trips)
         if not args.send_first:
-            sent, cpu, refused = run_generators(s.web_url + "/webhooks/generic/bench",
-                                                [numbers[i::args.senders] for i in range(args.senders)], 0)
+            sent, cpu, refused = generate()
         if refused:
             raise SystemExit(f"{refused} webhooks were not answered 200")
+        args.events = len(sent)  # with wrk: those Redis holds
         drained = wait_until_drained(s, args.events, args.timeout)
         stop_profile(spy)
         costs = s.costs(args.events) + ([monitor.report(args.events)] if monitor else [])
@@ -588,7 +635,9 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"mode: throughput; {args.events} generic-hook events (one per request, X-Hook-Token); "
               f"{args.workers} worker processes; web: revor-bridge web (WEB_CONCURRENCY "
               f"{s.env.get('WEB_CONCURRENCY', '2')}); sandbox time scale {args.time_scale:g}")
-        print(f"load generator            : {args.senders} processes, {len(sent)} webhooks in {send_span:.2f} s = "
+        kind = (f"wrk, {args.senders} threads, {args.wrk_connections} connections" if args.wrk else
+                f"{args.senders} Python processes (requests.Session)")
+        print(f"load generator            : {kind}; {len(sent)} webhooks in {send_span:.2f} s = "
               f"{len(sent) / send_span:.0f}/s, {cpu:.1f} CPU s")
         print_exactly_once(out, args.events)
         latencies = [out.accepted_at[e] - t for e, t in sent if e in out.accepted_at]
@@ -598,7 +647,7 @@ def throughput(args: argparse.Namespace) -> None:
         rate = len(out.accepted_at) / span
         print(f"events reached 202        : {len(out.accepted_at)} of {args.events}" + ("" if drained else
                                                                                     " (timed out)"))
-        if not args.send_first:
+        if not args.send_first and not args.wrk:
             print(f"webhook -> 202 p50 / p99  : {ms(statistics.median(latencies))} / {ms(pct(latencies, 0.99))}")
         print_cpu(s, args.events, 0.0 if args.send_first else cpu, span, costs)
         print_memory(s)
@@ -704,6 +753,9 @@ def main() -> None:
     mode.add_argument("--burst", action="store_true", help="--batches HubSpot batches of 100 at once")
     parser.add_argument("--events", type=int, default=4000, help="throughput mode: events to send")
     parser.add_argument("--senders", type=int, default=2, help="throughput mode: load-generator processes")
+    parser.add_argument("--wrk", action="store_true",
+                        help="throughput mode: wrk as the load generator (--senders threads), not Python processes")
+    parser.add_argument("--wrk-connections", type=int, default=8, help="with --wrk: connections")
     parser.add_argument("--send-first", action="store_true",
                         help="throughput mode: store every webhook before the workers start (their own rate)")
     parser.add_argument("--rate", type=float, default=50.0, help="steady mode: events per second")
