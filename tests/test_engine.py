@@ -357,8 +357,8 @@ def test_sigkill_during_the_submit_hands_the_unit_back_when_its_claim_runs_out(s
     configure(sandbox, latency_ms=2500)  # attempt 2, 2 s later, stays in flight
     dispatch_id = failed["idempotency_key"]
     unit = units.submit_unit(dispatch_id)
-    wait_for(lambda: redis_db.hget(f"rb:dispatch:{dispatch_id}", "submit_attempts") == b"2"
-             and redis_db.zscore(units.CLAIMED, unit), 30, "attempt 2 under way", stack)
+    wait_for(lambda: units.attempts(redis_db, unit) == 2 and redis_db.zscore(units.CLAIMED, unit), 30,
+             "attempt 2 under way", stack)
     time.sleep(0.3)
     claimed_until = redis_db.zscore(units.CLAIMED, unit)
     kill_worker_and_horse(first)

@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -246,6 +248,34 @@ def _document(raw: Any) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A dispatch as read in one round trip, to hand to `transition` (see `read`)."""
+
+    raw: dict[bytes, bytes]
+    document: Any
+    old_timeline: list[bytes]
+    replies: list[Any]  # what the caller's own commands in that round trip answered
+
+    def record(self, dispatch_id: str) -> dict[str, Any] | None:
+        return _record(dispatch_id, self.raw, _document(self.document))
+
+
+def read(connection: redis.Redis, dispatch_id: str, also: Callable[[Any], None] | None = None) -> Snapshot:
+    """The dispatch, and `also(pipe)`'s commands (a lock, say) in the same round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hgetall(key_for(dispatch_id))
+        pipe.get(doc_key(dispatch_id))
+        if also is not None:
+            also(pipe)
+        answers = pipe.execute()
+    raw, document, replies = answers[0], answers[1], answers[2:]
+    old: list[bytes] = []
+    if raw and document is None:  # a record of the former layout
+        old = connection.lrange(old_timeline_key(dispatch_id), 0, -1)
+    return Snapshot(raw, document, old, replies)
+
+
 def load(connection: redis.Redis, dispatch_id: str) -> dict[str, Any] | None:
     [(raw, document, _)] = _read(connection, [dispatch_id])
     return _record(dispatch_id, raw, _document(document))
@@ -319,8 +349,13 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
                *, reason: str | None = None, request_id: str | None = None,
                destinations: dict[str, list[str]] | None = None, create: dict[str, Any] | None = None,
                force: bool = False, now: float | None = None, then: tuple[str, float] | None = None,
-               follow: list[str] | None = None, retention: float | None = None) -> int | None:
+               follow: list[str] | None = None, retention: float | None = None,
+               snapshot: Snapshot | None = None) -> int | None:
     """Move a dispatch to `status` (or create it there); the new sequence, or None if it was a no-op.
+
+    `snapshot` is the record as the caller just read it (`read`), saving the read on the first
+    try; the script's sequence check refuses it if it is no longer current, and the next try
+    reads afresh.
 
     `destinations` maps destination name -> the statuses it wants. A move that is not forward is
     a no-op (a late poll answer cannot move a dispatch back); `force` allows the one backward
@@ -342,6 +377,8 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
         moment = time.time() if now is None else now
         if create is not None and tries == 0:
             raw, stored, old_timeline = {}, None, []  # new, most likely: the script checks that it is
+        elif snapshot is not None and tries == 0:
+            raw, stored, old_timeline = snapshot.raw, snapshot.document, snapshot.old_timeline
         else:
             [(raw, stored, old_timeline)] = _read(connection, [dispatch_id])
         document = _document(stored)

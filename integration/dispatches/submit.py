@@ -60,23 +60,20 @@ def move(ctx: JobContext, run: Run, dispatch_id: str, status: str, **kwargs: Any
 
 def submit(ctx: JobContext, run: Run) -> Next:
     dispatch_id = run.unit.ref
-    record = state.load(ctx.redis, dispatch_id)
-    if record is None:
-        return DONE
-    if record["status"] != "pending":
-        if record.get("revor_job_id") and record["status"] not in state.TERMINAL:
+    lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
+    snapshot = state.read(ctx.redis, dispatch_id, also=lock.acquire)  # one round trip: record and lock
+    record, locked = snapshot.record(dispatch_id), bool(snapshot.replies[0])
+    if record is None or record["status"] != "pending":
+        if locked:
+            lock.release()
+        if record is not None and record.get("revor_job_id") and record["status"] not in state.TERMINAL:
             # Accepted earlier: make sure the job is followed (an earlier poll time stays).
             units.schedule(ctx.redis, units.poll_unit(dispatch_id), keep_earlier=True)
         return DONE
-    lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
-    with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip: the lock, and the attempt shown
-        lock.acquire(pipe)
-        pipe.hset(state.key_for(dispatch_id), "submit_attempts", run.attempt)
-        locked = pipe.execute()[0]
     if not locked:
         return again(time.time() + 1.0, counted=False)  # another run is sending it right now
     try:
-        outcome = _send(ctx, run, dispatch_id, record)
+        outcome = _send(ctx, run, dispatch_id, record, snapshot)
     except BaseException:
         lock.release()
         raise
@@ -88,7 +85,7 @@ def submit(ctx: JobContext, run: Run) -> Next:
     return HANDLED if outcome is DONE else outcome
 
 
-def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any]) -> Next:
+def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any], snapshot: state.Snapshot) -> Next:
     limiter = revor_limiter(ctx)
     if not limiter.acquire(max_wait=LIMITER_WAIT):
         return again(time.time() + max(0.5, limiter.paused_for()), counted=False)
@@ -97,12 +94,14 @@ def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any]) -
                                              or dispatch_id)
     except RevorFinalError as error:
         move(ctx, run, dispatch_id, "rejected", reason=describe(error), request_id=error.request_id,
-             fields={"error": {"code": error.code, "status": error.status, "request_id": error.request_id}})
+             fields={"error": {"code": error.code, "status": error.status, "request_id": error.request_id},
+                     "submit_attempts": run.attempt}, snapshot=snapshot)
         return DONE
     except RevorRetryableError as error:
         note_rate_limit(limiter, error, error.rate_limit)
         wait = max(backoff(SUBMIT_BACKOFF, run.attempt), error.retry_after or 0)
         ctx.redis.hset(state.key_for(dispatch_id), mapping={
+            "submit_attempts": run.attempt,
             "last_error": describe(error)[:64],  # short: the hash stays compact (state.py)
             "next_attempt_at": state.iso_now(time.time() + wait)})
         log.warning("dispatch %s: %s; retried on schedule in %.0f s (attempt %d)", dispatch_id, describe(error),
@@ -112,6 +111,7 @@ def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any]) -
     job = response.data
     move(ctx, run, dispatch_id, "accepted", request_id=response.request_id,
          fields={"revor_job_id": job["id"], "scheduled_at": job.get("scheduled_at") or "",
-                 "accepted_at": state.iso_now(), "request_id": response.request_id or ""},
-         then=(units.poll_unit(dispatch_id), time.time() + next_poll(job, 0)))
+                 "accepted_at": state.iso_now(), "request_id": response.request_id or "",
+                 "submit_attempts": run.attempt},
+         snapshot=snapshot, then=(units.poll_unit(dispatch_id), time.time() + next_poll(job, 0)))
     return DONE
