@@ -109,7 +109,7 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Nex
                 if error.retryable:
                     raise
                 return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}")
-    dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run.follow)
+    dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run)
     if ctx.rules is None:
         reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
     return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches)
@@ -143,8 +143,9 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
 
 
 def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], context: dict[str, Any] | None,
-                      follow: list[str] | None = None) -> list[str]:
-    """The dispatch ids of every matched rule; `follow` gets the units to run right away."""
+                      run: Run | None = None) -> list[str]:
+    """The dispatch ids of every matched rule. With `run` (the engine's), the new dispatches'
+    submits and status deliveries are claimed for that run's thread, which runs them next."""
     if ctx.rules is None:
         return []
     ids = []
@@ -152,11 +153,11 @@ def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], co
         if not plan.matched or plan.dispatch_id is None:
             continue
         ids.append(plan.dispatch_id)
-        _create(ctx, plan, event_key, event, follow if follow is not None else [])
+        _create(ctx, plan, event_key, event, run)
     return ids
 
 
-def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], follow: list[str]) -> None:
+def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], run: Run | None) -> None:
     status, reason = plan.status, plan.reason
     if status == "ready" and plan.recipient_key and is_suppressed(ctx.redis, plan.recipient_key):
         status, reason = "skipped", "recipient is on the suppression list"
@@ -176,20 +177,21 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
         "body": plan.body.decode("utf-8") if plan.body else "",
     }
     submit = units.submit_unit(plan.dispatch_id)
+    # The engine's run claims the follow-up units for its thread; without one they are just due.
+    claim: dict[str, Any] = {"claim_for": ctx.settings.lease_seconds, "claimed": run.claimed} if run else {}
     if status == "ready":
         created = state.transition(ctx.redis, plan.dispatch_id, "pending", create=create,
-                                   destinations=ctx.destinations(), then=(submit, time.time()), follow=follow)
+                                   destinations=ctx.destinations(), then=(submit, time.time()), **claim)
     else:
         created = state.transition(ctx.redis, plan.dispatch_id, status or "invalid", create=create, reason=reason,
-                                   destinations=ctx.destinations(), follow=follow,
-                                   retention=ctx.settings.dispatch_retention_seconds)
+                                   destinations=ctx.destinations(), retention=ctx.settings.dispatch_retention_seconds,
+                                   **claim)
     if created is not None:
-        if status == "ready":
-            follow.append(submit)
         return
     # It exists: the event is being processed again, and never makes a second dispatch. A pending
     # one may have lost its submit with a crash: make sure it has one.
     existing = state.load(ctx.redis, plan.dispatch_id)
     if existing is not None and existing["status"] == "pending":
         units.schedule(ctx.redis, submit, keep_earlier=True)
-        follow.append(submit)
+        if run is not None:
+            run.follow.append(submit)

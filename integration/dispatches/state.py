@@ -57,7 +57,7 @@ from typing import Any
 
 import redis
 
-from integration.scheduler.units import DUE, deliver_unit
+from integration.scheduler.units import ATTEMPTS, CLAIMED, DUE, deliver_unit
 from integration.storage import run_script
 
 PREFIX = "rb:dispatch:"
@@ -76,15 +76,18 @@ TIMELINE = "timeline"  # the document's member holding the timeline
 
 # KEYS: dispatch hash, its document, its timeline list of the former layout (deleted: the
 #       document holds it now), the old status index (or the new one again when creating), the
-#       new status index, the all index, the rule index, the due set, then per message: the
-#       destination's outbox and the message key; then the other keys that live and die with the
-#       dispatch (its outboxes' retry waits, every status message with its attempt and dead-letter
-#       records), which only a move into or out of a final state touches.
+#       new status index, the all index, the rule index, the due set, the claimed set, the
+#       attempts hash, then per message: the destination's outbox and the message key; then the
+#       other keys that live and die with the dispatch (its outboxes' retry waits, every status
+#       message with its attempt and dead-letter records), which only a move into or out of a
+#       final state touches.
 # ARGV: expected sequence ("" = create), new sequence, status, old status, now, hash fields json,
 #       hash fields to delete json (they moved into the document), the document, unit to
 #       schedule or "", its due time, expiry ("" = leave as is, "persist", or the epoch ms at
-#       which the dispatch's keys expire), then per message: message json and the delivery unit
-#       (due now unless it already waits for a retry: NX).
+#       which the dispatch's keys expire), claim deadline ("" = schedule the follow-up units;
+#       else claim those due now for the caller, who runs them at once), then per message: message json
+#       and the delivery unit (due now unless it already waits for a retry or runs: NX).
+# Returns 0 when the sequence check refused, else {1, then per claimed unit: unit, attempt}.
 TRANSITION = """
 local key = KEYS[1]
 local current = redis.call('HGET', key, 'sequence')
@@ -107,22 +110,40 @@ if ARGV[1] == '' then
   redis.call('ZADD', KEYS[6], ARGV[5], id)
   redis.call('ZADD', KEYS[7], ARGV[5], id)
 end
-if ARGV[9] ~= '' then redis.call('ZADD', KEYS[8], ARGV[10], ARGV[9]) end
-local k = 9
-for i = 12, #ARGV, 2 do
+local claimed = {1}
+local function claim(unit)
+  redis.call('ZADD', KEYS[9], ARGV[12], unit)
+  claimed[#claimed + 1] = unit
+  claimed[#claimed + 1] = redis.call('HINCRBY', KEYS[10], unit, 1)
+end
+if ARGV[9] ~= '' then
+  if ARGV[12] ~= '' and tonumber(ARGV[10]) <= tonumber(ARGV[5]) and not redis.call('ZSCORE', KEYS[9], ARGV[9]) then
+    redis.call('ZREM', KEYS[8], ARGV[9])
+    claim(ARGV[9])
+  else
+    redis.call('ZADD', KEYS[8], ARGV[10], ARGV[9])
+  end
+end
+local k = 11
+for i = 13, #ARGV, 2 do
   redis.call('SET', KEYS[k + 1], ARGV[i])
   redis.call('RPUSH', KEYS[k], KEYS[k + 1])
-  redis.call('ZADD', KEYS[8], 'NX', ARGV[5], ARGV[i + 1])
+  local unit = ARGV[i + 1]
+  if ARGV[12] ~= '' and not redis.call('ZSCORE', KEYS[8], unit) and not redis.call('ZSCORE', KEYS[9], unit) then
+    claim(unit)
+  else
+    redis.call('ZADD', KEYS[8], 'NX', ARGV[5], unit)
+  end
   k = k + 2
 end
 if ARGV[11] ~= '' then
   for j = 1, #KEYS do
-    if j <= 2 or j >= 9 then
+    if j <= 2 or j >= 11 then
       if ARGV[11] == 'persist' then redis.call('PERSIST', KEYS[j]) else redis.call('PEXPIREAT', KEYS[j], ARGV[11]) end
     end
   end
 end
-return 1
+return claimed
 """
 
 # KEYS: a key, the key whose expiry it takes (a message's attempt or dead-letter record written
@@ -132,6 +153,10 @@ local ttl = redis.call('PTTL', KEYS[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return ttl
 """
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def iso_now(now: float | None = None) -> str:
@@ -350,8 +375,13 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
                destinations: dict[str, list[str]] | None = None, create: dict[str, Any] | None = None,
                force: bool = False, now: float | None = None, then: tuple[str, float] | None = None,
                follow: list[str] | None = None, retention: float | None = None,
-               snapshot: Snapshot | None = None) -> int | None:
+               snapshot: Snapshot | None = None, claim_for: float | None = None,
+               claimed: list[tuple[str, int]] | None = None) -> int | None:
     """Move a dispatch to `status` (or create it there); the new sequence, or None if it was a no-op.
+
+    `claim_for` (seconds) with `claimed`: the follow-up units (`then`, the status messages'
+    deliveries) are claimed for the caller in the same script, as the engine would claim them,
+    and listed in `claimed` with their attempt numbers; the caller runs them at once.
 
     `snapshot` is the record as the caller just read it (`read`), saving the read on the first
     try; the script's sequence check refuses it if it is no longer current, and the next try
@@ -403,11 +433,12 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
                                              _entries(document, old_timeline) + [entry])
         old_index = STATUS_INDEX + (record["previous_status"] or status)
         keys = [key_for(dispatch_id), doc_key(dispatch_id), old_timeline_key(dispatch_id), old_index,
-                STATUS_INDEX + status, ALL_INDEX, RULE_INDEX + (record.get("rule") or ""), DUE]
+                STATUS_INDEX + status, ALL_INDEX, RULE_INDEX + (record.get("rule") or ""), DUE, CLAIMED, ATTEMPTS]
         argv: list[Any] = ["" if current is None else str(current["sequence"]), sequence, status,
                            record["previous_status"], f"{moment:.6f}", json.dumps(short), json.dumps(moved),
                            new_document, then[0] if then else "", f"{then[1]:.6f}" if then else "",
-                           _expiry(status, current, moment, retention)]
+                           _expiry(status, current, moment, retention),
+                           f"{moment + claim_for:.6f}" if claim_for else ""]
         delivery_units = []
         chosen = record.get("writeback") or []
         for name, wanted in (destinations or {}).items():
@@ -421,8 +452,11 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
             delivery_units.append(deliver_unit(dispatch_id, name))
         if argv[10]:  # into or out of a final state: every key of the dispatch expires or stays with it
             keys += owned_keys(dispatch_id, sequence, list(chosen))
-        if run_script(connection, TRANSITION, keys, argv):
-            if follow is not None:
+        reply = run_script(connection, TRANSITION, keys, argv)
+        if reply:
+            if claimed is not None:
+                claimed += [(_text(reply[i]), int(reply[i + 1])) for i in range(1, len(reply), 2)]
+            elif follow is not None:
                 follow.extend(delivery_units)
             return sequence
     raise RuntimeError(f"dispatch {dispatch_id}: could not record {status} (too many concurrent changes)")

@@ -53,8 +53,10 @@ def describe(error: RevorError) -> str:
 
 
 def move(ctx: JobContext, run: Run, dispatch_id: str, status: str, **kwargs: Any) -> int | None:
-    """A state change; its status messages are delivered right after this run (run.follow)."""
-    return state.transition(ctx.redis, dispatch_id, status, destinations=ctx.destinations(), follow=run.follow,
+    """A state change; its status messages' deliveries (and the next unit, `then`) are claimed for
+    this run's thread, which runs them right after (run.claimed)."""
+    return state.transition(ctx.redis, dispatch_id, status, destinations=ctx.destinations(),
+                            claim_for=ctx.settings.lease_seconds, claimed=run.claimed,
                             retention=ctx.settings.dispatch_retention_seconds, **kwargs)
 
 

@@ -67,7 +67,8 @@ def backoff(schedule: list[float], attempt: int) -> float:
 class Run:
     unit: units.Unit
     attempt: int
-    follow: list[str] = field(default_factory=list)  # units to run right after this one
+    follow: list[str] = field(default_factory=list)  # due units to claim and run right after this one
+    claimed: list[tuple[str, int]] = field(default_factory=list)  # claimed for this thread already (unit, attempt)
 
 
 Handler = Callable[[Run], Next]
@@ -128,7 +129,11 @@ class Engine:
         chain = [(unit_id, attempt)]
         while chain:
             current, number = chain.pop(0)
-            follow = self._run_one(current, number)
+            follow, claimed_already = self._run_one(current, number)
+            if claimed_already:
+                with self.guard:
+                    self.in_flight.update(unit for unit, _ in claimed_already)
+                chain += claimed_already
             if follow:
                 try:
                     claimed = units.claim(self.connection, len(follow), self.hold, units=follow)
@@ -139,7 +144,7 @@ class Engine:
                     self.in_flight.update(unit for unit, _ in claimed)
                 chain += claimed
 
-    def _run_one(self, unit_id: str, attempt: int) -> list[str]:
+    def _run_one(self, unit_id: str, attempt: int) -> tuple[list[str], list[tuple[str, int]]]:
         unit = units.Unit.parse(unit_id)
         with self.guard:
             self.in_flight.add(unit_id)
@@ -155,14 +160,14 @@ class Engine:
                 except REDIS_DOWN as error:
                     log.warning("engine: %s stopped: Redis unreachable (%s); its claim brings it back",
                                 unit_id, describe(error))
-                    return []
+                    return [], run.claimed  # claimed ones run (and end) on their own
                 except Exception:
                     wait_for = backoff(FAILURE_BACKOFF, attempt)
                     log.exception("engine: %s failed (attempt %d); next attempt in %.0f s", unit_id, attempt,
                                   wait_for)
                     outcome = again(time.time() + wait_for)
             self._record(unit_id, outcome)
-            return run.follow
+            return run.follow, run.claimed
         finally:
             with self.guard:
                 self.in_flight.discard(unit_id)
