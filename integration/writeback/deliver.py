@@ -38,11 +38,11 @@ from requests.utils import requote_uri
 from standardwebhooks import Webhook
 
 from integration.context import JobContext
-from integration.dispatches.state import expire_with, outbox_key
+from integration.dispatches.state import EXPIRE_WITH, expire_with, outbox_key
 from integration.revor.client import parse_retry_after
 from integration.rules.templates import RenderError, Template
 from integration.scheduler import units
-from integration.scheduler.lock import Lock
+from integration.scheduler.lock import EXTEND, Lock
 from integration.scheduler.runner import HANDLED, Next, Run
 from integration.writeback import destinations
 from integration.writeback.body import render_body
@@ -198,95 +198,129 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
     member = f"{dispatch_id}|{destination}"
     unit = units.deliver_unit(dispatch_id, destination)
     lock = Lock(connection, f"deliver:{member}", lease_seconds)
-    if not lock.acquire():
+    outbox = outbox_key(dispatch_id, destination)
+    with connection.pipeline(transaction=False) as pipe:  # one round trip: the lock, the wait, the head
+        lock.acquire(pipe)
+        pipe.get(f"{outbox}:not_before")
+        pipe.lindex(outbox, 0)
+        locked, not_before_raw, head = pipe.execute()
+    if not locked:
         units.again(connection, unit, time.time() + 1.0, counted=False)
         return "busy"
 
-    def keepalive() -> None:
+    def keepalive(pipe: Any = None) -> None:
         """While an attempt waits on the receiver: keep this run's lock and claim from lapsing."""
-        lock.extend()
-        units.extend(connection, [unit], lease_seconds)
+        if pipe is None:
+            lock.extend()
+            units.extend(connection, [unit], lease_seconds)
+            return
+        pipe.eval(EXTEND, 1, lock.key, lock.token, lock.ms)
+        pipe.zadd(units.CLAIMED, {unit: time.time() + lease_seconds}, xx=True)
 
+    outcome = "empty"
     try:
-        outbox = outbox_key(dispatch_id, destination)
-        not_before = float(connection.get(f"{outbox}:not_before") or 0)
+        not_before = float(not_before_raw or 0)
         if not_before > time.time():
             # A retry is scheduled: a newer state change must not jump the queue or the wait.
             units.again(connection, unit, not_before, counted=False)
-            return "waiting"
+            outcome = "waiting"
+            return outcome
         attempted = False
         while True:
-            head = connection.lindex(outbox, 0)
             if head is None:
-                units.finish(connection, unit)
-                return "empty"
+                return outcome  # "empty": the unit ends with the lock, below
             if config is None:
                 units.again(connection, unit, time.time() + 3600, counted=False)
                 log.warning("write-back: destination %s is not in the rules file; %s waits", destination, member)
-                return "no_destination"
+                outcome = "no_destination"
+                return outcome
             message_key = head.decode()
-            raw = connection.get(message_key)
+            attempts_key = f"{message_key}:attempts"
+            with connection.pipeline(transaction=False) as pipe:  # the message, its last attempt, the health
+                pipe.get(message_key)
+                pipe.hget(attempts_key, "sending")
+                pipe.hgetall(destinations.health_key(destination))
+                raw, unfinished, health = pipe.execute()
             if raw is None:  # expired or removed: nothing to send for this entry
-                connection.lrem(outbox, 1, message_key)
+                head = _drop_and_next(connection, outbox, message_key)
                 continue
             message = json.loads(raw)
-            state = destinations.health(connection, destination)
-            if state["disabled"]:
-                _give_up(connection, outbox, destination, message_key, "destination disabled: " +
-                         (state["disabled_reason"] or "410 Gone"))
+            if health.get(b"disabled") == b"1":
+                reason = (health.get(b"disabled_reason") or b"410 Gone").decode()
+                _give_up(connection, outbox, destination, message_key, "destination disabled: " + reason)
+                head = connection.lindex(outbox, 0)
                 continue
-            if state["circuit"] == "open":
-                units.again(connection, unit, state["open_until"], counted=False)
-                return "circuit_open"
+            open_until = float(health.get(b"open_until") or 0)
+            if open_until > time.time():
+                units.again(connection, unit, open_until, counted=False)
+                outcome = "circuit_open"
+                return outcome
             try:
                 body = render_body(body_template, message["body"])
             except RenderError as exc:
                 _give_up(connection, outbox, destination, message_key, f"body template: {exc}")
+                head = connection.lindex(outbox, 0)
                 continue
-            attempts_key = f"{message_key}:attempts"
-            unfinished = connection.hget(attempts_key, "sending")
             if unfinished == b"1":
                 # The worker of the last attempt died or was killed mid-send: that attempt failed.
                 attempts = int(connection.hget(attempts_key, "count") or 1)
-                outcome = "no answer: the attempt was interrupted"
-                connection.hset(attempts_key, mapping={"last": outcome, "sending": 0})
-                return _failed(connection, outbox, destination, unit, message, message_key, attempts,
-                               None, None, outcome, retry_scale)
+                result = "no answer: the attempt was interrupted"
+                connection.hset(attempts_key, mapping={"last": result, "sending": 0})
+                outcome = _failed(connection, outbox, destination, unit, message, message_key, attempts,
+                                  None, None, result, retry_scale)
+                return outcome
             if attempted and time.monotonic() + timeout > job_deadline:
                 units.again(connection, unit, time.time(), counted=False)  # due again at once, for a fresh run
-                return "yielded"
+                outcome = "yielded"
+                return outcome
             deadline = min(time.monotonic() + timeout, job_deadline)
-            keepalive()
-            # Counted before the first byte leaves: whatever happens next, this attempt is on record.
-            attempts = connection.hincrby(attempts_key, "count", 1)
-            if attempts == 1:  # a new record: it expires with its message (and dispatch), if that is set
-                expire_with(connection, attempts_key, message_key)
-            connection.hset(attempts_key, mapping={"last": "sending", "at": f"{time.time():.3f}", "sending": 1})
+            # Counted before the first byte leaves: whatever happens next, this attempt is on record
+            # (with the lock and the claim pushed ahead, in the same round trip).
+            with connection.pipeline(transaction=False) as pipe:
+                keepalive(pipe)
+                pipe.hincrby(attempts_key, "count", 1)
+                pipe.hset(attempts_key, mapping={"last": "sending", "at": f"{time.time():.3f}", "sending": 1})
+                pipe.eval(EXPIRE_WITH, 2, attempts_key, message_key)  # it expires with its message, if that is set
+                attempts = int(pipe.execute()[2])
             attempted = True
-            status, retry_after, outcome = send(config["url"], config["secret"], message, body=body,
-                                                deadline=deadline, tick=max(0.2, lease_seconds / 3),
-                                                keepalive=keepalive)
-            connection.hset(attempts_key, mapping={"last": outcome, "sending": 0})
+            status, retry_after, result = send(config["url"], config["secret"], message, body=body,
+                                               deadline=deadline, tick=max(0.2, lease_seconds / 3),
+                                               keepalive=keepalive)
             if status is not None and 200 <= status < 300:
-                destinations.record_success(connection, destination)
                 # Delivered: the message and its attempts go (the dispatch's timeline keeps the
                 # state change); only messages still waiting and dead letters stay in Redis.
                 with connection.pipeline(transaction=True) as pipe:
+                    destinations.record_success(pipe, destination)
                     pipe.lrem(outbox, 1, message_key)
                     pipe.delete(f"{outbox}:not_before", message_key, attempts_key)
-                    pipe.execute()
+                    pipe.lindex(outbox, 0)
+                    head = pipe.execute()[-1]
                 continue
+            connection.hset(attempts_key, mapping={"last": result, "sending": 0})
             if status == 410:
                 # The reason leaves the URL out: a catch-hook URL is itself a secret.
                 destinations.disable(connection, destination, f"410 Gone at {state_now()}")
                 log.error("WRITE-BACK DESTINATION %s DISABLED: it answered 410 Gone. Its messages go to the dead "
                           "letters until `revor-bridge deliveries enable %s`.", destination, destination)
                 _give_up(connection, outbox, destination, message_key, "410 Gone: destination disabled")
+                head = connection.lindex(outbox, 0)
                 continue
-            return _failed(connection, outbox, destination, unit, message, message_key, attempts, status,
-                           retry_after, outcome, retry_scale)
+            outcome = _failed(connection, outbox, destination, unit, message, message_key, attempts, status,
+                              retry_after, result, retry_scale)
+            return outcome
     finally:
-        lock.release()
+        with connection.pipeline(transaction=False) as pipe:  # the lock, and the unit when nothing is left
+            lock.release(pipe)
+            if outcome == "empty":
+                units.finish(pipe, unit)
+            pipe.execute()
+
+
+def _drop_and_next(connection: Any, outbox: str, message_key: str) -> bytes | None:
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lrem(outbox, 1, message_key)
+        pipe.lindex(outbox, 0)
+        return pipe.execute()[-1]
 
 
 def _failed(connection: Any, outbox: str, destination: str, unit: str, message: dict[str, Any],
