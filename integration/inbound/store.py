@@ -102,7 +102,8 @@ KEY_OVERHEAD_BYTES = 130
 #   this hour, bucket seconds, delivery overhead, event overhead, event key copies, key overhead,
 #   wake pending ms, wake job id; then per event (5): event json, occurred ms or '', tracked field
 #   or '', its value or '', future-dated reason or ''; then the wake job's hash fields and values
-#   (what RQ writes, see _wake_template).
+#   (what RQ writes, see _wake_template) in one argument, each as `<length>:<bytes>`: one packed
+#   argument instead of some thirty per request, unpacked only by the request that queues the job.
 # Every key the script touches is in KEYS (Redis' scripting contract: proxies and clusters route
 # by them); tests/test_inbound_store.py checks it.
 STORE_SCRIPT = """
@@ -219,8 +220,15 @@ end
 -- New events are due: wake a worker, unless a job queued by an earlier request has not started
 -- yet (it will claim these too). What RQ's enqueue writes, in its order.
 if fresh > 0 and redis.call('SET', wake_flag, '1', 'NX', 'PX', wake_ms) then
+  local packed, job, at = ARGV[16 + count * 5], {}, 1
+  while at <= #packed do
+    local colon = string.find(packed, ':', at, true)
+    local size = tonumber(string.sub(packed, at, colon - 1))
+    job[#job + 1] = string.sub(packed, colon + 1, colon + size)
+    at = colon + size + 1
+  end
   redis.call('SADD', rq_queues, rq_queue)
-  redis.call('HSET', wake_job, unpack(ARGV, 16 + count * 5))
+  redis.call('HSET', wake_job, unpack(job))
   redis.call('RPUSH', rq_queue, wake_id)
 end
 return results
@@ -363,8 +371,7 @@ class WakeTemplate(NamedTuple):
     queues_key: str  # RQ's set of queue keys (rq:queues)
     queue_key: str  # the queue's list (rq:queue:default)
     job_key_prefix: str  # + the job id: the job's hash
-    fields: list[Any]  # the job hash's fields and values, flat
-    times: list[int]  # where in `fields` a time goes (created_at, enqueued_at)
+    parts: list[bytes]  # the job hash's fields and values packed (see STORE_SCRIPT), cut where a time goes
 
 
 def _wake_template(queue: Queue) -> WakeTemplate:
@@ -394,11 +401,24 @@ def _wake_template(queue: Queue) -> WakeTemplate:
         if [c for c in commands if c[0] != "HSET"] != expected or hsets_elsewhere or \
                 commands[0] != expected[0] or commands[-1] != expected[-1]:
             raise RuntimeError(f"RQ's enqueue issued commands this bridge does not replay: {commands}")
-        flat = [item for pair in fields.items() for item in pair]
-        template = WakeTemplate(queue.redis_queues_keys, queue.key, job_key[:-len(_RECORDED_JOB_ID)], flat,
-                                [i + 1 for i, item in enumerate(flat[:-1]) if i % 2 == 0 and item in _JOB_TIMES])
+        parts, current = [], b""
+        for name, value in fields.items():
+            current += _packed(name)
+            if name in _JOB_TIMES:  # every RQ time has the same length: 2026-12-02T00:36:54.875792Z
+                parts.append(current + f"{len(utcformat(rq_now()))}:".encode())
+                current = b""
+            else:
+                current += _packed(value)
+        template = WakeTemplate(queue.redis_queues_keys, queue.key, job_key[:-len(_RECORDED_JOB_ID)],
+                                [*parts, current])
         _WAKE_TEMPLATES[queue] = template
     return template
+
+
+def _packed(value: Any) -> bytes:
+    """`<length>:<bytes>` of one field or value, as Redis would receive it."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return f"{len(data)}:".encode() + data
 
 
 def _plain(value: Any) -> Any:
@@ -440,11 +460,7 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
                  "" if item.occurred_ms is None else str(item.occurred_ms), tracked,
                  str(item.event["properties"].get(tracked) or "") if tracked else "",
                  future_dated_reason(item.occurred_ms, now)]
-    job_fields = list(wake.fields)
-    stamp = utcformat(rq_now())
-    for i in wake.times:
-        job_fields[i] = stamp
-    argv += job_fields
+    argv.append(utcformat(rq_now()).encode().join(wake.parts))
     script = STORE_SCRIPT  # read at call time: tests run an instrumented copy
     sha, loaded = _script_sha(script), _loaded_shas(connection)
     for attempt in (1, 2):
