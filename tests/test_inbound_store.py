@@ -504,7 +504,8 @@ def test_the_scripts_wake_job_is_what_rq_itself_enqueues(redis_db):
     assert queue.job_ids == ["wake-by-rq", f"wake-{delivery}"]
     assert redis_db.smembers("rq:queues") == {b"rq:queue:default"}  # workers find the queue by it
     job = Job.fetch(f"wake-{delivery}", connection=redis_db, serializer="json")
-    assert job.func_name == store_module.WAKE_JOB and job.get_status() == "queued" and job.timeout == 60
+    assert job.func_name == store_module.WAKE_JOB and job.get_status() == "queued"
+    assert job.timeout == store_module.WAKE_JOB_TIMEOUT
     assert abs((job.enqueued_at - Job.fetch("wake-by-rq", connection=redis_db).enqueued_at).total_seconds()) < 5
 
 
@@ -598,3 +599,16 @@ def test_events_stored_while_run_due_drains_are_processed_promptly(bridge, redis
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_the_answer_is_compact_json_with_its_counts(bridge):
+    """The 2xx body is written without an encoder per answer: still exactly the compact JSON."""
+    first = bridge.post("/webhooks/generic/zapier", _zap("answer-1", 10), ZAPIER)
+    again = bridge.post("/webhooks/generic/zapier", _zap("answer-1", 10), ZAPIER)
+    for answer, new, duplicate in ((first, 1, 0), (again, 0, 1)):
+        body = answer.json()
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.text == json.dumps(body, separators=(",", ":")) + "\n"
+        assert list(body) == ["ok", "delivery_id", "new", "stale", "duplicate", "skipped"]
+        counts = (body["ok"], body["new"], body["stale"], body["duplicate"], body["skipped"])
+        assert counts == (True, new, 0, duplicate, 0)

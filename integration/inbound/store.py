@@ -46,7 +46,7 @@ PREFIX = "rb:"
 # The RQ job that wakes a worker to run what is due (jobs/engine.py); it retries nothing itself:
 # the units it runs keep their own schedule in Redis.
 WAKE_JOB = "integration.jobs.engine.run_due"
-WAKE_JOB_TIMEOUT = 60
+WAKE_JOB_TIMEOUT = 300  # as jobs/engine.py JOB_TIMEOUT
 WAKE_JOB_FAILURE_TTL = 86400
 # Set by the store script when it queues a wake job, deleted by run_due when it starts: while it
 # is there, a job that has not started yet will run whatever the next requests make due.
@@ -241,8 +241,10 @@ SECRET_HEADERS = {"authorization", "x-hook-token", "x-webhook-token", "cookie", 
                   "x-hubspot-request-timestamp", "webhook-signature", "svix-signature"}
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_secret_header(name: str) -> bool:
-    """Listed above, or named like a signature or token (whatever a sender adds next)."""
+    """Listed above, or named like a signature or token (whatever a sender adds next). Cached: the
+    same few header names arrive with every request."""
     lower = name.lower()
     return lower in SECRET_HEADERS or "signature" in lower or "token" in lower
 
