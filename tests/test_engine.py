@@ -703,7 +703,9 @@ def monitor(redis_url: str) -> Iterator[list[bytes]]:
     commands follow the EVAL/EVALSHA that ran them, marked `lua`)."""
     lines: list[bytes] = []
     sentinel = f"end-of-monitor-{time.time()}".encode()
-    client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+    # A long timeout: a read that times out halfway drops the connection, and with it every line
+    # after (a loaded machine can be slow to hand over a line); the sentinel ends the reading.
+    client = redis.Redis.from_url(redis_url, socket_timeout=60)
     watching = client.monitor()
     watching.__enter__()
 

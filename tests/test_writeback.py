@@ -455,3 +455,38 @@ def test_a_lone_surrogate_in_a_crm_value_is_delivered_escaped_and_signed(redis_d
     message["body"]["data"]["crm"]["object_id"] = hostile
     assert render_body(None, message["body"]).isascii()  # the default body too
     assert json.loads(render_body(None, message["body"]))["data"]["crm"]["object_id"] == hostile
+
+
+def test_a_half_open_circuit_lets_one_delivery_probe_and_a_failure_reopens_it_once(redis_db):
+    """New-user trial: when a circuit closed again, every outbox waiting for it sent at once (8
+    "probes"), and each of their failures doubled the cooldown again: 60 s became 30 min in two
+    minutes. Now one delivery probes; the others wait for its answer; one failure reopens once."""
+    import threading
+
+    from integration.writeback import destinations
+    from integration.writeback.deliver import deliver_outbox
+
+    app, state = writeback_receiver(WRITEBACK_SECRET)
+    state["delay"], state["fail"] = 0.5, [500] * 10
+    _outbox_with(redis_db, "dsp_probe_a", 1)
+    _outbox_with(redis_db, "dsp_probe_b", 1)
+    redis_db.hset(destinations.health_key("crm"), mapping={"failures": 5, "opens": 1, "open_until": time.time() - 1})
+    with ThreadServer(app) as receiver:
+        config = {"url": receiver.url + "/status", "secret": WRITEBACK_SECRET}
+        outcomes = {}
+        probe = threading.Thread(target=lambda: outcomes.update(a=deliver_outbox(redis_db, "dsp_probe_a", "crm",
+                                                                                 config, 3)))
+        probe.start()
+        time.sleep(0.2)  # the probe is waiting for the receiver's answer
+        outcomes["b"] = deliver_outbox(redis_db, "dsp_probe_b", "crm", config, 3)
+        probe.join()
+    assert outcomes["b"] == "circuit_half_open" and state["attempts"] == 1  # one probe, not two
+    assert outcomes["a"].startswith("retry_in_")
+    health = destinations.health(redis_db, "crm")
+    assert health["circuit"] == "open" and int(redis_db.hget(destinations.health_key("crm"), "opens")) == 2
+    first_until = health["open_until"]
+    for _ in range(3):  # attempts that were in flight when it opened: counted, not reopening it again
+        destinations.record_failure(redis_db, "crm", "HTTP 500")
+    assert destinations.health(redis_db, "crm")["open_until"] == first_until
+    assert int(redis_db.hget(destinations.health_key("crm"), "opens")) == 2
+    assert redis_db.exists(destinations.probe_key("crm")) == 0  # the probe is over

@@ -55,7 +55,7 @@ def process_event(ctx: JobContext, run: Run) -> Next:
                 pipe.delete(key)
                 pipe.zrem(records.STATUS_INDEX + "received", key)
                 log.warning("event %s expired before it was processed", key)
-            units.finish(pipe, run.unit.id)
+            units.finish(pipe, run.unit.id, run.attempt)
             pipe.execute()
         return HANDLED
     if attempts > records.MAX_ATTEMPTS:  # every earlier run died before it could record anything
@@ -134,7 +134,7 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
         if status != "failed":
             pipe.hdel(key, "error")  # an earlier attempt's error, now overcome
         records.index_outcome(pipe, key, status, now)
-        units.finish(pipe, run.unit.id)
+        units.finish(pipe, run.unit.id, run.attempt)
         pipe.execute()
     return HANDLED
 

@@ -82,7 +82,7 @@ def submit(ctx: JobContext, run: Run) -> Next:
     with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip: the lock and, when done, the unit
         lock.release(pipe)
         if outcome is DONE:
-            units.finish(pipe, run.unit.id)
+            units.finish(pipe, run.unit.id, run.attempt)
         pipe.execute()
     return HANDLED if outcome is DONE else outcome
 

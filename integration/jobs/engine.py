@@ -23,7 +23,7 @@ from integration.scheduler.runner import Engine, Handler
 from integration.writeback.deliver import deliver
 
 JOB = "integration.jobs.engine.run_due"
-JOB_TIMEOUT = 60  # the run's budget (10 s) plus one write-back attempt in flight, with room
+JOB_TIMEOUT = 300  # far above a run: its budget (10 s) plus the units in flight, each with its own deadline
 
 _engine: Engine | None = None
 _built = threading.Lock()

@@ -52,7 +52,7 @@ def tick(connection: Any, queue: Queue, token: str) -> int:
     first = units.next_due(connection)
     if first is None or first > now or not connection.set(WOKEN_KEY, "1", nx=True, px=1000):
         return 0
-    queue.enqueue_call(WAKE_JOB, job_id=f"clock-{uuid.uuid4().hex}", result_ttl=0, failure_ttl=86400, timeout=60)
+    queue.enqueue_call(WAKE_JOB, job_id=f"clock-{uuid.uuid4().hex}", result_ttl=0, failure_ttl=86400, timeout=300)
     return 1
 
 

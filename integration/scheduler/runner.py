@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import redis
@@ -96,6 +96,7 @@ class Engine:
         other jobs get their turn)."""
         started = last_extend = time.monotonic()
         ran, pending, exhausted = 0, set(), False
+        queued: dict[Future, tuple[str, int]] = {}
         room = self.threads * 2
         while True:
             now = time.monotonic()
@@ -106,11 +107,20 @@ class Engine:
                 if claimed:
                     with self.guard:  # held from now on, also while queued for a thread
                         self.in_flight.update(unit for unit, _ in claimed)
-                    pending |= {self.pool.submit(self._run_chain, unit, attempt) for unit, attempt in claimed}
+                    for unit, attempt in claimed:
+                        future = self.pool.submit(self._run_chain, unit, attempt)
+                        queued[future] = (unit, attempt)
+                        pending.add(future)
+            if self.stopping():  # SIGTERM: what has not started goes back, due now, for another worker
+                for future in [f for f in pending if f.cancel()]:
+                    pending.discard(future)
+                    self._hand_back([queued.pop(future)])
             if not pending:
                 return ran, not open_for_more and not self.stopping()
             done, pending = wait(pending, timeout=max(0.2, min(1.0, self.hold / 3)), return_when=FIRST_COMPLETED)
             ran += len(done)
+            for future in done:
+                queued.pop(future, None)
             if done:
                 exhausted = False  # a finished unit may have made room for what fell due meanwhile
             if time.monotonic() - last_extend >= self.hold / 3:
@@ -126,23 +136,37 @@ class Engine:
             log.warning("engine: could not extend claims (%s)", describe(error))
 
     def _run_chain(self, unit_id: str, attempt: int) -> None:
-        chain = [(unit_id, attempt)]
+        chain, started = [(unit_id, attempt)], False
         while chain:
+            if started and self.stopping():
+                self._hand_back(chain)  # SIGTERM: follow-ups not started go back, due now
+                return
             current, number = chain.pop(0)
-            follow, claimed_already = self._run_one(current, number)
-            if claimed_already:
-                with self.guard:
-                    self.in_flight.update(unit for unit, _ in claimed_already)
-                chain += claimed_already
-            if follow:
-                try:
+            started = True
+            try:
+                follow, claimed_already = self._run_one(current, number)
+                if claimed_already:
+                    with self.guard:
+                        self.in_flight.update(unit for unit, _ in claimed_already)
+                    chain += claimed_already
+                if follow:
                     claimed = units.claim(self.connection, len(follow), self.hold, units=follow)
-                except REDIS_DOWN as error:  # they stay due; a later job runs them
-                    log.warning("engine: %s", describe(error))
-                    continue
-                with self.guard:
-                    self.in_flight.update(unit for unit, _ in claimed)
-                chain += claimed
+                    with self.guard:
+                        self.in_flight.update(unit for unit, _ in claimed)
+                    chain += claimed
+            except redis.RedisError as error:  # they stay due or claimed; their claims bring them back
+                log.warning("engine: after %s: %s", current, describe(error))
+            except Exception:  # never silently: a future's exception is not looked at
+                log.exception("engine: after %s", current)
+
+    def _hand_back(self, claimed: list[tuple[str, int]]) -> None:
+        for unit, attempt in claimed:
+            try:
+                units.again(self.connection, unit, time.time(), counted=False, attempt=attempt)
+            except redis.RedisError as error:  # its claim brings it back
+                log.warning("engine: could not hand %s back (%s)", unit, describe(error))
+            with self.guard:
+                self.in_flight.discard(unit)
 
     def _run_one(self, unit_id: str, attempt: int) -> tuple[list[str], list[tuple[str, int]]]:
         unit = units.Unit.parse(unit_id)
@@ -166,21 +190,22 @@ class Engine:
                     log.exception("engine: %s failed (attempt %d); next attempt in %.0f s", unit_id, attempt,
                                   wait_for)
                     outcome = again(time.time() + wait_for)
-            self._record(unit_id, outcome)
+            self._record(unit_id, outcome, attempt)
             return run.follow, run.claimed
         finally:
             with self.guard:
                 self.in_flight.discard(unit_id)
 
-    def _record(self, unit_id: str, outcome: Next) -> None:
+    def _record(self, unit_id: str, outcome: Next, attempt: int) -> None:
+        """The unit's end or next time, only while this run's claim is still the unit's."""
         try:
             if outcome.handled:
                 return
             if outcome.at is None:
-                units.finish(self.connection, unit_id)
+                units.finish(self.connection, unit_id, attempt)
             else:
-                units.again(self.connection, unit_id, outcome.at, counted=outcome.counted)
-        except REDIS_DOWN as error:
+                units.again(self.connection, unit_id, outcome.at, counted=outcome.counted, attempt=attempt)
+        except redis.RedisError as error:  # away, read-only in a failover, out of memory
             log.warning("engine: could not record %s (%s); its claim brings it back", unit_id, describe(error))
 
     def close(self) -> None:

@@ -88,14 +88,32 @@ return expired
 """
 
 # KEYS: due, claimed, attempts. ARGV: unit, next attempt time, count (1: this attempt counts,
-# 0: it was a wait that is nobody's fault, such as a rate-limit pause).
+# 0: it was a wait that is nobody's fault, such as a rate-limit pause), the claim's attempt
+# number or "" (unchecked). A run whose claim lapsed and was taken by another run (its attempt
+# number moved on) changes nothing: the unit belongs to the newer run.
 AGAIN = """
+if ARGV[4] ~= '' then
+  local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if not held or redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[4] then return 0 end
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 if ARGV[3] == '0' then
   local left = redis.call('HINCRBY', KEYS[3], ARGV[1], -1)
   if left <= 0 then redis.call('HDEL', KEYS[3], ARGV[1]) end
 end
+return 1
+"""
+
+# KEYS: claimed, attempts. ARGV: unit, the claim's attempt number or "" (unchecked). Done: the
+# claim and the count go, unless another run holds the unit now.
+FINISH = """
+if ARGV[2] ~= '' then
+  local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not held or redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -173,21 +191,25 @@ def extend(connection: redis.Redis, units: list[str], hold_seconds: float) -> No
         connection.zadd(CLAIMED, dict.fromkeys(units, deadline), xx=True)
 
 
-def finish(connection: Any, unit: str) -> None:
-    """Done: the claim and the attempt count go. A unit made due again meanwhile stays due."""
+def finish(connection: Any, unit: str, attempt: int | None = None) -> None:
+    """Done: the claim and the attempt count go. A unit made due again meanwhile stays due.
+
+    With `attempt` (the number its claim got), only while that claim is still the unit's: a run
+    whose claim lapsed and was taken over must not end the newer run's claim (works in a
+    pipeline too)."""
+    args = (unit, "" if attempt is None else attempt)
     if isinstance(connection, redis.client.Pipeline):
-        connection.zrem(CLAIMED, unit)
-        connection.hdel(ATTEMPTS, unit)
+        connection.eval(FINISH, 2, CLAIMED, ATTEMPTS, *args)
         return
-    with connection.pipeline(transaction=True) as pipe:  # one round trip
-        pipe.zrem(CLAIMED, unit)
-        pipe.hdel(ATTEMPTS, unit)
-        pipe.execute()
+    run_script(connection, FINISH, (CLAIMED, ATTEMPTS), args)
 
 
-def again(connection: redis.Redis, unit: str, at: float, *, counted: bool = True) -> None:
-    """The unit's next attempt is at `at`; `counted=False` hands back the attempt it was charged."""
-    run_script(connection, AGAIN, (DUE, CLAIMED, ATTEMPTS), (unit, f"{at:.6f}", 1 if counted else 0))
+def again(connection: redis.Redis, unit: str, at: float, *, counted: bool = True,
+          attempt: int | None = None) -> None:
+    """The unit's next attempt is at `at`; `counted=False` hands back the attempt it was charged.
+    With `attempt`, only while the claim with that number is still the unit's (see `finish`)."""
+    run_script(connection, AGAIN, (DUE, CLAIMED, ATTEMPTS),
+               (unit, f"{at:.6f}", 1 if counted else 0, "" if attempt is None else attempt))
 
 
 def recover(connection: redis.Redis, now: float | None = None, limit: int = 1000) -> list[str]:

@@ -56,6 +56,8 @@ DEFAULT_TIMEOUT = 15.0
 # One delivery run starts no attempt that could end later than this after the run began.
 RUN_BUDGET = 20.0
 MAX_RESPONSE_BYTES = 64 * 1024
+# While one delivery probes a destination whose circuit just closed, the others look again after this.
+PROBE_WAIT = 2.0
 
 
 
@@ -187,8 +189,11 @@ def send(url: str, secret: str, message: dict[str, Any], now: float | None = Non
 
 def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: dict[str, Any] | None,
                    lease_seconds: float, retry_scale: float = 1.0, body_template: Template | None = None,
-                   timeout: float = DEFAULT_TIMEOUT, budget: float = RUN_BUDGET) -> str:
+                   timeout: float = DEFAULT_TIMEOUT, budget: float = RUN_BUDGET, claim: int | None = None) -> str:
     """Send what the outbox holds, in order; returns what happened (for logs and tests).
+
+    `claim` is the attempt number of the engine's claim on the unit: its schedule is only changed
+    while that claim is still the unit's (units.finish).
 
     `timeout` bounds one attempt; `budget` the whole run: an attempt is only started when it can
     end within the budget, otherwise the run stops and the unit is due again at once, for a fresh run.
@@ -205,7 +210,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
         pipe.lindex(outbox, 0)
         locked, not_before_raw, head = pipe.execute()
     if not locked:
-        units.again(connection, unit, time.time() + 1.0, counted=False)
+        units.again(connection, unit, time.time() + 1.0, counted=False, attempt=claim)
         return "busy"
 
     def keepalive(pipe: Any = None) -> None:
@@ -222,7 +227,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
         not_before = float(not_before_raw or 0)
         if not_before > time.time():
             # A retry is scheduled: a newer state change must not jump the queue or the wait.
-            units.again(connection, unit, not_before, counted=False)
+            units.again(connection, unit, not_before, counted=False, attempt=claim)
             outcome = "waiting"
             return outcome
         attempted = False
@@ -230,7 +235,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             if head is None:
                 return outcome  # "empty": the unit ends with the lock, below
             if config is None:
-                units.again(connection, unit, time.time() + 3600, counted=False)
+                units.again(connection, unit, time.time() + 3600, counted=False, attempt=claim)
                 log.warning("write-back: destination %s is not in the rules file; %s waits", destination, member)
                 outcome = "no_destination"
                 return outcome
@@ -252,8 +257,15 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 continue
             open_until = float(health.get(b"open_until") or 0)
             if open_until > time.time():
-                units.again(connection, unit, open_until, counted=False)
+                units.again(connection, unit, open_until, counted=False, attempt=claim)
                 outcome = "circuit_open"
+                return outcome
+            probing = int(health.get(b"failures") or 0) >= destinations.FAILURES_TO_OPEN
+            if probing and not connection.set(destinations.probe_key(destination), member, nx=True,
+                                              px=int((timeout + 5) * 1000)):
+                # Half open: one delivery probes the destination, every other outbox waits for its answer.
+                units.again(connection, unit, time.time() + PROBE_WAIT, counted=False, attempt=claim)
+                outcome = "circuit_half_open"
                 return outcome
             try:
                 body = render_body(body_template, message["body"])
@@ -267,10 +279,11 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 result = "no answer: the attempt was interrupted"
                 connection.hset(attempts_key, mapping={"last": result, "sending": 0})
                 outcome = _failed(connection, outbox, destination, unit, message, message_key, attempts,
-                                  None, None, result, retry_scale)
+                                  None, None, result, retry_scale, claim)
                 return outcome
             if attempted and time.monotonic() + timeout > job_deadline:
-                units.again(connection, unit, time.time(), counted=False)  # due again at once, for a fresh run
+                # Due again at once, for a fresh run.
+                units.again(connection, unit, time.time(), counted=False, attempt=claim)
                 outcome = "yielded"
                 return outcome
             deadline = min(time.monotonic() + timeout, job_deadline)
@@ -291,6 +304,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 # state change); only messages still waiting and dead letters stay in Redis.
                 with connection.pipeline(transaction=True) as pipe:
                     destinations.record_success(pipe, destination)
+                    pipe.delete(destinations.probe_key(destination))  # closed: the probe is over
                     pipe.lrem(outbox, 1, message_key)
                     pipe.delete(f"{outbox}:not_before", message_key, attempts_key)
                     pipe.lindex(outbox, 0)
@@ -303,16 +317,19 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 log.error("WRITE-BACK DESTINATION %s DISABLED: it answered 410 Gone. Its messages go to the dead "
                           "letters until `revor-bridge deliveries enable %s`.", destination, destination)
                 _give_up(connection, outbox, destination, message_key, "410 Gone: destination disabled")
+                connection.delete(destinations.probe_key(destination))
                 head = connection.lindex(outbox, 0)
                 continue
             outcome = _failed(connection, outbox, destination, unit, message, message_key, attempts, status,
-                              retry_after, result, retry_scale)
+                              retry_after, result, retry_scale, claim)
+            if probing:  # the circuit is open again (recorded above): the probe is over
+                connection.delete(destinations.probe_key(destination))
             return outcome
     finally:
         with connection.pipeline(transaction=False) as pipe:  # the lock, and the unit when nothing is left
             lock.release(pipe)
             if outcome == "empty":
-                units.finish(pipe, unit)
+                units.finish(pipe, unit, claim)
             pipe.execute()
 
 
@@ -325,12 +342,12 @@ def _drop_and_next(connection: Any, outbox: str, message_key: str) -> bytes | No
 
 def _failed(connection: Any, outbox: str, destination: str, unit: str, message: dict[str, Any],
             message_key: str, attempts: int, status: int | None, retry_after: float | None, outcome: str,
-            retry_scale: float) -> str:
+            retry_scale: float, claim: int | None = None) -> str:
     """A failed attempt (an error status, no answer, a timeout): circuit, then retry or dead letter."""
     open_until = destinations.record_failure(connection, destination, outcome, retry_scale)
     if attempts > len(RETRY_SCHEDULE):
         _give_up(connection, outbox, destination, message_key, f"no 2xx after {attempts} attempts; last: {outcome}")
-        units.again(connection, unit, max(time.time(), open_until), counted=False)
+        units.again(connection, unit, max(time.time(), open_until), counted=False, attempt=claim)
         return "dead_letter"
     wait = RETRY_SCHEDULE[attempts - 1] * retry_scale
     if retry_after is not None and status in (429, 503):
@@ -338,7 +355,7 @@ def _failed(connection: Any, outbox: str, destination: str, unit: str, message: 
     wait = max(wait, open_until - time.time())
     connection.set(f"{outbox}:not_before", f"{time.time() + wait:.3f}", ex=int(wait) + 86400)
     expire_with(connection, f"{outbox}:not_before", message_key)  # never beyond its message (and dispatch)
-    units.again(connection, unit, time.time() + wait, counted=False)
+    units.again(connection, unit, time.time() + wait, counted=False, attempt=claim)
     log.info("write-back %s to %s: %s; attempt %d, next in %.1f s", message["id"], destination, outcome,
              attempts, wait)
     return f"retry_in_{wait:.1f}"
@@ -364,5 +381,5 @@ def deliver(ctx: JobContext, run: Run) -> Next:
     deliver_outbox(ctx.redis, dispatch_id, destination, rules.destinations.get(destination) if rules else None,
                    ctx.settings.lease_seconds, retry_scale=ctx.settings.writeback_retry_scale,
                    body_template=rules.destination_bodies.get(destination) if rules else None,
-                   timeout=ctx.settings.writeback_timeout_seconds)
+                   timeout=ctx.settings.writeback_timeout_seconds, claim=run.attempt)
     return HANDLED

@@ -31,6 +31,11 @@ def health_key(destination: str) -> str:
     return f"rb:destination:{destination}"
 
 
+def probe_key(destination: str) -> str:
+    """Held by the one delivery that tries a destination whose circuit has just closed again."""
+    return f"rb:destination:{destination}:probe"
+
+
 def dead_key(destination: str) -> str:
     return f"rb:dead:{destination}"
 
@@ -63,6 +68,9 @@ def record_failure(connection: redis.Redis, destination: str, outcome: str, scal
     connection.hset(key, "last_error", outcome)
     if failures < FAILURES_TO_OPEN:
         return 0.0
+    open_until = float(connection.hget(key, "open_until") or 0)
+    if open_until > time.time():  # open already: an attempt that was in flight when it opened
+        return open_until
     opens = connection.hincrby(key, "opens", 1)
     cooldown = min(MAX_COOLDOWN, BASE_COOLDOWN * 2 ** (opens - 1)) * scale
     until = time.time() + cooldown

@@ -1,0 +1,103 @@
+"""The scheduler's claims against a real Redis: a run whose claim lapsed cannot touch the run that
+took the unit over, and a worker asked to stop hands back what it has not started.
+
+Found by a review of the new engine: `finish` and `again` used to act on the unit whatever claim
+they came from, so a slow run finishing after its claim lapsed erased the newer run's claim (the
+unit was then in neither `rb:due` nor `rb:claimed`: lost if that run died too); and a stopping
+worker ran every unit it had queued for its threads, past Heroku's 30 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from integration.scheduler import units
+from integration.scheduler.runner import DONE, Engine, Run, again
+
+
+def test_a_run_whose_claim_lapsed_cannot_end_or_move_the_newer_claim(redis_db):
+    unit = units.submit_unit("dsp_lapsed")
+    units.schedule(redis_db, unit, 0)
+    [(_, first)] = units.claim(redis_db, 10, 30)
+    later = time.time() + 31
+    assert units.recover(redis_db, now=later) == [unit]  # the first run's claim ran out
+    [(_, second)] = units.claim(redis_db, 10, 30, now=later)
+    assert (first, second) == (1, 2)
+
+    units.finish(redis_db, unit, first)  # the slow first run ends late
+    units.again(redis_db, unit, time.time() + 600, attempt=first)
+    assert units.where(redis_db, unit)["claimed_until"] is not None  # still the second run's
+    assert units.where(redis_db, unit)["due"] is None
+    assert units.attempts(redis_db, unit) == 2
+
+    units.again(redis_db, unit, time.time() + 5, attempt=second)  # the second run's own word counts
+    assert units.where(redis_db, unit)["claimed_until"] is None and units.where(redis_db, unit)["due"]
+    units.finish(redis_db, unit, first)  # and a stale finish cannot end the unit while it waits
+    assert units.where(redis_db, unit)["due"] is not None and units.attempts(redis_db, unit) == 2
+
+
+def test_a_finish_in_a_pipeline_checks_the_claim_too(redis_db):
+    unit = units.event_unit("rb:event:generic:zapier:x")
+    units.schedule(redis_db, unit, 0)
+    [(_, first)] = units.claim(redis_db, 10, 30)
+    with redis_db.pipeline(transaction=True) as pipe:
+        units.finish(pipe, unit, first + 1)  # not this claim's number
+        pipe.execute()
+    assert units.where(redis_db, unit)["claimed_until"] is not None
+    with redis_db.pipeline(transaction=True) as pipe:
+        units.finish(pipe, unit, first)
+        pipe.execute()
+    assert units.where(redis_db, unit) == {"due": None, "claimed_until": None}
+    assert units.attempts(redis_db, unit) == 0
+
+
+def test_a_stopping_engine_hands_back_what_it_has_not_started(redis_db):
+    """16 units due, 2 threads, each unit slow: the stop comes while 2 run; the rest go back, due."""
+    stop = threading.Event()
+    ran: list[str] = []
+
+    def slow(run: Run):
+        ran.append(run.unit.id)
+        stop.set()
+        time.sleep(0.5)
+        return DONE
+
+    for n in range(16):
+        units.schedule(redis_db, units.poll_unit(f"dsp_{n}"), 0)
+    engine = Engine(redis_db, {units.POLL: slow}, hold_seconds=30, threads=2, stopping=stop.is_set)
+    try:
+        started = time.monotonic()
+        engine.drain()
+        took = time.monotonic() - started
+    finally:
+        engine.close()
+    assert len(ran) == 2 and took < 2.0, (ran, took)  # the two that had started, nothing more
+    assert redis_db.zcard(units.CLAIMED) == 0  # no claim left to lapse
+    assert redis_db.zcard(units.DUE) == 14  # due now for another worker...
+    assert all(score <= time.time() for _, score in redis_db.zrange(units.DUE, 0, -1, withscores=True))
+    assert redis_db.hlen(units.ATTEMPTS) == 0  # ...with the attempt they were charged handed back
+
+
+def test_a_stopping_engine_does_not_run_follow_ups(redis_db):
+    stop = threading.Event()
+    ran: list[str] = []
+
+    def submit(run: Run):
+        ran.append(run.unit.id)
+        follow = units.deliver_unit(run.unit.ref, "crm")
+        units.schedule(redis_db, follow, 0)
+        run.follow.append(follow)
+        stop.set()  # SIGTERM arrives while the submit runs
+        return DONE
+
+    units.schedule(redis_db, units.submit_unit("dsp_f"), 0)
+    engine = Engine(redis_db, {units.SUBMIT: submit, units.DELIVER: lambda run: again(0)}, hold_seconds=30,
+                    threads=2, stopping=stop.is_set)
+    try:
+        engine.drain()
+    finally:
+        engine.close()
+    assert ran == ["submit|dsp_f"]
+    assert units.where(redis_db, "deliver|dsp_f|crm")["due"] is not None  # left due for the next worker
+    assert redis_db.zcard(units.CLAIMED) == 0
