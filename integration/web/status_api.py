@@ -90,7 +90,7 @@ def _redis():
 
 
 # Redis hashes hold text; the API answers with JSON types: counts as integers, every time as ISO 8601 UTC.
-_COUNTS = ("attempt_count", "polls")
+_COUNTS = ("attempt_count", "polls", "submit_attempts")
 _EPOCH_TIMES = ("updated_at",)  # written as epoch seconds by the state machine's script
 
 
