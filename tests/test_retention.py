@@ -153,7 +153,7 @@ def test_expired_dispatches_leave_nothing_behind(stack):
              zap("lost-3", 3, "closedlost")]
     for body in posts:
         assert stack["bridge"].post("/webhooks/generic/zapier", body, HOOK).status_code == 200
-    wait_until(lambda: finished(connection), 60, "every dispatch final and delivered", step=stack["work"])
+    wait_until(lambda: finished(connection), 120, "every dispatch final and delivered", step=stack["work"])
 
     statuses = sorted(state.load(connection, i.decode())["status"] for i in connection.zrange(state.ALL_INDEX, 0, -1))
     assert statuses == ["invalid", "rejected", "skipped", "succeeded", "succeeded"]

@@ -7,8 +7,9 @@ Every quarter second the clock that holds the leader lock (one at a time, across
 - queues one `run_due` job when some unit is due: a retry whose wait is over, a poll, a
   write-back. At most one such job per second: a job takes every due unit it can, in batches.
 
-Events need no clock: the web queues a job with every request that stored new ones. No
-correctness depends on RQ's own scheduler (the worker runs without it).
+Events need no clock: the web queues a job when it stores new ones (one until a worker starts
+it, see inbound/store.py); the clock is the safety net should that job be lost. No correctness
+depends on RQ's own scheduler (the worker runs without it).
 
 It runs as a child process of `revor-bridge worker`, started before anything else so no thread
 is forked, and exits when its parent is gone or on SIGTERM. A Redis outage pauses it (one log
