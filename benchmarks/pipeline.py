@@ -66,6 +66,8 @@ TOKEN = "bench-token-0123456789"
 HUBSPOT_SECRET = "benchmark-hubspot-client-secret-0123"
 HUBSPOT_URL = "https://bridge.example.com/webhooks/hubspot"  # what HubSpot signs: the public address
 HUBSPOT_TOKEN = "pat-na1-benchmark-token"
+SALESFORCE_ORG = "00D5e000000Fxq2EAC"
+SALESFORCE_TOKEN = "bench-salesforce-token-0123456789"
 WRITEBACK_SECRET = "whsec_YmVuY2htYXJrLXdyaXRlYmFjay1zZWNyZXQtMDE="
 MB = 1024 * 1024
 
@@ -77,6 +79,16 @@ GENERIC_RULE = """\
       channel: whatsapp
       recipient: {phone: "{{ contact.phone }}"}
       content: {text: "Hi {{ contact.first_name }}"}
+      interval_seconds: 60
+"""
+SALESFORCE_RULE = """\
+  - name: bench-salesforce
+    when: {source: salesforce, type: deal.stage_changed, match: {deal.StageName: Closed Won}}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "owner+{{ deal.Id | lower }}@example.com"}
+      content: {subject: "Won: {{ deal.Name }}", text: "Congratulations on {{ deal.Name }}"}
       interval_seconds: 60
 """
 HUBSPOT_RULE = """\
@@ -93,7 +105,7 @@ HUBSPOT_RULE = """\
 
 def rules_text(receiver_url: str | None) -> str:
     text = ("version: 1\naccounts: {wa: connect_account_sandbox_whatsapp, mail: connect_account_sandbox_email}\n"
-            "rules:\n" + GENERIC_RULE + HUBSPOT_RULE)
+            "rules:\n" + GENERIC_RULE + HUBSPOT_RULE + SALESFORCE_RULE)
     if receiver_url:
         text = text.replace("      interval_seconds: 60\n", "      interval_seconds: 60\n    writeback: [crm]\n")
         text += f"destinations:\n  crm:\n    url: \"{receiver_url}\"\n    secret: \"{WRITEBACK_SECRET}\"\n"
@@ -122,6 +134,37 @@ def send_generic(url: str, numbers: list[int], start_at: float, rate: float, out
             answer = session.post(url, data=generic_body(number), headers=headers, timeout=30)
             refused += answer.status_code != 200
             sent.append((f"bench-{number}", moment))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((sent, usage.ru_utime + usage.ru_stime, refused))
+
+
+def salesforce_message(first: int, count: int) -> tuple[bytes, list[str]]:
+    """One Outbound Message with `count` won opportunities (each its own record and event), and
+    the event ids the bridge gives them (the notification ids)."""
+    ids = [f"04l{n:015d}" for n in range(first, first + count)]
+    notes = "".join(f"""<Notification><Id>{ids[n - first]}</Id>\
+<sObject xsi:type="sf:Opportunity" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>006{n:015d}</sf:Id>\
+<sf:LastModifiedDate>2026-01-01T11:59:55.000Z</sf:LastModifiedDate><sf:Name>Deal {n}</sf:Name>\
+<sf:StageName>Closed Won</sf:StageName></sObject></Notification>""" for n in range(first, first + count))
+    body = f"""<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope \
+xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\
+<soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{SALESFORCE_ORG}\
+</OrganizationId><ActionId>04k5e000000Kq7PAAS</ActionId><SessionId xsi:nil="true"/>{notes}</notifications>\
+</soapenv:Body></soapenv:Envelope>"""
+    return body.encode(), ids
+
+
+def send_salesforce(url: str, firsts: list[int], size: int, events: int, out: Any) -> None:
+    """Outbound Messages of `size` notifications, back to back (one load-generator process)."""
+    headers = {"Content-Type": "text/xml; charset=utf-8"}
+    sent: list[tuple[str, float]] = []
+    refused = 0
+    with requests.Session() as session:
+        for first in firsts:
+            body, ids = salesforce_message(first, min(size, events - first))
+            moment = time.time()
+            refused += session.post(url, data=body, headers=headers, timeout=60).status_code != 200
+            sent += [(event_id, moment) for event_id in ids]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.put((sent, usage.ru_utime + usage.ru_stime, refused))
 
@@ -382,7 +425,7 @@ def stack(time_scale: float, receiver: bool, hubspot_api: bool, logs: str | None
                REVOR_MAX_RPS="1000", LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT), PORT=str(ports["web"]),
                HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, HUBSPOT_WEBHOOK_URL=HUBSPOT_URL,
                HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN, HUBSPOT_API_BASE_URL=f"http://127.0.0.1:{ports['hubspot']}",
-               HUBSPOT_MAX_RPS="1000")
+               HUBSPOT_MAX_RPS="1000", SALESFORCE_ORG_IDS=SALESFORCE_ORG, SALESFORCE_WEBHOOK_TOKEN=SALESFORCE_TOKEN)
     rss = RssSampler()
     result = Stack(folder, env, redis.Redis(port=ports["redis"]), f"http://127.0.0.1:{ports['web']}",
                    f"http://127.0.0.1:{ports['sandbox']}", receiver_url, rss, procs)
@@ -604,11 +647,27 @@ def run_generators(url: str, groups: list[list[int]], rate: float) -> tuple[list
     return sent, sum(r[1] for r in results), sum(r[2] for r in results)
 
 
+def run_salesforce(url: str, groups: list[list[int]], events: int) -> tuple[list[tuple[str, float]], float, int]:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    procs = [context.Process(target=send_salesforce, args=(url, group, 100, events, out)) for group in groups]
+    for proc in procs:
+        proc.start()
+    results = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return [item for result in results for item in result[0]], sum(r[1] for r in results), sum(r[2] for r in results)
+
+
 def throughput(args: argparse.Namespace) -> None:
     with stack(args.time_scale, receiver=False, hubspot_api=False, logs=args.logs) as s:
         bare_rate, _ = bare_posts(s.sandbox_url + "/api/v1", args.baseline)
         numbers = list(range(args.events))
         def generate() -> tuple[list[tuple[str, float]], float, int]:
+            if args.salesforce:
+                firsts = list(range(0, args.events, 100))
+                return run_salesforce(s.web_url + f"/webhooks/salesforce?token={SALESFORCE_TOKEN}",
+                                      [firsts[i::args.senders] for i in range(args.senders)], args.events)
             if args.wrk:
                 return run_wrk(s.web_url, s.redis, args.events, args.senders, args.wrk_connections)
             return run_generators(s.web_url + "/webhooks/generic/bench",
@@ -632,10 +691,13 @@ def throughput(args: argparse.Namespace) -> None:
         bare_before, bare_rate = bare_rate, (bare_rate + bare_after) / 2
         first = min(t for _, t in sent)
         send_span = max(t for _, t in sent) - first
-        print(f"mode: throughput; {args.events} generic-hook events (one per request, X-Hook-Token); "
+        what = ("Salesforce events in Outbound Messages of 100 (no hydration)" if args.salesforce else
+                "generic-hook events (one per request, X-Hook-Token)")
+        print(f"mode: throughput; {args.events} {what}; "
               f"{args.workers} worker processes; web: revor-bridge web (WEB_CONCURRENCY "
               f"{s.env.get('WEB_CONCURRENCY', '2')}); sandbox time scale {args.time_scale:g}")
-        kind = (f"wrk, {args.senders} threads, {args.wrk_connections} connections" if args.wrk else
+        kind = (f"{args.senders} Python processes, Outbound Messages of 100" if args.salesforce else
+                f"wrk, {args.senders} threads, {args.wrk_connections} connections" if args.wrk else
                 f"{args.senders} Python processes (requests.Session)")
         print(f"load generator            : {kind}; {len(sent)} webhooks in {send_span:.2f} s = "
               f"{len(sent) / send_span:.0f}/s, {cpu:.1f} CPU s")
@@ -756,6 +818,9 @@ def main() -> None:
     parser.add_argument("--wrk", action="store_true",
                         help="throughput mode: wrk as the load generator (--senders threads), not Python processes")
     parser.add_argument("--wrk-connections", type=int, default=8, help="with --wrk: connections")
+    parser.add_argument("--salesforce", action="store_true",
+                        help="throughput mode: Salesforce Outbound Messages of 100 events instead of one event "
+                             "per generic-hook request (ingest then costs little per event)")
     parser.add_argument("--send-first", action="store_true",
                         help="throughput mode: store every webhook before the workers start (their own rate)")
     parser.add_argument("--rate", type=float, default=50.0, help="steady mode: events per second")
