@@ -34,6 +34,7 @@ class BridgeWorker(SimpleWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage(self.log, "worker")
+        engine.stop_requested.clear()  # a new worker in this process starts unstopped
 
     # ---- Redis outages --------------------------------------------------------------------
 
