@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -149,6 +150,11 @@ def check() -> None:
     from integration.cli.rules import rules_or_exit
 
     settings = load_settings()
+    missing = production_gaps(os.environ)
+    for line in missing:
+        click.echo(f"settings: {line}")
+    if missing:
+        sys.exit(EXIT_FINAL)
     click.echo("settings: ok")
     failed = unreachable = False
     ruleset = None
@@ -198,6 +204,21 @@ def check() -> None:
     if ruleset is not None:
         failed = _check_rule_accounts(ruleset, accounts) or failed
     sys.exit(EXIT_UNREACHABLE if unreachable else EXIT_FINAL if failed else 0)
+
+
+def production_gaps(environ: Mapping[str, str]) -> list[str]:
+    """On a dyno (`DYNO` is set), what a deployed app cannot run without, one line each: locally
+    an unset REDIS_URL means the embedded server and an unset REVOR_API_KEY the sandbox on
+    127.0.0.1, which on Heroku would mean a service that quietly sends nothing anywhere."""
+    if not environ.get("DYNO"):
+        return []
+    gaps = []
+    if not (environ.get("REDIS_URL") or environ.get("REDIS_TLS_URL")):
+        gaps.append("REDIS_URL (or REDIS_TLS_URL) is unset: add Redis (the heroku-redis add-on sets it)")
+    if not environ.get("REVOR_API_KEY"):
+        gaps.append("REVOR_API_KEY is unset: without it the bridge would talk to a sandbox on 127.0.0.1 "
+                    "(set your sk-revor-... key)")
+    return gaps
 
 
 def missing_source_settings(ruleset: object, settings: Settings) -> list[str]:
