@@ -149,6 +149,22 @@ def test_check_on_a_dyno_fails_without_redis_or_a_revor_key_one_line_each(sandbo
     assert ready.stdout.splitlines()[0] == "settings: ok" and "revor: ok" in ready.stdout
 
 
+def test_rules_yaml_is_the_whole_rules_file_in_one_config_var(sandbox_process, redis_url, tmp_path):
+    """For a Deploy-button app that was never forked: the rules file travels in RULES_YAML."""
+    rules = "version: 1\nrules:\n" + SOURCES_RULES.split("rules:\n", 1)[1].split("  - name: from-salesforce")[0]
+    result = revor_bridge("check", env=cli_env(RULES_YAML=rules, REVOR_BASE_URL=sandbox_process, REDIS_URL=redis_url,
+                                               BRIDGE_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = tmp_path / "data" / "rules-from-RULES_YAML.yaml"
+    assert f"rules: ok (1 rules in {written})" in result.stdout and written.read_text() == rules
+    both = revor_bridge("check", env=cli_env(RULES_YAML=rules, RULES_FILE=str(written)), cwd=tmp_path)
+    assert both.returncode == 2
+    assert both.stderr.strip() == "revor-bridge: configuration error: RULES_YAML and RULES_FILE are both set: keep one"
+    broken = revor_bridge("check", env=cli_env(RULES_YAML="version: 1\nrules: [{name: x}]\n",
+                                               BRIDGE_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path)
+    assert broken.returncode != 0 and "rules-from-RULES_YAML.yaml" in broken.stdout + broken.stderr
+
+
 SOURCES_RULES = """\
 version: 1
 rules:

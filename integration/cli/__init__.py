@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 from dotenv import load_dotenv
@@ -26,9 +27,30 @@ from integration.settings import Settings, SettingsError
 EXIT_FINAL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4
 
 
+RULES_YAML_FILE = "rules-from-RULES_YAML.yaml"
+
+
+def rules_from_config_var(environ: Any = os.environ) -> None:
+    """RULES_YAML holds the whole rules file (a Heroku config var, for an app deployed from the
+    Deploy button without a fork): write it to the data folder and point RULES_FILE at it, in
+    the environment, so this process, gunicorn's workers and every child read the same file."""
+    text = environ.get("RULES_YAML")
+    if not text:
+        return
+    if environ.get("RULES_FILE"):
+        click.echo("revor-bridge: configuration error: RULES_YAML and RULES_FILE are both set: keep one", err=True)
+        sys.exit(EXIT_USAGE)
+    folder = Path(environ.get("BRIDGE_DATA_DIR") or ".revor-bridge")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RULES_YAML_FILE
+    path.write_text(text, encoding="utf-8")
+    environ["RULES_FILE"] = str(path.resolve())
+
+
 def load_settings() -> Settings:
     """Read `.env` (never overriding the real environment), then the settings; stop on an error."""
     load_dotenv(".env", override=False)
+    rules_from_config_var()
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
