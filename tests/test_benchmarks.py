@@ -64,8 +64,10 @@ def test_ingest_benchmark_under_wrk_stores_every_event_answered():
 
 
 def test_inbound_storage_benchmark_measures_redis_growth():
+    # 500 small events: with 100 the growth (about 200 KB) is within what Redis' allocator happens
+    # to hold spare, and the ratio swung from 0.49 to 0.77 between runs.
     result = subprocess.run([sys.executable, "-m", "benchmarks.inbound_storage", "--duplicates", "10",
-                             "--small-events", "100"],
+                             "--small-events", "500"],
                             cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
     lines = result.stdout.strip().splitlines()
