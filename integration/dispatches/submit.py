@@ -101,6 +101,12 @@ def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any], s
         return DONE
     except RevorRetryableError as error:
         note_rate_limit(limiter, error, error.rate_limit)
+        if error.status == 429:  # Revor's pace, not a failure: wait out the pause, without counting it
+            wait = max(0.5, error.retry_after or 0, limiter.paused_for())
+            ctx.redis.hset(state.key_for(dispatch_id), "next_attempt_at", state.iso_now(time.time() + wait))
+            log.warning("dispatch %s: %s; retried on schedule in %.1f s, after Revor's rate-limit pause",
+                        dispatch_id, describe(error), wait)
+            return again(time.time() + wait, counted=False)
         wait = max(backoff(SUBMIT_BACKOFF, run.attempt), error.retry_after or 0)
         ctx.redis.hset(state.key_for(dispatch_id), mapping={
             "submit_attempts": run.attempt,
