@@ -40,14 +40,10 @@ from rq.utils import utcformat
 
 from integration.inbound.normalize import InboundEvent
 from integration.scheduler.units import DUE as DUE_KEY
+from integration.scheduler.units import WAKE_JOB, WAKE_JOB_FAILURE_TTL, WAKE_JOB_TIMEOUT
 
 TTL_SECONDS = 7 * 24 * 3600
 PREFIX = "rb:"
-# The RQ job that wakes a worker to run what is due (jobs/engine.py); it retries nothing itself:
-# the units it runs keep their own schedule in Redis.
-WAKE_JOB = "integration.jobs.engine.run_due"
-WAKE_JOB_TIMEOUT = 300  # as jobs/engine.py JOB_TIMEOUT
-WAKE_JOB_FAILURE_TTL = 86400
 # Set by the store script when it queues a wake job, deleted by run_due when it starts: while it
 # is there, a job that has not started yet will run whatever the next requests make due.
 WAKE_PENDING_KEY = f"{PREFIX}wake:pending"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 import uuid
 
-from rq import Queue
-
 from integration.context import JobContext, job_context
 from integration.dispatches import retention
 from integration.dispatches.create import process_event
@@ -21,9 +19,6 @@ from integration.inbound.store import WAKE_PENDING_KEY
 from integration.scheduler import units
 from integration.scheduler.runner import Engine, Handler
 from integration.writeback.deliver import deliver
-
-JOB = "integration.jobs.engine.run_due"
-JOB_TIMEOUT = 300  # far above a run: its budget (10 s) plus the units in flight, each with its own deadline
 
 _engine: Engine | None = None
 _built = threading.Lock()
@@ -51,10 +46,6 @@ def engine_for(ctx: JobContext) -> Engine:
         return _engine
 
 
-def wake(queue: Queue, job_id: str) -> None:
-    queue.enqueue_call(JOB, job_id=job_id, result_ttl=0, failure_ttl=86400, timeout=JOB_TIMEOUT)
-
-
 def run_due() -> int:
     ctx = job_context()
     # Before any claim: an event stored from now on queues the next job (inbound/store.py), one
@@ -62,5 +53,5 @@ def run_due() -> int:
     ctx.redis.delete(WAKE_PENDING_KEY)
     ran, more = engine_for(ctx).drain()
     if more and not stop_requested.is_set():
-        wake(ctx.queue, f"more-{uuid.uuid4().hex}")
+        units.wake(ctx.queue, f"more-{uuid.uuid4().hex}")
     return ran

@@ -35,7 +35,6 @@ from integration.storage import connect
 log = logging.getLogger(__name__)
 LEADER_KEY = "rb:clock:leader"
 WOKEN_KEY = "rb:clock:woken"
-WAKE_JOB = "integration.jobs.engine.run_due"
 INTERVAL = 0.25
 
 
@@ -53,7 +52,7 @@ def tick(connection: Any, queue: Queue, token: str) -> int:
     first = units.next_due(connection)
     if first is None or first > now or not connection.set(WOKEN_KEY, "1", nx=True, px=1000):
         return 0
-    queue.enqueue_call(WAKE_JOB, job_id=f"clock-{uuid.uuid4().hex}", result_ttl=0, failure_ttl=86400, timeout=300)
+    units.wake(queue, f"clock-{uuid.uuid4().hex}")
     return 1
 
 

@@ -32,6 +32,13 @@ CLAIMED = "rb:claimed"
 ATTEMPTS = "rb:attempts"
 RECOVERED = "rb:stats:recovered"  # how many claims ran out (a worker died or hung): for operators
 
+# The one RQ job (jobs/engine.py) that runs whatever is due; the web, the clock and a run at its
+# budget queue it. It retries nothing itself: the units keep their own schedule here. Its timeout
+# is far above a run (a 10 s budget plus the units in flight, each with its own deadline).
+WAKE_JOB = "integration.jobs.engine.run_due"
+WAKE_JOB_TIMEOUT = 300
+WAKE_JOB_FAILURE_TTL = 86400
+
 EVENT, SUBMIT, POLL, DELIVER = "event", "submit", "poll", "deliver"
 KINDS = (EVENT, SUBMIT, POLL, DELIVER)
 # Housekeeping: the hourly retention sweep (handled by dispatches/retention.py). Its id lives
@@ -151,6 +158,12 @@ def poll_unit(dispatch_id: str) -> str:
 
 def deliver_unit(dispatch_id: str, destination: str) -> str:
     return unit_id(DELIVER, f"{dispatch_id}|{destination}")
+
+
+def wake(queue: Any, job_id: str) -> None:
+    """Queue the job that runs what is due (no result kept)."""
+    queue.enqueue_call(WAKE_JOB, job_id=job_id, result_ttl=0, failure_ttl=WAKE_JOB_FAILURE_TTL,
+                       timeout=WAKE_JOB_TIMEOUT)
 
 
 def _text(value: Any) -> str:
