@@ -73,3 +73,11 @@ class Limiter:
     def paused_for(self) -> float:
         raw = self.connection.get(self.pause_key)
         return max(0.0, float(raw) - time.time()) if raw else 0.0
+
+    def state(self) -> dict[str, float]:
+        """What an operator asks: how many calls could go now, and is the API telling us to wait."""
+        tokens, at = self.connection.hmget(self.bucket, "tokens", "at")
+        now = time.time()
+        free = self.burst if tokens is None else min(self.burst, float(tokens) + (now - float(at or now)) * self.rate)
+        return {"rate": self.rate, "burst": self.burst, "tokens": round(free, 2),
+                "paused_for": round(self.paused_for(), 1)}

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     app.extensions["revor_bridge.rules"] = load_rules(settings.rules_file) if settings.rules_file else None
 
     from integration.inbound.routes import webhooks
+    from integration.web.dashboard import dashboard
     from integration.web.health import health
     from integration.web.metrics import metrics
     from integration.web.status_api import status_api
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     app.register_blueprint(metrics)
     app.register_blueprint(webhooks)
     app.register_blueprint(status_api)
+    app.register_blueprint(dashboard)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:

@@ -1,0 +1,9 @@
+"""The operator's dashboard at /dashboard: server-rendered pages over the same Redis records the
+API reads. `blueprint.py` holds the sign-in gate; each page is a module named after it."""
+
+from __future__ import annotations
+
+from integration.web.dashboard import overview  # noqa: F401  (each page module adds its routes)
+from integration.web.dashboard.blueprint import dashboard
+
+__all__ = ["dashboard"]
