@@ -5,12 +5,18 @@ write-back receiver that verifies every status message's signature; posts the bu
 events (a HubSpot batch, a Salesforce Outbound Message, a Pipedrive webhook, a Zapier hook and a
 Standard Webhooks sender) to the real endpoints, signed as each sender signs; and shows every
 dispatch's state changes as the receiver gets them, with the example rules deciding.
+
+With `--keep` it does not end there: everything stays up with what the demo stored, and it
+prints a one-time sign-in link to the dashboard, so the run can be looked at (and retried,
+replayed, previewed) in a browser until Ctrl-C or SIGTERM stops it all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -43,7 +49,6 @@ STANDARD_SECRET = "whsec_ZGVtby1zdGFuZGFyZC13ZWJob29rcy1zZWNyZXQ="
 ORG_ID = "00D5e000000Fxq2EAC"
 SALESFORCE_TOKEN = "demo-salesforce-token-0123456789"
 PIPEDRIVE = ("demo-pipedrive", "demo-pipedrive-password")
-ADMIN = "demo-admin-token-0123456789"
 FINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
 
 
@@ -79,11 +84,15 @@ def _requests(web: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
 @click.option("--time-scale", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="How much faster the sandbox clock runs.")
 @click.option("--timeout", type=click.FloatRange(min=10), default=120.0, show_default=True)
-def demo(time_scale: float, timeout: float) -> None:
+@click.option("--keep", is_flag=True,
+              help="Afterwards keep everything running and print a dashboard sign-in link, until Ctrl-C.")
+def demo(time_scale: float, timeout: float, keep: bool) -> None:
     """Run everything locally and show dispatches as they progress."""
     from integration.web import create_app
 
     settings = load_settings()
+    # The dashboard and /api/v1 need a token: the user's own, else one made up for this run.
+    admin = settings.admin_token.get() if settings.admin_token else secrets.token_urlsafe(24)
     embedded = EmbeddedRedis(Path(settings.data_dir) / "demo").start()
     click.echo(f"embedded Redis   {embedded.url}  (data in {embedded.folder})")
     import redis as redis_lib
@@ -112,7 +121,7 @@ def demo(time_scale: float, timeout: float) -> None:
                HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, SALESFORCE_ORG_IDS=ORG_ID,
                SALESFORCE_WEBHOOK_TOKEN=SALESFORCE_TOKEN, PIPEDRIVE_WEBHOOK_USER=PIPEDRIVE[0],
                PIPEDRIVE_WEBHOOK_PASSWORD=PIPEDRIVE[1], GENERIC_WEBHOOK_SECRET_ZAPIER=ZAPIER_TOKEN,
-               GENERIC_WEBHOOK_SECRET_DEMO=STANDARD_SECRET, ADMIN_TOKEN=ADMIN, LOG_LEVEL="ERROR",
+               GENERIC_WEBHOOK_SECRET_DEMO=STANDARD_SECRET, ADMIN_TOKEN=admin, LOG_LEVEL="ERROR",
                PYTHONUNBUFFERED="1")
     os.environ.update({k: env[k] for k in ("CRM_STATUS_WEBHOOK_URL", "CRM_STATUS_WEBHOOK_SECRET")})
     web_settings = replace(settings, redis_url=embedded.url, rules_file=DATA / "rules.yaml",
@@ -121,7 +130,7 @@ def demo(time_scale: float, timeout: float) -> None:
                            salesforce_webhook_token=Secret(SALESFORCE_TOKEN), pipedrive_webhook_user=PIPEDRIVE[0],
                            pipedrive_webhook_password=Secret(PIPEDRIVE[1]),
                            generic_webhook_secrets={"zapier": Secret(ZAPIER_TOKEN), "demo": Secret(STANDARD_SECRET)},
-                           admin_token=Secret(ADMIN))
+                           admin_token=Secret(admin))
     web = LocalServer(create_app(web_settings)).start()
     click.echo(f"web              {web.url}")
     log_path = Path(settings.data_dir) / "demo" / "worker.log"
@@ -129,6 +138,8 @@ def demo(time_scale: float, timeout: float) -> None:
                               stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
     click.echo(f"worker           pid {worker.pid}, log in {log_path}")
     ok = False
+    if keep:  # from here Ctrl-C and SIGTERM end the run through the `finally`, which stops everything
+        _stop_on_signals()
     try:
         click.echo("\nsending the sample events:")
         for label, path, body, headers in _requests(web.url):
@@ -137,8 +148,15 @@ def demo(time_scale: float, timeout: float) -> None:
                 else {"ack": "SOAP Ack" if b"<Ack>true</Ack>" in answer.content else answer.text[:60]}
             click.echo(f"  {label:<28} {path.split('?')[0]:<26} -> {answer.status_code} {json.dumps(summary)}")
         click.echo("\ndispatches as the CRM receives their status (rule, channel, recipient, status):")
-        ok = _wait(seen, lock, web.url, timeout)
+        ok = _wait(seen, lock, web.url, timeout, admin)
+        if keep:
+            ok = _keep_running(web.url, admin, embedded.url, worker, log_path) and ok
+    except _Stop:
+        click.echo("\nstopping ...")
     finally:
+        if keep:  # a second Ctrl-C must not cut the clean-up short and leave a process behind
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, signal.SIG_IGN)
         stop_process_groups([worker], grace=20)
         web.stop()
         receiver.stop()
@@ -148,8 +166,43 @@ def demo(time_scale: float, timeout: float) -> None:
     sys.exit(0 if ok else EXIT_FINAL)
 
 
-def _wait(seen: dict[str, dict[str, Any]], lock: threading.Lock, web: str, timeout: float) -> bool:
-    headers = {"Authorization": f"Bearer {ADMIN}"}
+class _Stop(Exception):  # noqa: N818 - a request, not an error
+    """Ctrl-C or SIGTERM during `demo --keep`."""
+
+
+def _stop_on_signals() -> None:
+    """Both signals raise `_Stop` in the main thread. Set explicitly: a shell that starts a job in
+    the background makes it ignore SIGINT, and SIGTERM's default would skip every clean-up."""
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, stop)
+
+
+def _keep_running(web: str, admin: str, redis_url: str, worker: subprocess.Popen, log_path: Path) -> bool:
+    """Print how to look at the run, then wait for Ctrl-C or SIGTERM (`_Stop`); False if the worker died."""
+    import redis as redis_lib
+
+    from integration.web.dashboard.auth import sign_in_link
+
+    with redis_lib.Redis.from_url(redis_url) as connection:
+        link = sign_in_link(connection, web)
+    click.echo("\neverything keeps running; look around:")
+    click.echo(f"  dashboard        {link}")
+    click.echo("                   (a one-time link that signs this browser in; it lapses after 15 minutes "
+               f"unused: then sign in at {web}/dashboard/sign-in)")
+    click.echo(f"  ADMIN_TOKEN      {admin}")
+    click.echo(f"  status API       curl -H 'Authorization: Bearer {admin}' {web}/api/v1/dispatches")
+    click.echo("press Ctrl-C to stop everything")
+    while worker.poll() is None:
+        time.sleep(0.5)
+    click.echo(f"\nthe worker exited (code {worker.returncode}); its log is in {log_path}; stopping", err=True)
+    return False
+
+
+def _wait(seen: dict[str, dict[str, Any]], lock: threading.Lock, web: str, timeout: float, admin: str) -> bool:
+    headers = {"Authorization": f"Bearer {admin}"}
     deadline = time.monotonic() + timeout
     expected = 3  # the example rules match one Salesforce, one Zapier and one Standard Webhooks event
     while time.monotonic() < deadline:
