@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from integration.cli import EXIT_USAGE, cli, load_settings, redis_unreachable
 from integration.rules.guards import suppress as add_suppressions
 from integration.rules.guards import suppressed, unsuppress
 from integration.rules.loader import RulesError, RuleSet, load_rules
-from integration.rules.preview import PreviewError, events_from_payload, preview
+from integration.rules.preview import PreviewError, preview_payload
 from integration.settings import Settings
 
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "demo_data" / "rules.yaml"
@@ -51,22 +50,15 @@ def preview_command(event_file: str, source: str | None, rules_path: str | None,
         rules_path = str(EXAMPLE_RULES)
         click.echo(f"(RULES_FILE is unset: using the example rules {EXAMPLE_RULES})", err=True)
     ruleset = rules_or_exit(settings, rules_path, lenient_destinations=True)
-    raw = Path(event_file).read_bytes()
     try:
-        events = events_from_payload(raw, source)
-    except PreviewError as error:
-        guessed = guess_generic_source(Path(event_file), raw) if source is None else None
-        if guessed is None:  # the parser's message already says how to pass --source
-            click.echo(f"revor-bridge: {event_file}: {error}", err=True)
-            sys.exit(EXIT_USAGE)
-        name, why = guessed
+        found = preview_payload(ruleset, Path(event_file).read_bytes(), source, file_name=Path(event_file).name)
+    except PreviewError as error:  # the parser's message already says how to pass --source
+        click.echo(f"revor-bridge: {event_file}: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    if found.read_as is not None:
+        name, why = found.read_as
         click.echo(f"(no --source: reading it as {name}, {why}; pass --source generic:NAME to choose)", err=True)
-        try:
-            events = events_from_payload(raw, name)
-        except PreviewError as again:
-            click.echo(f"revor-bridge: {event_file}: {again}", err=True)
-            sys.exit(EXIT_USAGE)
-    results = [preview(ruleset, event) for event in events]
+    results = found.results
     if as_json:
         click.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return
@@ -87,28 +79,6 @@ def preview_command(event_file: str, source: str | None, rules_path: str | None,
                            + (f", once per {rule['once_per']!r}" if rule["once_per"] else ""))
                 for line in json.dumps(rule["dispatch"], indent=2, ensure_ascii=False).splitlines():
                     click.echo(f"    {line}")
-
-
-# Automation tools whose hooks usually post to /webhooks/generic/<their name>: a file named after one is theirs.
-KNOWN_HOOK_NAMES = ("zapier", "make", "n8n")
-
-
-def guess_generic_source(event_file: Path, raw: bytes) -> tuple[str, str] | None:
-    """(generic:NAME, why) for a generic hook's payload the parser cannot place, or None.
-
-    The Standard Webhooks envelope (`type`, `timestamp`, `data`) is read as `generic:standard`; a file
-    whose name starts with a known automation tool (`zapier-won-deal.json`) as that tool's hook.
-    """
-    first_word = re.split(r"[-_.\s]", event_file.name.lower(), maxsplit=1)[0]
-    if first_word in KNOWN_HOOK_NAMES:
-        return f"generic:{first_word}", f"from the file name {event_file.name!r}"
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    if isinstance(body, dict) and {"type", "timestamp", "data"} <= set(body) and isinstance(body["data"], dict):
-        return "generic:standard", "from its Standard Webhooks envelope (type, timestamp, data)"
-    return None
 
 
 @cli.group("suppress")

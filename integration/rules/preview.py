@@ -7,17 +7,27 @@ with the same code the endpoints use, without authentication and without storing
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from integration.inbound import generic, hubspot, pipedrive, salesforce
 from integration.inbound.errors import InboundError
 from integration.inbound.normalize import validated
 from integration.rules.build import Plan, plan_event
+from integration.rules.guards import ONCE_PREFIX, SUPPRESSION_KEY
 from integration.rules.loader import RuleSet
+
+# Automation tools whose hooks usually post to /webhooks/generic/<their name>: a file named after one is theirs.
+KNOWN_HOOK_NAMES = ("zapier", "make", "n8n")
 
 
 class PreviewError(ValueError):
     pass
+
+
+class UnknownSource(PreviewError):
+    """The payload could be from several senders: the user has to say which."""
 
 
 def _looks_normalized(body: Any) -> bool:
@@ -55,9 +65,79 @@ def events_from_payload(raw: bytes, source: str | None) -> list[dict[str, Any]]:
     except InboundError as error:
         detail = f" {error.fields}" if error.fields else ""
         raise PreviewError(f"{error.message}{detail}") from None
-    raise PreviewError("cannot tell the source: pass --source hubspot|salesforce|pipedrive|generic:NAME")
+    raise UnknownSource("cannot tell the source: pass --source hubspot|salesforce|pipedrive|generic:NAME")
 
 
-def preview(ruleset: RuleSet, event: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
+def guess_generic_source(file_name: str | None, raw: bytes) -> tuple[str, str] | None:
+    """(generic:NAME, why) for a generic hook's payload the parser cannot place, or None.
+
+    The Standard Webhooks envelope (`type`, `timestamp`, `data`) is read as `generic:standard`; a file
+    whose name starts with a known automation tool (`zapier-won-deal.json`) as that tool's hook.
+    """
+    first_word = re.split(r"[-_.\s]", (file_name or "").lower(), maxsplit=1)[0]
+    if first_word in KNOWN_HOOK_NAMES:
+        return f"generic:{first_word}", f"from the file name {file_name!r}"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and {"type", "timestamp", "data"} <= set(body) and isinstance(body["data"], dict):
+        return "generic:standard", "from its Standard Webhooks envelope (type, timestamp, data)"
+    return None
+
+
+@dataclass
+class PayloadPreview:
+    results: list[dict[str, Any]]  # one `preview()` per event in the payload (a HubSpot batch holds several)
+    read_as: tuple[str, str] | None = None  # (generic:NAME, why) when no source was given and one was guessed
+
+
+def preview_payload(ruleset: RuleSet, raw: bytes, source: str | None, file_name: str | None = None,
+                    connection: Any = None) -> PayloadPreview:
+    """What `revor-bridge preview` and the dashboard's preview box both do with a pasted payload: parse it
+    as the endpoint would (guessing a generic hook's source when none is given), then `preview()` each event.
+    Raises PreviewError with a message for the user."""
+    try:
+        return PayloadPreview([preview(ruleset, event, connection=connection)
+                               for event in events_from_payload(raw, source)])
+    except PreviewError:
+        guessed = guess_generic_source(file_name, raw) if source is None else None
+        if guessed is None:
+            raise
+    try:
+        events = events_from_payload(raw, guessed[0])
+    except PreviewError as again:
+        raise PreviewError(f"read as {guessed[0]} ({guessed[1]}): {again}") from None
+    return PayloadPreview([preview(ruleset, event, connection=connection) for event in events], guessed)
+
+
+def preview(ruleset: RuleSet, event: dict[str, Any], context: dict[str, Any] | None = None,
+            connection: Any = None) -> dict[str, Any]:
+    """Every rule's verdict and payload for one event. Sends nothing and writes nothing.
+
+    With `connection` (the dashboard has Redis at hand) a `ready` rule is also checked against what the
+    worker's guards would say, by reading only: the suppression list (SISMEMBER) and whether another
+    dispatch holds its `once_per` key (GET, never the worker's SET NX claim). Each rule then also has
+    `request_body`: the exact JSON the bridge would POST to Revor (canonical, as stored and resent).
+    """
     plans: list[Plan] = plan_event(ruleset, event, context)
-    return {"event": event, "rules": [plan.as_dict() for plan in plans]}
+    rules = [plan.as_dict() for plan in plans]
+    if connection is not None:
+        for shown, plan in zip(rules, plans, strict=True):
+            shown["request_body"] = plan.body.decode("utf-8") if plan.body is not None else None
+            skipped = _guard_reason(connection, plan) if plan.status == "ready" else None
+            if skipped:
+                shown["status"], shown["reason"] = "skipped", skipped
+    return {"event": event, "rules": rules}
+
+
+def _guard_reason(connection: Any, plan: Plan) -> str | None:
+    """Why the worker would skip a ready plan, read-only; the same checks as dispatches/create.py."""
+    if plan.recipient_key and connection.sismember(SUPPRESSION_KEY, plan.recipient_key):
+        return "recipient is on the suppression list"
+    if plan.once_per_key:
+        holder = connection.get(f"{ONCE_PREFIX}{plan.rule}:{plan.once_per_key}")
+        holder = holder.decode() if isinstance(holder, bytes) else holder
+        if holder is not None and holder != plan.dispatch_id:
+            return f"once_per {plan.once_per_key!r} already used by {holder}"
+    return None
