@@ -5,12 +5,16 @@ with a dyno's environment (`PORT`, `DYNO`, `REDIS_URL`, a Revor key and the rule
 against a real redis-server, a real `revor-bridge sandbox` process and a write-back receiver, all
 on 127.0.0.1. The release must pass, a signed webhook posted to `$PORT` must end as a dispatch in
 Revor with its status written back, and SIGTERM sent to every process of each dyno (Heroku's
-shutdown) must end each one cleanly well inside the 30 s before Heroku's SIGKILL.
+shutdown) must end each one cleanly well inside the 30 s before Heroku's SIGKILL. The README's
+deploy walkthrough is checked against the same files and the code it describes.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,8 +27,11 @@ from pathlib import Path
 import pytest
 import requests
 from standardwebhooks import Webhook
+from werkzeug.routing import RequestRedirect
 
-from tests.conftest import ROOT, cli_env, free_port, wait_for_port
+from integration.settings import Secret
+from integration.web import create_app
+from tests.conftest import ROOT, bridge_settings, cli_env, free_port, wait_for_port
 from tests.servers import ThreadServer, writeback_receiver
 
 HOOK_SECRET = "whsec_cHJvY2ZpbGUtaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ=="
@@ -178,3 +185,51 @@ def test_procfile_processes_release_serve_process_and_stop_on_sigterm(redis_url,
         assert code == 0 and seconds < HEROKU_GRACE, (f"{kind} exited {code} after {seconds:.1f} s", logs)
         assert not leftovers[kind], f"a process of the {kind} dyno outlived its SIGTERM"
     assert listening(port) == []
+
+
+def _deploy_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("\n## Deploy to Heroku\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_deploy_walkthrough_uses_what_the_code_reads(make_bridge):
+    """Every config var, add-on, process and URL the walkthrough names is one the code knows, and
+    its first-event `curl` gets the answer it shows."""
+    section = _deploy_section()
+    app = json.loads((ROOT / "app.json").read_text())
+    set_vars = set(re.findall(r"\b([A-Z][A-Z0-9_]+)=", " ".join(re.findall(r"heroku config:set[^\n]*(?:\n {4}.*)*",
+                                                                            section))))
+    assert {"REVOR_API_KEY", "ADMIN_TOKEN", "RULES_FILE", "RULES_YAML"} <= set_vars
+    unknown = [name for name in set_vars if name not in app["env"] and not name.startswith("GENERIC_WEBHOOK_SECRET_")]
+    assert unknown == [], unknown
+    addons = re.findall(r"heroku addons:create (\S+)", section)
+    assert addons and all({"plan": plan} in app["addons"] for plan in addons)
+    scaled = dict(part.split("=") for part in re.search(r"heroku ps:scale ([^\n]+)", section).group(1).split())
+    assert set(scaled) == set(app["formation"]) and set(scaled) <= set(procfile())
+
+    command = re.search(r"^curl https://\S+/webhooks/generic/\S+ \\\n(?:.*\n)*?.*'\n", section, re.M).group(0)
+    args = shlex.split(command.replace("\\\n", " ").replace("$(heroku config:get GENERIC_WEBHOOK_SECRET_TRY)",
+                                                            "try-token-0123456789abcdef"))
+    path = "/" + args[1].split("/", 3)[3]
+    headers = dict(args[i + 1].split(": ", 1) for i, arg in enumerate(args) if arg == "-H")
+    body = args[args.index("-d") + 1]
+    bridge = make_bridge(generic_webhook_secrets={"try": Secret("try-token-0123456789abcdef")})
+    answer = requests.post(bridge.url + path, data=body.encode(), headers=headers, timeout=10)
+    shown = json.loads(re.search(r"The answer is `(\{.*?\})`", section).group(1).replace('"..."', '"x"'))
+    assert answer.status_code == 200 and set(answer.json()) == set(shown), answer.text
+    assert {k: v for k, v in answer.json().items() if k != "delivery_id"} == {k: v for k, v in shown.items()
+                                                                              if k != "delivery_id"}
+    event_id = json.loads(body)["event_id"]
+    for url in re.findall(r"https://my-revor-bridge\.herokuapp\.com(/api/v1/\S+)", section):
+        url = url.replace("try-1", event_id)
+        seen = requests.get(bridge.url + url, headers={"Authorization": "Bearer admin-token-0123456789"}, timeout=10)
+        assert seen.status_code == 200, (url, seen.text)
+
+    routes = create_app(bridge_settings("redis://127.0.0.1:1")).url_map.bind("my-revor-bridge.herokuapp.com")
+    documented = re.findall(r"herokuapp\.com(/(?:webhooks|dashboard)[^\s`?,)]*)", section)
+    assert len(documented) >= 6
+    for path in documented:
+        try:
+            routes.match(re.sub(r"<[^>]+>", "x", path), method="POST" if path.startswith("/webhooks") else "GET")
+        except RequestRedirect:  # /dashboard -> /dashboard/
+            pass
