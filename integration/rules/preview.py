@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from integration.inbound import generic, hubspot, pipedrive, salesforce
+from integration.inbound import generic, hubspot, jsonbody, pipedrive, salesforce
 from integration.inbound.errors import InboundError
 from integration.inbound.normalize import validated
 from integration.rules.build import Plan, plan_event
@@ -46,10 +46,12 @@ def events_from_payload(raw: bytes, source: str | None) -> list[dict[str, Any]]:
                     item.event["type"] = f"{item.event['object']['type']}.stage_changed"
                 out.append(item.event)
             return out
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise PreviewError(f"the file is neither JSON nor XML ({exc})") from None
+        try:  # the endpoints' own reader: strict JSON, bounded nesting, no lone surrogates
+            body = jsonbody.parse(raw)
+        except InboundError as error:
+            if error.message.startswith(("the body is not valid JSON", "the body is not UTF-8")):
+                raise PreviewError(f"the file is neither JSON nor XML ({error.message})") from None
+            raise
         if _looks_normalized(body) and source is None:
             return [validated({k: v for k, v in body.items() if k != "_extra"})]
         if source == "hubspot" or (source is None and (isinstance(body, list) or (
@@ -79,7 +81,7 @@ def guess_generic_source(file_name: str | None, raw: bytes) -> tuple[str, str] |
         return f"generic:{first_word}", f"from the file name {file_name!r}"
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
         return None
     if isinstance(body, dict) and {"type", "timestamp", "data"} <= set(body) and isinstance(body["data"], dict):
         return "generic:standard", "from its Standard Webhooks envelope (type, timestamp, data)"

@@ -3,7 +3,10 @@ API reads. `blueprint.py` holds the sign-in gate; each page is a module named af
 
 from __future__ import annotations
 
-from integration.web.dashboard import overview  # noqa: F401  (each page module adds its routes)
+from integration.web.dashboard import (
+    overview,  # noqa: F401  (each page module adds its routes)
+    rules,  # noqa: F401
+)
 from integration.web.dashboard.blueprint import dashboard
 
 __all__ = ["dashboard"]
