@@ -162,6 +162,15 @@ def test_procfile_processes_release_serve_process_and_stop_on_sigterm(redis_url,
                                   headers={"Authorization": f"Bearer {ADMIN}"}).json()["items"]
             assert [(d["rule"], d["status"]) for d in listed] == [("crm-linkedin", "succeeded")]
             assert listed[0]["revor_job_id"], listed
+            # More work in flight when the signal comes: a shutdown mid-batch must be as clean.
+            for n in range(20):
+                more = EVENT.replace(b"sam-ortiz-example", f"sam-{n}".encode())
+                msg_id = f"msg_{uuid.uuid4().hex[:16]}"
+                assert requests.post(f"http://127.0.0.1:{port}/webhooks/generic/crm", data=more, timeout=10, headers={
+                    "Content-Type": "application/json", "webhook-id": msg_id,
+                    "webhook-timestamp": str(int(now.timestamp())),
+                    "webhook-signature": Webhook(HOOK_SECRET).sign(msg_id, now, more.decode())}).status_code == 200
+            time.sleep(0.3)
         finally:
             for proc in dynos.values():  # Heroku signals every process of every dyno at once
                 if proc.poll() is None:
