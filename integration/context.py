@@ -16,6 +16,7 @@ import redis
 from rq import Queue
 
 from integration.hydrate.hubspot import HubSpotClient
+from integration.metrics import process_tally
 from integration.revor.client import RevorClient
 from integration.rules.loader import RuleSet, load_rules
 from integration.settings import Settings
@@ -40,7 +41,9 @@ class JobContext:
     def revor(self) -> RevorClient:
         client = getattr(self._local, "revor", None)
         if client is None:
-            client = self._local.revor = RevorClient.from_settings(self.settings)
+            # Each request is tallied for /metrics; the engine adds the tally to Redis after each run.
+            client = self._local.revor = RevorClient.from_settings(self.settings,
+                                                                   observe=process_tally().revor_request)
         return client
 
     @property

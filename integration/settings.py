@@ -78,6 +78,7 @@ class Settings:
     generic_webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
     generic_event_id_fields: Mapping[str, str] = field(default_factory=dict)
     admin_token: Secret | None = None
+    metrics_token: Secret | None = None  # unset: /metrics is open
     port: int = 8000
     web_concurrency: int = 2
     # Threads per web process: a thread waits on a slow client for at most web_read_timeout.
@@ -149,6 +150,7 @@ class Settings:
             generic_webhook_secrets=env.generic_secrets(),
             generic_event_id_fields=env.generic_event_id_fields(),
             admin_token=admin,
+            metrics_token=env.secret("METRICS_TOKEN", min_length=16),
             port=int(env.number("PORT", 8000, low=1, high=65535, integer=True)),
             web_concurrency=int(env.number("WEB_CONCURRENCY", 2, low=1, high=64, integer=True)),
             web_threads=int(env.number("WEB_THREADS", 16, low=1, high=256, integer=True)),

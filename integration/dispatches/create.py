@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from integration import metrics
 from integration.context import JobContext
 from integration.dispatches import state
 from integration.dispatches.limits import Limiter
@@ -134,6 +135,7 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
         if status != "failed":
             pipe.hdel(key, "error")  # an earlier attempt's error, now overcome
         records.index_outcome(pipe, key, status, now)
+        metrics.count(pipe, metrics.event_field(metrics.source_of(key), status))
         units.finish(pipe, run.unit.id, run.attempt)
         pipe.execute()
     return HANDLED

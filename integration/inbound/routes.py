@@ -20,6 +20,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from integration import metrics
 from integration.inbound import generic, hubspot, jsonbody, pipedrive, salesforce
 from integration.inbound.errors import InboundError, not_configured
 from integration.inbound.normalize import InboundEvent
@@ -178,8 +179,30 @@ def _received_url() -> str:
     return request.host_url.rstrip("/") + request.script_root + request.path + (f"?{query}" if query else "")
 
 
+# The source label of a refused request, by route (a generic hook's name only when it is configured).
+SOURCES = {"webhooks.hubspot_webhook": "hubspot", "webhooks.salesforce_webhook": "salesforce",
+           "webhooks.pipedrive_webhook": "pipedrive"}
+
+
+def _count_rejected(error: InboundError) -> None:
+    """`rejected` in /metrics: one per refused request. Not when Redis itself failed (it would
+    wait on Redis again), and never at the cost of the answer."""
+    if error.code == "storage_unavailable":
+        return
+    source = SOURCES.get(request.endpoint or "")
+    if source is None:
+        hook = str((request.view_args or {}).get("name", "")).lower()
+        configured = generic.HOOK_NAME.match(hook) and generic.setting_name(hook) in _settings().generic_webhook_secrets
+        source = f"generic:{hook}" if configured else "generic"
+    try:
+        current_app.extensions["revor_bridge.redis"].hincrby(metrics.KEY, metrics.event_field(source, "rejected"), 1)
+    except redis.RedisError as exc:
+        log.warning("inbound %s: could not count the refusal (%s)", source, type(exc).__name__)
+
+
 @webhooks.errorhandler(InboundError)
 def inbound_error(error: InboundError) -> tuple[Response, int]:
+    _count_rejected(error)
     if error.status >= 500:
         log.warning("inbound %s: %s", request.path, error.message)
     else:

@@ -38,6 +38,7 @@ from rq import Queue
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
+from integration import metrics
 from integration.inbound.normalize import InboundEvent
 from integration.scheduler.units import DUE as DUE_KEY
 from integration.scheduler.units import WAKE_JOB, WAKE_JOB_FAILURE_TTL, WAKE_JOB_TIMEOUT
@@ -93,13 +94,15 @@ KEY_OVERHEAD_BYTES = 130
 # KEYS: the delivery, the source's stored-bytes hash, rb:due, rb:events:status:received,
 #   rb:wake:pending, RQ's set of queues (rq:queues), this request's wake job hash and its queue
 #   (rq:queue:default); then per event: its key, its ordering key, and its tracked-field key when it
-#   has a tracked field.
+#   has a tracked field; last, the metrics hash (integration/metrics.py).
 # ARGV: ttl, delivery json, received_at, count, now ms, future tolerance ms, ceiling (0: none),
 #   this hour, bucket seconds, delivery overhead, event overhead, event key copies, key overhead,
 #   wake pending ms, wake job id; then per event (5): event json, occurred ms or '', tracked field
 #   or '', its value or '', future-dated reason or ''; then the wake job's hash fields and values
 #   (what RQ writes, see _wake_template) in one argument, each as `<length>:<bytes>`: one packed
-#   argument instead of some thirty per request, unpacked only by the request that queues the job.
+#   argument instead of some thirty per request, unpacked only by the request that queues the job;
+#   then the metrics fields for stored, duplicate and ignored events, and how many were ignored
+#   (the skipped items of a verified batch).
 # Every key the script touches is in KEYS (Redis' scripting contract: proxies and clusters route
 # by them); tests/test_inbound_store.py checks it.
 STORE_SCRIPT = """
@@ -111,6 +114,7 @@ local ceiling, hour, bucket = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARG
 local delivery_cost, event_cost = tonumber(ARGV[10]), tonumber(ARGV[11])
 local key_copies, key_cost = tonumber(ARGV[12]), tonumber(ARGV[13])
 local wake_ms, wake_id = tonumber(ARGV[14]), ARGV[15]
+local metrics = KEYS[#KEYS]
 
 -- What this request would store: events not seen before, and the delivery with them. A delivery
 -- whose events are all duplicates stores nothing (each original counts its duplicates). The
@@ -164,12 +168,13 @@ if ceiling > 0 and needed > 0 and used + needed > ceiling then
 end
 
 if keep_delivery then redis.call('SET', delivery, record, 'EX', ttl) end
-local results, stored = {}, {}
+local results, stored, stored_count, duplicate_count = {}, {}, 0, 0
 for _, e in ipairs(events) do
   -- The same event twice in one batch is stored once, then counted as a duplicate.
   if not e.new or stored[e.key] then
     redis.call('HINCRBY', e.key, 'duplicates', 1)
     results[#results + 1] = 'duplicate'
+    duplicate_count = duplicate_count + 1
   else
     local body, stale = e.body, 0
     -- A future-dated event is processed but never orders its record: dated 2099, it would make
@@ -206,9 +211,14 @@ for _, e in ipairs(events) do
     redis.call('ZADD', due, received, 'event|' .. e.key)
     redis.call('ZADD', received_index, received, e.key)
     stored[e.key] = true
+    stored_count = stored_count + 1
     results[#results + 1] = (stale == 1) and 'stale' or 'new'
   end
 end
+local counted = 17 + count * 5  -- the metrics fields, after the packed wake job
+if stored_count > 0 then redis.call('HINCRBY', metrics, ARGV[counted], stored_count) end
+if duplicate_count > 0 then redis.call('HINCRBY', metrics, ARGV[counted + 1], duplicate_count) end
+if tonumber(ARGV[counted + 3]) > 0 then redis.call('HINCRBY', metrics, ARGV[counted + 2], ARGV[counted + 3]) end
 if needed > 0 then
   redis.call('HINCRBY', bytes_key, hour, needed)
   redis.call('EXPIRE', bytes_key, ttl + bucket)
@@ -459,6 +469,9 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
                  str(item.event["properties"].get(tracked) or "") if tracked else "",
                  future_dated_reason(item.occurred_ms, now)]
     argv.append(utcformat(rq_now()).encode().join(wake.parts))
+    keys.append(metrics.KEY)
+    argv += [metrics.event_field(source, "stored"), metrics.event_field(source, "duplicate"),
+             metrics.event_field(source, "ignored"), len(record.get("skipped") or ())]
     script = STORE_SCRIPT  # read at call time: tests run an instrumented copy
     sha, loaded = _script_sha(script), _loaded_shas(connection)
     for attempt in (1, 2):

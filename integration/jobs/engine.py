@@ -7,8 +7,11 @@ one for what is left. Any of them may find that another job took the work alread
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
+
+import redis
 
 from integration.context import JobContext, job_context
 from integration.dispatches import retention
@@ -16,10 +19,13 @@ from integration.dispatches.create import process_event
 from integration.dispatches.submit import submit
 from integration.dispatches.track import poll
 from integration.inbound.store import WAKE_PENDING_KEY
+from integration.metrics import process_tally
 from integration.scheduler import units
+from integration.scheduler.outage import describe
 from integration.scheduler.runner import Engine, Handler
 from integration.writeback.deliver import deliver
 
+log = logging.getLogger(__name__)
 _engine: Engine | None = None
 _built = threading.Lock()
 stop_requested = threading.Event()  # set by the worker on SIGTERM: finish the batch, claim no more
@@ -46,12 +52,24 @@ def engine_for(ctx: JobContext) -> Engine:
         return _engine
 
 
+def flush_metrics(ctx: JobContext) -> None:
+    """The Revor calls this run tallied, into Redis in one round trip (integration/metrics.py);
+    with Redis away they wait for the next run."""
+    try:
+        process_tally().flush(ctx.redis)
+    except redis.RedisError as error:
+        log.warning("metrics: could not record this run's Revor calls yet (%s)", describe(error))
+
+
 def run_due() -> int:
     ctx = job_context()
     # Before any claim: an event stored from now on queues the next job (inbound/store.py), one
     # stored before is due for this run. Either way none waits for a job that already started.
     ctx.redis.delete(WAKE_PENDING_KEY)
-    ran, more = engine_for(ctx).drain()
+    try:
+        ran, more = engine_for(ctx).drain()
+    finally:
+        flush_metrics(ctx)
     if more and not stop_requested.is_set():
         units.wake(ctx.queue, f"more-{uuid.uuid4().hex}")
     return ran

@@ -30,6 +30,7 @@ from marshmallow import ValidationError
 from requests.adapters import HTTPAdapter
 
 from integration import __version__
+from integration.metrics import revor_endpoint
 from integration.revor.errors import (
     RevorConnectionError,
     RevorError,
@@ -173,8 +174,12 @@ class RevorClient:
         read_timeout: float = 30.0,
         pool_size: int = 10,
         session: requests.Session | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        """`observe(endpoint, status, seconds)` hears of every HTTP request (the worker's metrics):
+        status is the HTTP status, or `error` when no answer came (connection failure, timeout)."""
         self.base_url = base_url.rstrip("/")
+        self.observe = observe
         self.timeout = (connect_timeout, read_timeout)
         self.session = session or requests.Session()
         # The proxy settings (HTTPS_PROXY, NO_PROXY) are read once, here: requests would scan the
@@ -195,12 +200,13 @@ class RevorClient:
         self.last_rate_limit = RateLimit()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RevorClient:
+    def from_settings(cls, settings: Any, observe: Callable[[str, str, float], None] | None = None) -> RevorClient:
         return cls(
             settings.revor_base_url,
             settings.effective_revor_key.get(),
             connect_timeout=settings.revor_connect_timeout,
             read_timeout=settings.revor_read_timeout,
+            observe=observe,
         )
 
     def close(self) -> None:
@@ -268,15 +274,22 @@ class RevorClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, RateLimit]:
         url = self.base_url + path
+        started, status = time.monotonic(), "error"
         try:
             response = self.session.request(
                 method, url, timeout=self.timeout, allow_redirects=False, stream=True, **kwargs
             )
+            status = str(response.status_code)
             raw = _read_capped(response)
         except requests.Timeout as exc:
+            status = "error"  # no whole answer: a read that timed out mid-body counts as none
             raise RevorConnectionError(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except requests.RequestException as exc:
+            status = "error"
             raise RevorConnectionError(f"{method} {path}: connection failed ({type(exc).__name__})") from None
+        finally:
+            if self.observe is not None:
+                self.observe(revor_endpoint(method, path), status, time.monotonic() - started)
         rate_limit = RateLimit.from_headers(response.headers)
         self.last_rate_limit = rate_limit
         if 200 <= response.status_code < 300:

@@ -37,6 +37,7 @@ import requests.certs
 from requests.utils import requote_uri
 from standardwebhooks import Webhook
 
+from integration import metrics
 from integration.context import JobContext
 from integration.dispatches.state import EXPIRE_WITH, expire_with, outbox_key
 from integration.revor.client import parse_retry_after
@@ -277,7 +278,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 # The worker of the last attempt died or was killed mid-send: that attempt failed.
                 attempts = int(connection.hget(attempts_key, "count") or 1)
                 result = "no answer: the attempt was interrupted"
-                connection.hset(attempts_key, mapping={"last": result, "sending": 0})
+                _record_failed_attempt(connection, attempts_key, result, destination, None, attempts)
                 outcome = _failed(connection, outbox, destination, unit, message, message_key, attempts,
                                   None, None, result, retry_scale, claim)
                 return outcome
@@ -307,10 +308,11 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                     pipe.delete(destinations.probe_key(destination))  # closed: the probe is over
                     pipe.lrem(outbox, 1, message_key)
                     pipe.delete(f"{outbox}:not_before", message_key, attempts_key)
+                    metrics.count(pipe, metrics.writeback_field(destination, "delivered"))
                     pipe.lindex(outbox, 0)
                     head = pipe.execute()[-1]
                 continue
-            connection.hset(attempts_key, mapping={"last": result, "sending": 0})
+            _record_failed_attempt(connection, attempts_key, result, destination, status, attempts)
             if status == 410:
                 # The reason leaves the URL out: a catch-hook URL is itself a secret.
                 destinations.disable(connection, destination, f"410 Gone at {state_now()}")
@@ -331,6 +333,17 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             if outcome == "empty":
                 units.finish(pipe, unit, claim)
             pipe.execute()
+
+
+def _record_failed_attempt(connection: Any, attempts_key: str, result: str, destination: str, status: int | None,
+                           attempts: int) -> None:
+    """The attempt's result, and its count in /metrics (what comes of it: another try later, a
+    dead letter, or the destination disabled by a 410), in one round trip."""
+    outcome = "gone" if status == 410 else "dead" if attempts > len(RETRY_SCHEDULE) else "retry"
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hset(attempts_key, mapping={"last": result, "sending": 0})
+        metrics.count(pipe, metrics.writeback_field(destination, outcome))
+        pipe.execute()
 
 
 def _drop_and_next(connection: Any, outbox: str, message_key: str) -> bytes | None:
