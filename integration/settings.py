@@ -86,6 +86,8 @@ class Settings:
     web_read_timeout: float = 10.0
     data_dir: Path = Path(".revor-bridge")
     log_level: str = "INFO"
+    # LOG_FORMAT: `json` (one object per line, for a log drain) by default on a dyno, `text` elsewhere.
+    log_format: str = "text"
     revor_max_rps: float = 5.0
     hubspot_max_rps: float = 8.0
     tracking_horizon_seconds: int = 2 * 86400
@@ -157,6 +159,7 @@ class Settings:
             web_read_timeout=env.number("WEB_READ_TIMEOUT", 10.0, low=0.5, high=120),
             data_dir=env.path("BRIDGE_DATA_DIR", must_exist=False) or Path(".revor-bridge"),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+            log_format=env.choice("LOG_FORMAT", ("TEXT", "JSON"), "JSON" if env.text("DYNO") else "TEXT").lower(),
             revor_max_rps=env.number("REVOR_MAX_RPS", 5.0, low=0.1, high=1000),
             hubspot_max_rps=env.number("HUBSPOT_MAX_RPS", 8.0, low=0.1, high=1000),
             tracking_horizon_seconds=int(env.number("TRACKING_HORIZON_SECONDS", 2 * 86400, low=1, high=30 * 86400,

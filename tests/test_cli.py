@@ -134,16 +134,18 @@ def test_check_reports_each_part(sandbox_process, redis_url, tmp_path):
 def test_check_on_a_dyno_fails_without_redis_or_a_revor_key_one_line_each(sandbox_process, redis_url, tmp_path):
     """On Heroku (DYNO set) an unset REDIS_URL or REVOR_API_KEY is not "local mode": the release
     check fails and says what is missing, instead of passing against a sandbox on 127.0.0.1."""
-    bare = revor_bridge("check", env=cli_env(DYNO="release.1", REVOR_BASE_URL=sandbox_process), cwd=tmp_path)
+    bare = revor_bridge("check", env=cli_env(DYNO="release.1", LOG_FORMAT="text", REVOR_BASE_URL=sandbox_process),
+                        cwd=tmp_path)  # on a dyno the lines are JSON by default (tests/test_logs.py)
     assert bare.returncode == 1, bare.stdout + bare.stderr
     assert bare.stdout.splitlines() == [
         "settings: REDIS_URL (or REDIS_TLS_URL) is unset: add Redis (the heroku-redis add-on sets it)",
         "settings: REVOR_API_KEY is unset: without it the bridge would talk to a sandbox on 127.0.0.1 "
         "(set your sk-revor-... key)"]
-    keyless = revor_bridge("check", env=cli_env(DYNO="release.1", REDIS_URL=redis_url,
+    keyless = revor_bridge("check", env=cli_env(DYNO="release.1", LOG_FORMAT="text", REDIS_URL=redis_url,
                                                  REVOR_BASE_URL=sandbox_process), cwd=tmp_path)
     assert keyless.returncode == 1 and "REDIS_URL" not in keyless.stdout and "REVOR_API_KEY" in keyless.stdout
-    ready = revor_bridge("check", env=cli_env(DYNO="release.1", REDIS_URL=redis_url, REVOR_API_KEY="sk-revor-sandbox",
+    ready = revor_bridge("check", env=cli_env(DYNO="release.1", LOG_FORMAT="text", REDIS_URL=redis_url,
+                                              REVOR_API_KEY="sk-revor-sandbox",
                                               REVOR_BASE_URL=sandbox_process), cwd=tmp_path)
     assert ready.returncode == 0, ready.stdout + ready.stderr
     assert ready.stdout.splitlines()[0] == "settings: ok" and "revor: ok" in ready.stdout

@@ -10,7 +10,6 @@ Exit codes, shared by every command:
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -22,12 +21,15 @@ from typing import Any, NoReturn
 import click
 from dotenv import load_dotenv
 
+from integration import logs
 from integration.settings import Settings, SettingsError
 
 EXIT_FINAL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4
 
 
 RULES_YAML_FILE = "rules-from-RULES_YAML.yaml"
+# The Procfile's processes: everything they write is their log (JSON lines with LOG_FORMAT=json).
+LOG_ONLY_COMMANDS = ("web", "worker", "check")
 
 
 def rules_from_config_var(environ: Any = os.environ) -> None:
@@ -56,7 +58,9 @@ def load_settings() -> Settings:
     except SettingsError as exc:
         click.echo(f"revor-bridge: configuration error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    context = click.get_current_context(silent=True)
+    process = context.info_name if context and context.info_name else "revor-bridge"
+    logs.configure(settings, process, whole_output=process in LOG_ONLY_COMMANDS)
     return settings
 
 

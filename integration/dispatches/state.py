@@ -49,6 +49,7 @@ again. Index entries are trimmed by the retention sweep (dispatches/retention.py
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ import redis
 from integration import metrics
 from integration.scheduler.units import ATTEMPTS, CLAIMED, DUE, deliver_unit
 from integration.storage import run_script
+
+log = logging.getLogger(__name__)
 
 PREFIX = "rb:dispatch:"
 ALL_INDEX = "rb:dispatches:all"
@@ -459,12 +462,23 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
             keys += owned_keys(dispatch_id, sequence, list(chosen))
         reply = run_script(connection, TRANSITION, keys, argv)
         if reply:
+            _log_change(dispatch_id, record, reason)
             if claimed is not None:
                 claimed += [(_text(reply[i]), int(reply[i + 1])) for i in range(1, len(reply), 2)]
             elif follow is not None:
                 follow.extend(delivery_units)
             return sequence
     raise RuntimeError(f"dispatch {dispatch_id}: could not record {status} (too many concurrent changes)")
+
+
+def _log_change(dispatch_id: str, record: dict[str, Any], reason: str | None) -> None:
+    """One line per state change, with the dispatch's ids (its event's too: a poll's line names it)."""
+    crm = record.get("crm") if isinstance(record.get("crm"), dict) else {}
+    level = logging.WARNING if record["status"] in ("failed", "rejected", "invalid") else logging.INFO
+    log.log(level, "dispatch %s: %s -> %s%s", dispatch_id, record["previous_status"] or "new", record["status"],
+            f" ({reason})" if reason else "",
+            extra={"dispatch_id": dispatch_id, "revor_job_id": record.get("revor_job_id"),
+                   "event_id": crm.get("event_id"), "source": crm.get("source")})
 
 
 def _expiry(status: str, current: dict[str, Any] | None, moment: float, retention: float | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+from integration import logs
 from integration.context import JobContext
 from integration.dispatches import state
 from integration.dispatches.submit import describe, move, note_rate_limit, revor_limiter
@@ -30,6 +31,7 @@ def poll(ctx: JobContext, run: Run) -> Next:
     record = snapshot.record(dispatch_id)
     if record is None or record["status"] in state.TERMINAL or not record.get("revor_job_id"):
         return DONE
+    logs.add(revor_job_id=record["revor_job_id"])  # on this poll's lines (the Revor client's too)
     limiter = revor_limiter(ctx)
     if not limiter.acquire(max_wait=LIMITER_WAIT):
         return again(time.time() + max(1.0, limiter.paused_for()), counted=False)

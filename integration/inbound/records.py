@@ -50,7 +50,8 @@ def undo_attempt(connection: redis.Redis, key: str) -> None:
         pass
 
 
-def _secret_values(settings: Settings | None) -> list[str]:
+def secret_values(settings: Settings | None) -> list[str]:
+    """Every configured secret's value (4+ characters): blanked out of stored errors and log lines."""
     if settings is None:
         return []
     found: list[str] = []
@@ -65,7 +66,7 @@ def describe(error: BaseException, settings: Settings | None = None) -> dict[str
     """The error as stored with the event: its type and a short message with any configured
     secret blanked out (the message of an unexpected error is not under the bridge's control)."""
     message = str(error)
-    for secret in _secret_values(settings):
+    for secret in secret_values(settings):
         message = message.replace(secret, "[redacted]")
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."

@@ -27,6 +27,7 @@ from typing import Any
 
 from rq import Queue
 
+from integration import logs
 from integration.scheduler import units
 from integration.scheduler.outage import REDIS_DOWN, Outage, describe
 from integration.settings import Settings
@@ -58,6 +59,7 @@ def tick(connection: Any, queue: Queue, token: str) -> int:
 
 def run(settings: Settings, interval: float = INTERVAL) -> None:
     """The loop of the clock process; a Redis outage of any length only pauses it."""
+    logs.set_process("clock")  # forked from the worker: its log lines, its name
     parent = os.getppid()
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from integration import logs
 from integration.scheduler import units
 from integration.scheduler.outage import REDIS_DOWN, describe
 
@@ -61,6 +62,21 @@ def again(at: float, counted: bool = True) -> Next:
 def backoff(schedule: list[float], attempt: int) -> float:
     """The wait after the `attempt`-th attempt failed: the schedule's entry, its last one after."""
     return float(schedule[min(max(attempt, 1), len(schedule)) - 1])
+
+
+def log_ids(unit: units.Unit) -> dict[str, str]:
+    """The ids a unit's log lines carry (logs.py): its event's, or its dispatch's and destination."""
+    if unit.kind == units.EVENT:  # rb:event:<source>:<event id>; a generic source is generic:<hook>
+        rest = unit.ref.removeprefix("rb:event:")
+        generic = rest.startswith("generic:")
+        source, _, event_id = rest.removeprefix("generic:").partition(":")
+        return {"source": f"generic:{source}" if generic else source, "event_id": event_id}
+    if unit.kind in (units.SUBMIT, units.POLL):
+        return {"dispatch_id": unit.ref}
+    if unit.kind == units.DELIVER:
+        dispatch_id, _, destination = unit.ref.partition("|")
+        return {"dispatch_id": dispatch_id, "destination": destination}
+    return {}
 
 
 @dataclass
@@ -169,6 +185,10 @@ class Engine:
                 self.in_flight.discard(unit)
 
     def _run_one(self, unit_id: str, attempt: int) -> tuple[list[str], list[tuple[str, int]]]:
+        with logs.bind(**log_ids(units.Unit.parse(unit_id))):  # on every line the unit's run logs
+            return self._run_unit(unit_id, attempt)
+
+    def _run_unit(self, unit_id: str, attempt: int) -> tuple[list[str], list[tuple[str, int]]]:
         unit = units.Unit.parse(unit_id)
         with self.guard:
             self.in_flight.add(unit_id)

@@ -17,6 +17,7 @@ from integration.rules.loader import load_rules
 from integration.settings import Settings
 from integration.storage import connect
 from integration.web.read_deadline import ReadDeadline, json_error
+from integration.web.request_ids import RequestIds
 
 MAX_BODY_BYTES = 512 * 1024  # HubSpot's 100-event batches are ~40 kB; Standard Webhooks advise < 20 kB
 SALESFORCE_PATH = "/webhooks/salesforce"
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     # Views get the whole body at once: a client trickling it holds a thread WEB_READ_TIMEOUT at most.
     app.wsgi_app = ReadDeadline(app.wsgi_app, settings.web_read_timeout,  # type: ignore[method-assign]
                                 MAX_BODY_BYTES, render=error_body)
+    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]  # outermost: every answer has an id
     # redis-py connects lazily: nothing is contacted until a request needs Redis. RQ needs bytes.
     connection = connect(settings.redis_url)
     app.extensions["revor_bridge.settings"] = settings

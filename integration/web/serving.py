@@ -22,12 +22,16 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from integration import logs
 from integration.settings import Settings
 from integration.web.read_deadline import READ_STEP, default_watchdog
+from integration.web.request_ids import REQUEST_ID_KEY
 
 # gunicorn's default format logs the request line ("%(r)s"), query string included: a token a
 # sender puts in the URL would land in the log. Method and path only, and no referrer either.
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# The request's id (web/request_ids.py) last, to find the app's lines of the same request.
+ACCESS_LOG_FORMAT = ('%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s" '
+                     f"request_id=%({{{REQUEST_ID_KEY}}}e)s")
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -74,7 +78,7 @@ _REDACT_QUERIES = _RedactQueries()
 
 
 class QueryRedactingLogger(glogging.Logger):
-    """gunicorn's logger, with query strings removed from its error log.
+    """gunicorn's logger, with query strings removed from its error log; JSON lines with LOG_FORMAT=json.
 
     gunicorn quotes the raw request line when it refuses a malformed one ("Invalid HTTP request
     line: 'GET /webhooks/salesforce?token=...'") and the URI when a request fails.
@@ -83,6 +87,26 @@ class QueryRedactingLogger(glogging.Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         self.error_log.addFilter(_REDACT_QUERIES)  # the same object each time: added once
+        if logs.json_lines():
+            for handler in self.error_log.handlers + self.access_log.handlers:
+                handler.setFormatter(logs.JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """In json mode one object per request, its fields apart; the path never has its query."""
+        if not logs.json_lines():
+            super().access(resp, req, environ, request_time)
+            return
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        fields = {"method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+                  "status": int(status) if str(status).isdigit() else status,
+                  "bytes": getattr(resp, "sent", None),
+                  "duration_ms": round(request_time.total_seconds() * 1000, 1),
+                  "request_id": environ.get(REQUEST_ID_KEY), "user_agent": environ.get("HTTP_USER_AGENT"),
+                  "remote_addr": environ.get("REMOTE_ADDR")}
+        self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
+                             extra={"fields": fields})
 
 
 class DeadlineThreadWorker(ThreadWorker):
