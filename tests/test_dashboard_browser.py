@@ -1,0 +1,284 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+Everything behind it is real: a redis-server, the web app over HTTP, a `revor-bridge worker`
+process, the Revor sandbox, and a write-back receiver that verifies signatures and answers the
+first message's every attempt with a 500, so that message lands in the dead letters for real.
+The stack and the browser start once; the steps run in one test (so one test process holds them:
+pytest-xdist spreads separate tests over processes), each in a fresh browser context and reported
+as its own subtest.
+
+Without `chromium` on PATH (or without Playwright) the tests are skipped with the reason; with
+CI=true they fail instead, so CI can never pass without having run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+
+from integration.sandbox.core import Faults
+from integration.sandbox.server import SandboxServer
+from tests.conftest import ADMIN_TOKEN, bridge_settings, cli_env
+from tests.servers import ThreadServer, writeback_receiver
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+INSTALL = {"chromium": "install Debian's chromium package (apt-get install chromium)",
+           "Playwright": "install the test extra (pip install -e '.[test]')"}
+SECRET = "whsec_YnJvd3Nlci13cml0ZWJhY2stc2VjcmV0LTAwMDE="
+ZAP_HEADERS = {"Content-Type": "application/json", "X-Hook-Token": "zap-fixture-token-7f3a"}
+DB = 3  # not the per-test database (1): this stack lives for the whole module
+FINAL = {"succeeded", "failed", "cancelled", "rejected", "invalid", "skipped"}
+PEOPLE = [("dana.lee@example.com", "Dana", "Northwind Pilot"), ("ari.chen@example.com", "Ari", "Contoso Renewal"),
+          ("sam.ortiz@example.com", "Sam", "Fabrikam Expansion")]
+
+RULES = """\
+version: 1
+accounts:
+  mail: connect_account_sandbox_email
+defaults:
+  interval_seconds: 60
+rules:
+  - name: won-email
+    when:
+      source: generic:zapier
+      type: deal.stage_changed
+      match: {deal.stage: closedwon, contact.email: {exists: true}}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "{{ contact.email }}", name: "{{ contact.first_name }}"}
+      content: {subject: "Welcome, {{ deal.name }}", text: "Hi {{ contact.first_name }}, thanks!"}
+    writeback: [crm]
+destinations:
+  crm:
+    url: "RECEIVER"
+    secret: "SECRET"
+""".replace("SECRET", SECRET)
+
+
+def require(found: str | None, what: str, environ: Mapping[str, str] = os.environ) -> str:
+    """`found`, or the test cannot run: skipped locally (naming what to install), failed in CI."""
+    if found:
+        return found
+    reason = f"{what} is missing: {INSTALL[what]}"
+    if environ.get("CI") == "true":
+        pytest.fail(f"{reason}. CI=true: the browser test must run in CI", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_a_missing_browser_skips_locally_and_fails_in_ci():
+    with pytest.raises(pytest.skip.Exception, match="chromium is missing: install Debian's chromium package"):
+        require(None, "chromium", environ={})
+    with pytest.raises(pytest.fail.Exception, match="must run in CI"):
+        require(None, "chromium", environ={"CI": "true"})
+    assert require("/usr/bin/chromium", "chromium", environ={"CI": "true"}) == "/usr/bin/chromium"
+
+
+# ---- the stack: web, worker, sandbox, receiver ----------------------------------------------
+
+def zap(number: int, email: str, first_name: str, deal: str) -> bytes:
+    return json.dumps({"event": "deal.stage_changed", "event_id": f"zap-browser-{number}",
+                       "deal__id": str(7000 + number), "deal__name": deal, "deal__stage": "closedwon",
+                       "contact__email": email, "contact__first_name": first_name}).encode()
+
+
+def wait_for(condition: Any, what: str, timeout: float = 45) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Stack:
+    def __init__(self, url: str, redis: Any, receiver: dict[str, Any], dispatch_ids: dict[str, str]) -> None:
+        self.url, self.redis, self.receiver, self.dispatch_ids = url, redis, receiver, dispatch_ids
+
+
+def _settled(connection: Any) -> dict[str, str] | None:
+    """email -> dispatch id once every dispatch is final and every outbox is empty."""
+    from integration.dispatches import state
+
+    ids = [i.decode() for i in connection.zrange(state.ALL_INDEX, 0, -1)]
+    records = [state.load(connection, i) for i in ids]
+    if len(records) < len(PEOPLE) or any(r is None or r["status"] not in FINAL for r in records):
+        return None
+    if connection.keys("rb:outbox:*"):
+        return None
+    return {r["recipient"]["address"]: r["id"] for r in records if r is not None}
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import redis
+
+    from integration.web import create_app
+    from integration.writeback import destinations
+
+    folder = tmp_path_factory.mktemp("dashboard-browser")
+    connection = redis.Redis.from_url(f"{redis_url}/{DB}")
+    connection.flushdb()
+    receiver_app, receiver = writeback_receiver(SECRET)
+    receiver["fail"] = [500] * 8  # the first message's eight attempts: then it is a dead letter
+    with SandboxServer(faults=Faults(time_scale=200.0, rate_limit=0), seed=11) as sandbox, \
+            ThreadServer(receiver_app) as receiving:
+        rules = folder / "rules.yaml"
+        rules.write_text(RULES.replace("RECEIVER", receiving.url + "/status"))
+        web = ThreadServer(create_app(bridge_settings(redis_url, redis_url=f"{redis_url}/{DB}", rules_file=rules)))
+        env = cli_env(REDIS_URL=f"{redis_url}/{DB}", REVOR_BASE_URL=sandbox.api_url, RULES_FILE=str(rules),
+                      BRIDGE_LEASE_SECONDS="3", REVOR_MAX_RPS="200", WRITEBACK_RETRY_SCALE="0.00001",
+                      LOG_LEVEL="WARNING")
+        worker = subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, cwd=folder,
+                                  stdout=subprocess.DEVNULL, stderr=open(folder / "worker.log", "w"),
+                                  start_new_session=True)
+        try:
+            with web:
+                for number, (email, name, deal) in enumerate(PEOPLE):
+                    answer = requests.post(web.url + "/webhooks/generic/zapier", data=zap(number, email, name, deal),
+                                           headers=ZAP_HEADERS, timeout=10)
+                    assert answer.status_code == 200, answer.text
+                    if number == 0:  # the rest only once the first message is dead: it takes all eight 500s
+                        wait_for(lambda: destinations.dead_letters(connection, "crm"), "the dead letter")
+                dispatch_ids = wait_for(lambda: _settled(connection), "the dispatches to settle")
+                yield Stack(web.url, connection, receiver, dispatch_ids)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+            connection.flushdb()
+            connection.close()
+
+
+# ---- the browser ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = require(shutil.which("chromium"), "chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(None, "Playwright")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, headless=True)
+        yield launched
+        launched.close()
+
+
+def new_context(browser: Browser, phone: bool = False) -> BrowserContext:
+    """A fresh browser profile (no cookies): a laptop screen, or a phone's."""
+    if phone:
+        opened = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                     device_scale_factor=2)
+    else:
+        opened = browser.new_context(viewport={"width": 1280, "height": 800})
+    opened.set_default_timeout(10_000)
+    return opened
+
+
+def sign_in(page: Page, url: str, token: str = ADMIN_TOKEN) -> Any:
+    """Fill in the sign-in form as a person does; the response to the form's POST."""
+    page.goto(url + "/dashboard/")
+    assert "/dashboard/sign-in" in page.url
+    page.get_by_label("Admin token").fill(token)
+    with page.expect_response(lambda r: r.request.method == "POST" and "/sign-in" in r.url) as posted:
+        page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+    return posted.value
+
+
+def operator(browser: Browser, stack: Stack, phone: bool = False) -> Page:
+    """A page in a new browser context, signed in through the form."""
+    page = new_context(browser, phone).new_page()
+    sign_in(page, stack.url)
+    assert page.get_by_role("heading", name="Overview").is_visible()
+    return page
+
+
+def no_horizontal_overflow(page: Page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+# ---- the steps: each in its own browser context, all in one test (one stack, one browser) ----
+
+def wrong_token_refused_then_signed_in(browser: Browser, stack: Stack) -> None:
+    context = new_context(browser)
+    page = context.new_page()
+    refused = sign_in(page, stack.url, token=ADMIN_TOKEN[:-1] + "x")
+    assert refused.status == 401
+    assert page.get_by_role("alert").inner_text() == "That token is not right."
+    assert not [c for c in context.cookies() if c["name"] == "rb_dashboard"]
+    signed = sign_in(page, stack.url)
+    assert signed.status == 302
+    assert page.url == stack.url + "/dashboard/"
+    assert page.get_by_role("heading", name="Overview").is_visible()
+    cookie = next(c for c in context.cookies() if c["name"] == "rb_dashboard")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""  # the page's scripts cannot read the session
+
+
+def no_session_sends_to_sign_in_and_posts_are_refused(browser: Browser, stack: Stack) -> None:
+    stranger = new_context(browser)
+    page = stranger.new_page()
+    page.goto(stack.url + "/dashboard/")
+    assert page.url.startswith(stack.url + "/dashboard/sign-in?next=")
+    assert page.get_by_role("heading", name="Sign in").is_visible()
+    answer = stranger.request.post(stack.url + "/dashboard/sign-out", form={"csrf_token": "guess"}, max_redirects=0)
+    assert answer.status == 401
+
+
+def post_without_csrf_token_refused(browser: Browser, stack: Stack) -> None:
+    page = operator(browser, stack)
+    # The sign-out form, with its hidden token removed in the page, as a forged form would come.
+    page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.get_by_role("button", name="Sign out").click()
+    assert posted.value.status == 403
+    assert page.get_by_role("heading", name="Refused").is_visible()
+    # The same request replayed by the browser with its session cookie but no token: refused too.
+    replayed = page.context.request.post(stack.url + "/dashboard/sign-out", form={}, max_redirects=0)
+    assert replayed.status == 403
+    page.goto(stack.url + "/dashboard/")
+    assert page.get_by_role("heading", name="Overview").is_visible()  # still signed in
+
+
+def overview_reads_on_a_phone(browser: Browser, stack: Stack) -> None:
+    page = operator(browser, stack, phone=True)
+    assert page.get_by_role("heading", name="Overview").is_visible()
+    assert no_horizontal_overflow(page), page.evaluate("document.documentElement.scrollWidth")
+
+
+def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
+    page = operator(browser, stack)
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(stack.url + "/dashboard/sign-in")
+    page.goto(stack.url + "/dashboard/")
+    assert page.url.startswith(stack.url + "/dashboard/sign-in?next=")
+    assert page.get_by_role("heading", name="Sign in").is_visible()
+
+
+STEPS = [wrong_token_refused_then_signed_in, no_session_sends_to_sign_in_and_posts_are_refused,
+         post_without_csrf_token_refused, overview_reads_on_a_phone, sign_out_ends_the_session]
+
+
+def test_an_operator_works_the_dashboard_in_chromium(browser, stack, subtests):
+    """Every step is reported on its own (a failed one does not hide the others)."""
+    for step in STEPS:
+        with subtests.test(step.__name__.replace("_", " ")):
+            step(browser, stack)
