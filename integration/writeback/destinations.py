@@ -107,6 +107,23 @@ def dead_letters(connection: redis.Redis, destination: str | None = None, since:
     return sorted(found, key=lambda m: m["dead_at"])[:limit]
 
 
+def dead_letter_page(connection: redis.Redis, names: list[str], page: int,
+                     size: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of dead letters across `names`, newest first, and how many there are in all (the dashboard).
+
+    One destination: its page straight from the sorted set. Several: the newest page*size of each, merged.
+    """
+    start = (page - 1) * size
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zrevrange(dead_key(name), start if len(names) == 1 else 0, start + size - 1, withscores=True)
+            pipe.zcard(dead_key(name))
+        replies = pipe.execute()
+    merged = sorted(((at, member.decode()) for reply in replies[0::2] for member, at in reply), reverse=True)
+    chosen = merged if len(names) == 1 else merged[start:start + size]
+    return [summary(connection, message_id) | {"dead_at": at} for at, message_id in chosen], sum(replies[1::2])
+
+
 def summary(connection: redis.Redis, message_id: str) -> dict[str, Any]:
     key = f"rb:msg:{message_id}"
     raw = connection.get(key)

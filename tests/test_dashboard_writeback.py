@@ -1,0 +1,162 @@
+"""The dashboard's write-back page over real HTTP: destination health, dead letters made by real failed
+deliveries (a receiver answering 410 Gone), enabling the destination and replaying from the page."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import textwrap
+
+import requests
+
+from integration.writeback import destinations
+from tests.test_dashboard_auth import csrf_of, signed_in
+from tests.test_pipeline import (  # noqa: F401 - fixtures
+    ZAP_HEADERS,
+    settle,
+    stack,
+    stack_with_rules,
+    zap,
+)
+from tests.test_writeback import wait_for
+
+WRITEBACK = "/dashboard/writeback"
+
+
+def dead_ids(page: str) -> list[str]:
+    """The message ids in the dead-letter table, in the order shown."""
+    table = re.search(r'<table id="dead-letters">.*?</table>', page, re.S)
+    return re.findall(r'href="/dashboard/writeback/messages/([^"]+)"', table.group(0)) if table else []
+
+
+def post_form(browser: requests.Session, url: str, path: str, **fields: str) -> requests.Response:
+    token = csrf_of(browser.get(f"{url}{WRITEBACK}", timeout=10).text)
+    return browser.post(f"{url}{path}", data={"csrf_token": token, **fields}, timeout=10, allow_redirects=False)
+
+
+def test_a_410_dead_letters_are_listed_then_enabled_and_replayed_from_the_page(stack):  # noqa: F811
+    stack["receiver"]["fail"] = [410] * 50  # deliveries to it run side by side: each one in flight is refused
+    stack["start_worker"]()
+    for number in range(9):  # three dead letters each: two pages
+        assert stack["bridge"].post("/webhooks/generic/zapier", zap(number), ZAP_HEADERS).status_code == 200
+    found = settle(stack, expected=9)
+    redis_db, url = stack["redis"], stack["bridge"].url
+    expected = {m.decode() for m in redis_db.zrange(destinations.dead_key("crm"), 0, -1)}
+    assert len(expected) == sum(int(d["sequence"]) - 1 for d in found.values()) > 25
+    assert stack["receiver"]["messages"] == []
+    stack["receiver"]["fail"].clear()  # the receiver is back
+
+    browser = signed_in(url)
+    first = browser.get(f"{url}{WRITEBACK}", timeout=10)
+    assert first.status_code == 200
+    row = re.search(r'<tr id="destination-crm">.*?</tr>', first.text, re.S).group(0)
+    receiver_port = stack["receiver_url"].rsplit(":", 1)[1]
+    assert f"http://127.0.0.1:{receiver_port}/…" in row and "/status" not in first.text  # the path is hidden
+    assert "disabled" in row and "410 Gone at" in row and ">Enable</button>" in row
+    assert f">{len(expected)}</a>" in row  # dead letters, linking to the filtered list
+    # Newest first, 25 a page, then the rest; each row with its dispatch, reason and attempts.
+    newest = [m.decode() for m in redis_db.zrevrange(destinations.dead_key("crm"), 0, -1)]
+    shown = dead_ids(first.text)
+    second = browser.get(f"{url}{WRITEBACK}?destination=crm&page=2", timeout=10).text
+    assert shown == newest[:25] and dead_ids(second) == newest[25:]
+    assert f"Page 1 of 2 · {len(expected)} dead letters" in first.text
+    assert first.text.count(">Replay</button>") == 25
+    assert "410 Gone: destination disabled" in first.text
+    some = destinations.summary(redis_db, shown[0])
+    assert some["dispatch_id"] in first.text
+
+    # Replay while disabled: refused with a fixed notice, the message stays a dead letter.
+    refused = post_form(browser, url, f"{WRITEBACK}/messages/{shown[0]}/replay")
+    assert refused.status_code == 302 and refused.headers["Location"].endswith("notice=replay_disabled")
+    assert "enable it first" in browser.get(url + refused.headers["Location"], timeout=10).text
+    assert redis_db.zscore(destinations.dead_key("crm"), shown[0]) is not None
+
+    # Without a session, or without the CSRF token: refused, nothing changes.
+    for path in (f"{WRITEBACK}/destinations/crm/enable", f"{WRITEBACK}/messages/{shown[0]}/replay"):
+        assert requests.post(f"{url}{path}", data={"csrf_token": "x"}, timeout=10,
+                             allow_redirects=False).status_code == 401
+        assert browser.post(f"{url}{path}", timeout=10, allow_redirects=False).status_code == 403
+    assert destinations.health(redis_db, "crm")["disabled"] is True
+
+    # The detail view: the body exactly as it would be sent.
+    detail = browser.get(f"{url}{WRITEBACK}/messages/{shown[0]}", timeout=10)
+    assert detail.status_code == 200 and some["dead_reason"] in html.unescape(detail.text)
+    assert some["dead_reason"].startswith("destination disabled: 410 Gone at")
+    exact = html.unescape(re.search(r'<pre id="message-bytes">(.*?)</pre>', detail.text, re.S).group(1))
+
+    enabled = post_form(browser, url, f"{WRITEBACK}/destinations/crm/enable")
+    assert enabled.status_code == 302 and enabled.headers["Location"].endswith("notice=enabled")
+    assert destinations.health(redis_db, "crm")["disabled"] is False
+    after = browser.get(url + enabled.headers["Location"], timeout=10).text
+    assert "Destination enabled" in after and ">Enable</button>" not in after
+
+    replayed = post_form(browser, url, f"{WRITEBACK}/messages/{shown[0]}/replay", destination="crm")
+    assert replayed.status_code == 302
+    assert replayed.headers["Location"] == f"{WRITEBACK}?destination=crm&notice=replayed"
+    wait_for(lambda: len(stack["receiver"]["messages"]) == 1, what="the replayed message")
+    delivered = stack["receiver"]["messages"][0]
+    assert delivered["id"] == shown[0]  # the same webhook-id
+    assert delivered["body"] == json.loads(exact)
+    listed = browser.get(f"{url}{WRITEBACK}?destination=crm", timeout=10).text
+    assert shown[0] not in dead_ids(listed) and f"Page 1 of 2 · {len(expected) - 1} dead letters" in listed
+    again = post_form(browser, url, f"{WRITEBACK}/messages/{shown[0]}/replay")
+    assert again.headers["Location"].endswith("notice=replay_gone")
+
+
+RULES = textwrap.dedent("""\
+    version: 1
+    accounts: {wa: connect_account_sandbox_whatsapp}
+    rules:
+      - name: zap-won
+        when: {source: generic:zapier}
+        dispatch: {account: wa, channel: whatsapp, recipient: {phone: "+14155550100"}, content: {text: "Hi"}}
+        writeback: [crm, sheet]
+    destinations:
+      crm:
+        url: "https://user:pass@crm.example.com:8443/hooks/catch/123/abcsecret?token=qsecret"
+        secret: "whsec_cGlwZWxpbmUtd3JpdGViYWNrLXNlY3JldC0wMDAx"
+        on: [succeeded, failed]
+      sheet:
+        url: "http://[::1]:9/"
+        secret: "whsec_cGlwZWxpbmUtd3JpdGViYWNrLXNlY3JldC0wMDAx"
+    """)
+
+
+def test_health_is_shown_without_any_secret(make_bridge, tmp_path, redis_db):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    bridge = make_bridge(rules_file=path)
+    for _ in range(destinations.FAILURES_TO_OPEN):
+        until = destinations.record_failure(redis_db, "crm", "HTTP 503")
+    destinations.record_success(redis_db, "sheet")
+    page = signed_in(bridge.url).get(f"{bridge.url}{WRITEBACK}", timeout=10).text
+    crm = re.search(r'<tr id="destination-crm">.*?</tr>', page, re.S).group(0)
+    assert "https://crm.example.com:8443/…" in crm
+    for secret in ("user", "pass", "hooks/catch", "abcsecret", "qsecret", "whsec_"):
+        assert secret not in page, secret
+    assert '<span class="status s-failed">open</span>' in crm and "HTTP 503" in crm
+    assert f"until {destinations_when(until)}" in crm and ">5<" in crm and "on succeeded, failed" in crm
+    sheet = re.search(r'<tr id="destination-sheet">.*?</tr>', page, re.S).group(0)
+    assert "http://[::1]:9/<" in sheet and "closed" in sheet and "never" not in sheet
+    assert "No dead letters." in page
+    assert browser_get_status(bridge.url, f"{WRITEBACK}?page=0") == 200  # a bad page number is said, not a 500
+    assert browser_get_status(bridge.url, f"{WRITEBACK}/messages/msg_nope") == 404
+
+
+def destinations_when(epoch: float) -> str:
+    from integration.web.dashboard.writeback import when
+
+    return when(epoch)
+
+
+def browser_get_status(url: str, path: str) -> int:
+    return signed_in(url).get(f"{url}{path}", timeout=10).status_code
+
+
+def test_enabling_an_unknown_destination_is_not_found(make_bridge, tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    bridge = make_bridge(rules_file=path)
+    browser = signed_in(bridge.url)
+    assert post_form(browser, bridge.url, f"{WRITEBACK}/destinations/elsewhere/enable").status_code == 404
