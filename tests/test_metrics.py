@@ -227,3 +227,25 @@ def test_snapshot_reads_every_family_for_the_dashboard(redis_db):
     [seconds] = found["revor_request_seconds"]
     assert seconds["buckets"]["0.25"] == 0 and seconds["buckets"]["0.5"] == 1 and seconds["count"] == 1
     assert json.dumps(found)  # plain JSON for a template or an API
+
+
+def test_the_readme_lists_every_metric_and_three_alerts_on_real_ones(redis_url, redis_db):
+    """README "Metrics and alerts": every family /metrics writes is in its table, and its rules
+    file holds three alerts whose expressions name only metrics that exist."""
+    import re
+
+    import yaml
+
+    from integration.web import create_app
+
+    text = create_app(bridge_settings(redis_url)).test_client().get("/metrics").get_data(as_text=True)
+    names = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Metrics and alerts\n", 1)[1].split("\n## ", 1)[0]
+    assert sorted(name for name in names if f"`{name}`" not in section) == []
+    rules = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["groups"][0]["rules"]
+    assert len(rules) == 3
+    samples = names | {name + suffix for name in names for suffix in ("_bucket", "_sum", "_count")}
+    for rule in rules:
+        used = set(re.findall(r"revor_bridge_\w+", rule["expr"]))
+        assert used and used <= samples, (rule["alert"], used - samples)
