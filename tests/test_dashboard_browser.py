@@ -264,6 +264,24 @@ def overview_reads_on_a_phone(browser: Browser, stack: Stack) -> None:
     assert no_horizontal_overflow(page), page.evaluate("document.documentElement.scrollWidth")
 
 
+def dead_letter_replayed_and_delivered(browser: Browser, stack: Stack) -> None:
+    from integration.writeback import destinations
+
+    (dead,) = destinations.dead_letters(stack.redis, "crm")
+    assert dead["id"] not in {m["id"] for m in stack.receiver["messages"]}  # eight 500s, never delivered
+    page = operator(browser, stack)
+    page.get_by_role("link", name="Write-back").click()
+    assert page.get_by_role("heading", name="Write-back").is_visible()
+    row = page.locator("#dead-letters tr", has_text=dead["id"])
+    assert "no 2xx after 8 attempts" in row.inner_text()
+    row.get_by_role("button", name="Replay").click()
+    assert "Queued again" in page.get_by_role("status").inner_text()
+    wait_for(lambda: dead["id"] in {m["id"] for m in stack.receiver["messages"]}, "the replayed message")
+    assert not destinations.dead_letters(stack.redis, "crm")
+    page.reload()
+    assert "No dead letters" in page.locator("main").inner_text()
+
+
 def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
     page = operator(browser, stack)
     page.get_by_role("button", name="Sign out").click()
@@ -274,7 +292,8 @@ def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
 
 
 STEPS = [wrong_token_refused_then_signed_in, no_session_sends_to_sign_in_and_posts_are_refused,
-         post_without_csrf_token_refused, overview_reads_on_a_phone, sign_out_ends_the_session]
+         post_without_csrf_token_refused, overview_reads_on_a_phone, dead_letter_replayed_and_delivered,
+         sign_out_ends_the_session]
 
 
 def test_an_operator_works_the_dashboard_in_chromium(browser, stack, subtests):
