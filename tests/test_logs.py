@@ -121,9 +121,9 @@ def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_pla
     assert any(item["message"].startswith(f"dispatch {dispatch_id}: pending -> accepted") for item in accepted)
 
 
-def test_the_format_follows_dyno_unless_log_format_says_and_a_wrong_one_stops_in_one_line(tmp_path):
+def test_the_format_follows_dyno_unless_log_format_says_and_a_wrong_one_stops_in_one_line(sandbox, tmp_path):
     """The release check on a dyno without Redis: its report lines are JSON (LOG_FORMAT unset);
-    locally the same lines are text; LOG_FORMAT=xml stops before anything with one line."""
+    locally they are text; LOG_FORMAT=xml stops before anything with one line."""
     on_dyno = revor_bridge("check", env=cli_env(DYNO="release.1"), cwd=tmp_path)
     assert on_dyno.returncode == 1, on_dyno.stdout + on_dyno.stderr
     report = _json_lines(on_dyno.stdout, "check")
@@ -131,8 +131,14 @@ def test_the_format_follows_dyno_unless_log_format_says_and_a_wrong_one_stops_in
     assert report[0]["message"].startswith("settings: REDIS_URL (or REDIS_TLS_URL) is unset")
     _json_lines(on_dyno.stderr, "check stderr")
 
-    as_text = revor_bridge("check", env=cli_env(DYNO="release.1", LOG_FORMAT="text"), cwd=tmp_path)
-    assert as_text.stdout.splitlines()[0].startswith("settings: REDIS_URL (or REDIS_TLS_URL) is unset")
+    local = cli_env(REVOR_BASE_URL=sandbox.api_url, BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    local.pop("DYNO", None)
+    local.pop("LOG_FORMAT", None)
+    as_text = revor_bridge("check", env=local, cwd=tmp_path)
+    assert as_text.returncode == 0, as_text.stdout + as_text.stderr
+    assert as_text.stdout.splitlines()[0] == "settings: ok" and not as_text.stdout.lstrip().startswith("{")
+    on_dyno_as_text = revor_bridge("check", env=cli_env(DYNO="release.1", LOG_FORMAT="text"), cwd=tmp_path)
+    assert on_dyno_as_text.stdout.splitlines()[0].startswith("settings: REDIS_URL (or REDIS_TLS_URL) is unset")
     assert _settings({}).log_format == "text" and _settings({"DYNO": "web.1"}).log_format == "json"
     assert _settings({"DYNO": "web.1", "LOG_FORMAT": "Text"}).log_format == "text"
 
