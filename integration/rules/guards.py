@@ -69,6 +69,12 @@ def unsuppress(connection: redis.Redis, values: list[str]) -> list[str]:
     return keys
 
 
+def unsuppress_keys(connection: redis.Redis, keys: list[str]) -> int:
+    """Remove entries as `suppressed` lists them (recipient keys, e.g. a dashboard's Remove button);
+    how many were on the list."""
+    return int(connection.srem(SUPPRESSION_KEY, *keys)) if keys else 0
+
+
 def suppressed(connection: redis.Redis) -> list[str]:
     return sorted(m.decode() if isinstance(m, bytes) else m for m in connection.smembers(SUPPRESSION_KEY))
 

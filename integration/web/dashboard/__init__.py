@@ -8,6 +8,7 @@ from integration.web.dashboard import (
     events,  # noqa: F401
     overview,  # noqa: F401  (each page module adds its routes)
     rules,  # noqa: F401
+    suppression,  # noqa: F401
     writeback,  # noqa: F401
 )
 from integration.web.dashboard.blueprint import dashboard
