@@ -83,6 +83,12 @@ def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_pla
                                                         msg_id, now, EVENT.decode())})
         assert posted.status_code == 200, posted.text
         answered_id = posted.headers["X-Request-Id"]
+        # A refused one, with the router's id: the app's own line about it carries that id too.
+        refused = requests.post(f"http://127.0.0.1:{port}/webhooks/generic/crm", data=EVENT, timeout=10,
+                                headers={"Content-Type": "application/json", "X-Request-Id": "router-id-0001",
+                                         "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                                         "webhook-signature": "v1,AAAA"})
+        assert refused.status_code == 401 and refused.headers["X-Request-Id"] == "router-id-0001", refused.text
         deadline, listed = time.monotonic() + 15, []
         while time.monotonic() < deadline and not (listed and listed[0].get("revor_job_id")):
             time.sleep(0.2)
@@ -107,7 +113,10 @@ def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_pla
     assert {item["process"] for item in lines["web.err"]} == {"web"}
 
     access = [item for item in everything if item["logger"] == "gunicorn.access" and item["method"] == "POST"]
-    assert len(access) == 1, access
+    assert [item["status"] for item in access] == [200, 401], access
+    assert access[1]["request_id"] == "router-id-0001"
+    app_lines = [item for item in everything if item["logger"].startswith("integration.inbound")]
+    assert app_lines and all(item["request_id"] == "router-id-0001" for item in app_lines), app_lines
     assert access[0]["path"] == "/webhooks/generic/crm" and access[0]["status"] == 200
     assert access[0]["request_id"] == answered_id and access[0]["duration_ms"] >= 0 and access[0]["bytes"] > 0
     assert access[0]["remote_addr"] == "127.0.0.1" and access[0]["user_agent"].startswith("python-requests")
