@@ -282,6 +282,25 @@ def dead_letter_replayed_and_delivered(browser: Browser, stack: Stack) -> None:
     assert "No dead letters" in page.locator("main").inner_text()
 
 
+def suppression_added_and_removed(browser: Browser, stack: Stack) -> None:
+    from integration.rules import guards
+
+    page = operator(browser, stack)
+    page.get_by_role("link", name="Suppression").click()
+    page.get_by_label("Values to suppress").fill("Ari.Chen@example.com\n+1 415 555 0199")
+    page.get_by_role("button", name="Add", exact=True).click()
+    assert "Added to the suppression list" in page.get_by_role("status").inner_text()
+    entries = page.locator("#suppression-entries")
+    assert "ari.chen@example.com" in entries.inner_text() and "+14155550199" in entries.inner_text()
+    assert guards.is_suppressed(stack.redis, "email:ari.chen@example.com")  # what the pipeline reads
+    page.get_by_role("button", name="Remove ari.chen@example.com").click()
+    assert "Removed from the suppression list" in page.get_by_role("status").inner_text()
+    assert "ari.chen@example.com" not in page.locator("main").inner_text()
+    assert guards.suppressed(stack.redis) == ["phone:+14155550199"]
+    page.get_by_role("button", name="Remove +14155550199").click()
+    assert "The list is empty." in page.locator("main").inner_text()
+
+
 def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
     page = operator(browser, stack)
     page.get_by_role("button", name="Sign out").click()
@@ -293,7 +312,7 @@ def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
 
 STEPS = [wrong_token_refused_then_signed_in, no_session_sends_to_sign_in_and_posts_are_refused,
          post_without_csrf_token_refused, overview_reads_on_a_phone, dead_letter_replayed_and_delivered,
-         sign_out_ends_the_session]
+         suppression_added_and_removed, sign_out_ends_the_session]
 
 
 def test_an_operator_works_the_dashboard_in_chromium(browser, stack, subtests):
