@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from integration import metrics
+from integration import lookup, metrics
 from integration.context import JobContext
 from integration.dispatches import state
 from integration.dispatches.limits import Limiter
@@ -63,7 +63,8 @@ def process_event(ctx: JobContext, run: Run) -> Next:
         error = records.last_error(stored)
         why = f"{error['type']}: {error['message']}" if error else \
             "each run stopped before it finished (the worker was killed or ran out of memory)"
-        return _finish(ctx, run, key, "failed", reason=f"gave up after {records.MAX_ATTEMPTS} attempts: {why}")
+        return _finish(ctx, run, key, "failed", reason=f"gave up after {records.MAX_ATTEMPTS} attempts: {why}",
+                       event=_stored_event(stored))
     try:
         return _run(ctx, run, key, stored)
     except Exception as exc:
@@ -75,13 +76,22 @@ def process_event(ctx: JobContext, run: Run) -> Next:
         error = records.describe(exc, ctx.settings)
         log.error("event %s: attempt %d of %d failed", key, attempts, records.MAX_ATTEMPTS, exc_info=True)
         if attempts >= records.MAX_ATTEMPTS:
-            return _finish(ctx, run, key, "failed", error=error,
+            return _finish(ctx, run, key, "failed", error=error, event=_stored_event(stored),
                            reason=f"processing failed {attempts} times: {error['type']}: {error['message']}")
         records.record_error(ctx.redis, key, error)
         return again(time.time() + ctx.settings.lease_seconds)
     except BaseException:  # a shutdown: not the event's fault
         records.undo_attempt(ctx.redis, key)
         raise
+
+
+def _stored_event(stored: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """The stored event, for its lookup entries; None when it cannot be read (a poison event)."""
+    try:
+        event = json.loads(stored[b"event"])
+    except (KeyError, ValueError):
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def _expected(error: Exception) -> bool:
@@ -95,7 +105,8 @@ def _expected(error: Exception) -> bool:
 def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Next:
     event = json.loads(stored[b"event"])
     if stored.get(b"stale") == b"1":
-        return _finish(ctx, run, key, "skipped", reason="stale: a newer event for this object was already received")
+        return _finish(ctx, run, key, "skipped", reason="stale: a newer event for this object was already received",
+                       event=event)
     context: dict[str, Any] | None = None
     reason = None
     if event["source"] == "hubspot" and event.get("hydrate"):
@@ -109,17 +120,18 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Nex
             except HubSpotError as error:
                 if error.retryable:
                     raise
-                return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}")
+                return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}", event=event)
     dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run)
     if ctx.rules is None:
         reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
-    return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches)
+    return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches, event=event)
 
 
 def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None = None,
             context: dict[str, Any] | None = None, dispatches: list[str] | None = None,
-            error: dict[str, str] | None = None) -> Next:
-    """The event's outcome, its index and the end of its unit, in one transaction."""
+            error: dict[str, str] | None = None, event: dict[str, Any] | None = None) -> Next:
+    """The event's outcome, its index, its lookup entries (object id, emails: integration/lookup.py)
+    and the end of its unit, in one transaction."""
     now = time.time()
     fields: dict[str, Any] = {"status": status, "processed_at": f"{now:.3f}"}
     if reason:
@@ -135,6 +147,8 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
         if status != "failed":
             pipe.hdel(key, "error")  # an earlier attempt's error, now overcome
         records.index_outcome(pipe, key, status, now)
+        if event is not None:
+            lookup.add(pipe, lookup.event_entries(key, event, context), now)
         metrics.count(pipe, metrics.event_field(metrics.source_of(key), status))
         units.finish(pipe, run.unit.id, run.attempt)
         pipe.execute()

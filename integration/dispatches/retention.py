@@ -21,6 +21,9 @@ again meanwhile keeps its entry):
 - `rb:events:status:<status>`: entries older than the events' lifetime, and younger ones whose
   event is gone;
 - `rb:dead:<destination>`: dead letters whose message is gone;
+- the lookup buckets (`rb:find:d:*`, `rb:find:e:*`, integration/lookup.py), like the indexes of
+  their records: dispatches' entries older than the retention whose dispatch is gone, events'
+  as the events' index above;
 - `rb:due`: units whose dispatch or event is gone (with their attempt counts, and a delivery's
   outbox); `rb:attempts`: counts of units that are neither due nor claimed.
 """
@@ -34,6 +37,7 @@ from typing import Any
 
 import redis
 
+from integration import lookup
 from integration.dispatches import state
 from integration.inbound import records
 from integration.inbound.store import TTL_SECONDS as EVENT_TTL_SECONDS
@@ -155,6 +159,9 @@ def sweep(connection: redis.Redis, retention: float, now: float | None = None,
         index = records.STATUS_INDEX + status
         removed["event_index"] += int(connection.zremrangebyscore(index, "-inf", moment - event_ttl))
         removed["event_index"] += trim_index(connection, index, moment - event_ttl + EVENT_SLACK, lambda key: key)
+    removed["dispatch_index"] += lookup.sweep(connection, lookup.DISPATCHES, horizon)
+    removed["event_index"] += lookup.sweep(connection, lookup.EVENTS, moment - event_ttl + EVENT_SLACK,
+                                           expired_before=moment - event_ttl)
     for name in connection.scan_iter(match="rb:dead:*", count=1000, _type="zset"):
         removed["dead_letters"] += trim_index(connection, _text(name), moment, lambda m: "rb:msg:" + m)
     removed["units"] = drop_orphan_units(connection)

@@ -58,7 +58,7 @@ from typing import Any
 
 import redis
 
-from integration import metrics
+from integration import lookup, metrics
 from integration.scheduler.units import ATTEMPTS, CLAIMED, DUE, deliver_unit
 from integration.storage import run_script
 
@@ -81,7 +81,8 @@ TIMELINE = "timeline"  # the document's member holding the timeline
 # KEYS: dispatch hash, its document, its timeline list of the former layout (deleted: the
 #       document holds it now), the old status index (or the new one again when creating), the
 #       new status index, the all index, the rule index, the due set, the claimed set, the
-#       attempts hash, the metrics hash (integration/metrics.py), then per message: the
+#       attempts hash, the metrics hash (integration/metrics.py), the lookup buckets of this
+#       change's search terms (integration/lookup.py: never expired with it), then per message: the
 #       destination's outbox and the message key; then the other keys that live and die with the
 #       dispatch (its outboxes' retry waits, every status message with its attempt and dead-letter
 #       records), which only a move into or out of a final state touches.
@@ -90,7 +91,8 @@ TIMELINE = "timeline"  # the document's member holding the timeline
 #       schedule or "", its due time, expiry ("" = leave as is, "persist", or the epoch ms at
 #       which the dispatch's keys expire), claim deadline ("" = schedule the follow-up units;
 #       else claim those due now for the caller, who runs them at once), the transition's counter
-#       field in the metrics hash, then per message: message json and the delivery unit (due now
+#       field in the metrics hash, how many lookup entries, their members (scored by `now`),
+#       then per message: message json and the delivery unit (due now
 #       unless it already waits for a retry or runs: NX).
 # Returns 0 when the sequence check refused, else {1, then per claimed unit: unit, attempt}.
 TRANSITION = """
@@ -130,8 +132,10 @@ if ARGV[9] ~= '' then
   end
 end
 redis.call('HINCRBY', KEYS[11], ARGV[13], 1)
-local k = 12
-for i = 14, #ARGV, 2 do
+local found = tonumber(ARGV[14])
+for j = 1, found do redis.call('ZADD', KEYS[11 + j], math.floor(tonumber(ARGV[5])), ARGV[14 + j]) end
+local k = 12 + found
+for i = 15 + found, #ARGV, 2 do
   redis.call('SET', KEYS[k + 1], ARGV[i])
   redis.call('RPUSH', KEYS[k], KEYS[k + 1])
   local unit = ARGV[i + 1]
@@ -144,7 +148,7 @@ for i = 14, #ARGV, 2 do
 end
 if ARGV[11] ~= '' then
   for j = 1, #KEYS do
-    if j <= 2 or j >= 12 then
+    if j <= 2 or j >= 12 + found then
       if ARGV[11] == 'persist' then redis.call('PERSIST', KEYS[j]) else redis.call('PEXPIREAT', KEYS[j], ARGV[11]) end
     end
   end
@@ -441,12 +445,15 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
         keys = [key_for(dispatch_id), doc_key(dispatch_id), old_timeline_key(dispatch_id), old_index,
                 STATUS_INDEX + status, ALL_INDEX, RULE_INDEX + (record.get("rule") or ""), DUE, CLAIMED, ATTEMPTS,
                 metrics.KEY]
+        found = lookup.dispatch_entries(dispatch_id, create, fields)
+        keys += [bucket for bucket, _ in found]
         argv: list[Any] = ["" if current is None else str(current["sequence"]), sequence, status,
                            record["previous_status"], f"{moment:.6f}", json.dumps(short), json.dumps(moved),
                            new_document, then[0] if then else "", f"{then[1]:.6f}" if then else "",
                            _expiry(status, current, moment, retention),
                            f"{moment + claim_for:.6f}" if claim_for else "",
-                           metrics.transition_field(status, record.get("rule") or "")]
+                           metrics.transition_field(status, record.get("rule") or ""),
+                           len(found), *[value for _, value in found]]
         delivery_units = []
         chosen = record.get("writeback") or []
         for name, wanted in (destinations or {}).items():

@@ -94,8 +94,19 @@ def index_outcome(pipe: Any, key: str, status: str, now: float) -> None:
 
 def summary(connection: redis.Redis, key: str) -> dict[str, Any] | None:
     """One event for a listing: who sent it, where it stands and why; None once expired."""
-    stored = connection.hgetall(key)
-    if not stored:
+    return _summary_of(connection.hgetall(key))
+
+
+def summaries(connection: redis.Redis, keys: list[str]) -> list[dict[str, Any] | None]:
+    """`summary` of each key in one round trip (a listing page)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        return [_summary_of(stored) for stored in pipe.execute()]
+
+
+def _summary_of(stored: dict[bytes, bytes]) -> dict[str, Any] | None:
+    if not stored or b"event" not in stored:  # gone (or only a count left behind)
         return None
     text = {k.decode(): v.decode() for k, v in stored.items() if k != b"error"}
     event = json.loads(text["event"])

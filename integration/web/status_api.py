@@ -6,11 +6,10 @@ returns settings, so no secret can leave through this API.
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from integration.dispatches import retry as dispatch_retry
 from integration.dispatches import state
 from integration.inbound import records as events
 from integration.inbound.signatures import safe_equal
@@ -152,21 +151,14 @@ def one_dispatch(dispatch_id: str) -> ResponseReturnValue:
 def retry_dispatch(dispatch_id: str) -> ResponseReturnValue:
     """An operator's new attempt at a failed, rejected or cancelled dispatch: a new Revor action,
     so a new Idempotency-Key (`<id>-r<attempt>`), as docs/revor.md ("Errors") advises."""
-    record = state.load(_redis(), dispatch_id)
-    if record is None:
-        return jsonify(error={"code": "not_found", "message": f"no dispatch {dispatch_id!r}"}), 404
-    if record["status"] not in state.RETRYABLE_END:
-        return jsonify(error={"code": "not_retryable", "message": f"a {record['status']} dispatch cannot be "
-                              f"retried; only {sorted(state.RETRYABLE_END)}"}), 409
-    attempt = record["attempt"] + 1
-    fields = {"attempt": attempt, "idempotency_key": f"{dispatch_id}-r{attempt}", "revor_job_id": "",
-              "error": "", "result": "", "scheduled_at": "", "finished_at": "", "polls": 0}
     rules = current_app.extensions.get("revor_bridge.rules")
-    destinations = rules.destination_statuses() if rules else {}
-    # Its submit is due now, in the same script (the clock wakes a worker for it within a second).
-    state.transition(_redis(), dispatch_id, "pending", fields, reason=f"retried by an operator (attempt {attempt})",
-                     destinations=destinations, force=True, then=(units.submit_unit(dispatch_id), time.time()))
-    return jsonify(_public(state.load(_redis(), dispatch_id) or {})), 202
+    try:
+        record = dispatch_retry.retry(_redis(), dispatch_id, rules.destination_statuses() if rules else {})
+    except LookupError:
+        return jsonify(error={"code": "not_found", "message": f"no dispatch {dispatch_id!r}"}), 404
+    except dispatch_retry.NotRetryable as exc:
+        return jsonify(error={"code": "not_retryable", "message": exc.args[0]}), 409
+    return jsonify(_public(record)), 202
 
 
 @status_api.get("/queues")
