@@ -181,9 +181,10 @@ def test_expired_dispatches_leave_nothing_behind(stack):
     assert not {k for k in left if k.startswith(("rb:dispatch", "rb:msg:", "rb:outbox:", "rb:lock:", "rb:dead:",
                                                  "rb:events:status:", "rb:claimed", "rb:attempts"))}
     # What remains is bounded by design: the sweep's own unit, each destination's health, operators'
-    # counters, RQ's list of queue names; everything else has an expiry of its own (events and their
-    # dedupe and ordering keys: 7 days; `once_per` claims: the rule's once_per_days; RQ's worker records).
-    global_keys = {units.DUE, "rb:destination:crm", "rb:destination:down", units.RECOVERED, "rq:queues"}
+    # counters (the /metrics hash: one field per label set, from config names), RQ's list of queue
+    # names; everything else has an expiry of its own (events and their dedupe and ordering keys:
+    # 7 days; `once_per` claims: the rule's once_per_days; RQ's worker records).
+    global_keys = {units.DUE, "rb:destination:crm", "rb:destination:down", units.RECOVERED, "rq:queues", "rb:metrics"}
     unbounded = {k for k in left - global_keys if connection.ttl(k) < 0}
     assert not unbounded, unbounded
     assert connection.zcard(units.DUE) == 1
