@@ -110,3 +110,18 @@ def test_tracking_benchmark_batches_polls():
     assert lines[1].startswith("RQ jobs (run_due)")
     jobs = int(lines[1].split(":")[1].split()[0])
     assert 0 < jobs < 120 / 10  # batched: a handful of jobs, not one per dispatch
+
+
+def test_dashboard_benchmark_times_each_page_against_healthz():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.dashboard", "--dispatches", "1500", "--rounds", "2"],
+                            cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("dispatches stored: 1,500 in")
+    labels = ["GET /healthz (baseline)", "dispatches, first page", "dispatches, channel=whatsapp",
+              "dispatches, search by email", "dispatches, page 50", "dispatch detail"]
+    figures = {line.split(":")[0]: line for line in lines[1:]}
+    assert list(figures) == labels
+    for line in figures.values():
+        found = re.fullmatch(r".*: (\d+\.\d+) ms, ratio to /healthz: (\d+\.\d+)", line)
+        assert found and float(found.group(1)) > 0 and float(found.group(2)) > 0, line
