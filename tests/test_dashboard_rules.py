@@ -136,7 +136,8 @@ def test_preview_shows_the_exact_payload_sends_nothing_and_writes_nothing(stack_
     assert verdict_of(stored.text, "zap-won") == "would send: every condition holds"
     assert f"<dd>{dispatch_id} (the Idempotency-Key)</dd>" in stored.text
     assert payload_of(stored.text, "zap-won") == previewed
-    assert "zap-1" in browser.get(f"{url}/dashboard/rules", timeout=10).text  # among the recent events
+    recent = browser.get(f"{url}/dashboard/rules", timeout=10).text  # among the recent events, linked
+    assert re.search(r'<a href="/dashboard/events/generic:zapier/zap-1">zap-1</a>', recent), recent
     # Another deal to the same person with a once_per key someone holds: skipped, as the worker would.
     redis_db.set("rb:once:zap-won:9002", "dsp_someone_else")
     held = preview(browser, url, event_json=zap(2).decode(), source="generic:zapier")

@@ -64,7 +64,7 @@ def test_a_410_dead_letters_are_listed_then_enabled_and_replayed_from_the_page(s
     assert first.text.count(">Replay</button>") == 25
     assert "410 Gone: destination disabled" in first.text
     some = destinations.summary(redis_db, shown[0])
-    assert some["dispatch_id"] in first.text
+    assert f'<a href="/dashboard/dispatches/{some["dispatch_id"]}">{some["dispatch_id"]}</a>' in first.text
 
     # Replay while disabled: refused with a fixed notice, the message stays a dead letter.
     refused = post_form(browser, url, f"{WRITEBACK}/messages/{shown[0]}/replay")

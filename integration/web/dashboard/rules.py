@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import BuildError
 
 from integration.inbound import records
 from integration.inbound.errors import InboundError
@@ -81,10 +82,18 @@ def _recent_events(connection: Any) -> list[dict[str, Any]]:
             continue
         item = records.summary(connection, key)
         if item is not None:
-            found.append({**item, "key": key})
+            found.append({**item, "key": key, "url": _event_url(item["source"], item["event_id"])})
         if len(found) >= RECENT_EVENTS:
             break
     return found
+
+
+def _event_url(source: str, event_id: str) -> str | None:
+    """The event's page on the dashboard, when that page exists."""
+    try:
+        return url_for("dashboard.events_detail", source=source, event_id=event_id)
+    except BuildError:
+        return None
 
 
 def _pretty(body: str | None, payload: dict[str, Any] | None) -> str | None:

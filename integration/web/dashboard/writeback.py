@@ -23,6 +23,7 @@ from integration.rules.templates import RenderError
 from integration.web.dashboard.blueprint import dashboard, not_found, page, redis_connection
 from integration.writeback import destinations
 from integration.writeback.body import render_body
+from schemas.rules import STATES
 
 PAGE_SIZE = 25
 MAX_PAGE = 10_000
@@ -80,7 +81,8 @@ def _notice() -> dict[str, str]:
 def _destination_view(connection: Any, name: str, config: dict[str, Any], now: float) -> dict[str, Any]:
     health = destinations.health(connection, name)
     open_until = health["open_until"]
-    return {**health, "name": name, "url": shown_url(config["url"]), "on": config["on"],
+    on = "on every status" if set(config["on"]) >= set(STATES) else "on " + ", ".join(config["on"])
+    return {**health, "name": name, "url": shown_url(config["url"]), "on_text": on,
             "custom_body": config.get("body") is not None,
             "open_until_text": when(open_until) if health["circuit"] == "open" else "",
             "open_for": max(0, math.ceil((open_until or 0) - now)),
