@@ -93,7 +93,7 @@ def test_generic_hooks_answer_400_naming_the_field(bridge, redis_db, caplog, bod
     assert LONE.encode() in raw or b"\\udfff" in raw
     with caplog.at_level(logging.INFO):
         _refused(bridge.post("/webhooks/generic/zapier", raw, ZAPIER), where)
-    assert redis_db.keys("rb:*") == []
+    assert redis_db.keys("rb:*") == [b"rb:metrics"]  # nothing stored: only the refusal counted (/metrics)
     assert "Traceback" not in caplog.text and "UnicodeEncodeError" not in caplog.text
 
 
@@ -112,7 +112,7 @@ def test_standard_webhooks_answer_400_too(bridge, redis_db):
     headers = {"Content-Type": "application/json", "webhook-id": "msg_surrogate",
                "webhook-timestamp": str(int(FIXTURE_NOW)), "webhook-signature": signature}
     _refused(bridge.post("/webhooks/generic/standard", raw.encode(), headers), "$.data.deal.id")
-    assert redis_db.keys("rb:*") == []
+    assert redis_db.keys("rb:*") == [b"rb:metrics"]  # nothing stored: only the refusal counted (/metrics)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_pipedrive_answers_400_naming_the_field(bridge, redis_db, meta, where):
     body = {"meta": {"id": "e1", "action": "change", "entity": "deal", "entity_id": 7, "timestamp": 1767268795,
                      "company_id": 1, **meta}, "data": {"id": 7, "title": "x"}, "previous": {}}
     _refused(bridge.post("/webhooks/pipedrive", json.dumps(body).encode(), PIPEDRIVE), where)
-    assert redis_db.keys("rb:*") == []
+    assert redis_db.keys("rb:*") == [b"rb:metrics"]  # nothing stored: only the refusal counted (/metrics)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_hubspot_workflow_bodies_answer_400_naming_the_field(bridge, redis_db, c
     body = json.dumps({"dealId": 5, "portalId": 62515, "properties": {"dealstage": {"value": "won"}},
                        **changes}).encode()
     _refused(bridge.post("/webhooks/hubspot", body, _hubspot_headers(bridge, body)), where)
-    assert redis_db.keys("rb:*") == []
+    assert redis_db.keys("rb:*") == [b"rb:metrics"]  # nothing stored: only the refusal counted (/metrics)
 
 
 def _item(n: int, **changes: object) -> dict[str, object]:
@@ -178,4 +178,4 @@ def test_salesforce_refuses_a_surrogate_as_not_well_formed_xml(bridge, redis_db,
     answer = bridge.post(SALESFORCE_PATH, body, XML)
     assert answer.status_code == 400
     assert "not well-formed XML" in fault_string(answer, "Client")
-    assert redis_db.keys("rb:*") == []
+    assert redis_db.keys("rb:*") == [b"rb:metrics"]  # nothing stored: only the refusal counted (/metrics)
