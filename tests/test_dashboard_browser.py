@@ -262,6 +262,59 @@ def overview_reads_on_a_phone(browser: Browser, stack: Stack) -> None:
     page = operator(browser, stack, phone=True)
     assert page.get_by_role("heading", name="Overview").is_visible()
     assert no_horizontal_overflow(page), page.evaluate("document.documentElement.scrollWidth")
+    # The page links run across the screen below the brand, not down a narrow column, one per line.
+    first, second = (link.bounding_box() for link in page.locator("header nav a").all()[:2])
+    assert first is not None and second is not None and first["y"] == second["y"]
+
+
+def dispatch_found_by_email_and_opened(browser: Browser, stack: Stack) -> None:
+    from integration.dispatches import state
+
+    dispatch_id = stack.dispatch_ids["ari.chen@example.com"]
+    record = state.load(stack.redis, dispatch_id)
+    assert record is not None and record["revor_job_id"]
+    page = operator(browser, stack)
+    page.get_by_role("link", name="Dispatches").click()
+    page.get_by_label("Search").fill("ari.chen@example.com")
+    page.get_by_label("Search").press("Enter")
+    page.wait_for_url("**/dashboard/dispatches?*q=ari.chen*")
+    links = page.locator("table a")
+    assert links.all_inner_texts() == [dispatch_id]  # the one dispatch to that address, no other
+    page.get_by_role("link", name=dispatch_id).click()
+    assert page.get_by_role("heading", name=f"Dispatch {dispatch_id}").is_visible()
+    assert page.locator("#dispatch-status").inner_text() == record["status"]
+    timeline = page.locator("section", has=page.get_by_role("heading", name="Timeline")).locator("tbody tr")
+    statuses = [row.locator("td").nth(2).inner_text() for row in timeline.all()]
+    assert statuses == [e["status"] for e in state.timeline(stack.redis, dispatch_id)]
+    assert statuses[0] == "pending" and statuses[-1] == record["status"] and "accepted" in statuses
+    assert page.locator("#revor-job-id").inner_text() == record["revor_job_id"]
+    sent = page.locator("#revor-request").inner_text()
+    assert sent.startswith("POST /outreach/dispatches") and f"Idempotency-Key: {dispatch_id}" in sent
+    assert json.loads(sent.split("\n\n", 1)[1])["recipient"] == {"address": "ari.chen@example.com", "name": "Ari"}
+
+
+def dispatch_list_reads_on_a_phone(browser: Browser, stack: Stack) -> None:
+    page = operator(browser, stack, phone=True)
+    page.goto(stack.url + "/dashboard/dispatches")
+    assert page.locator("table a").count() == len(PEOPLE)
+    assert no_horizontal_overflow(page), page.evaluate("document.documentElement.scrollWidth")
+
+
+def event_previewed_with_its_payload(browser: Browser, stack: Stack) -> None:
+    page = operator(browser, stack)
+    page.get_by_role("link", name="Rules").click()
+    event = zap(99, "lee.park@example.com", "Lee", "Woodgrove Pilot").decode()
+    page.get_by_label("Source", exact=True).select_option("generic:zapier")
+    page.get_by_label("Event JSON").fill(event)
+    page.get_by_role("button", name="Preview").click()
+    result = page.locator("#preview-result")
+    verdict = result.locator(".preview-rule[data-rule=won-email]")
+    assert verdict.locator(".verdict").inner_text() == "would send"
+    payload = json.loads(verdict.locator("pre.payload").inner_text())
+    assert payload["recipient"] == {"address": "lee.park@example.com", "name": "Lee"}
+    assert payload["content"]["subject"] == "Welcome, Woodgrove Pilot"
+    # A preview sends nothing and stores nothing.
+    assert stack.redis.zcard("rb:dispatches:all") == len(PEOPLE)
 
 
 def dead_letter_replayed_and_delivered(browser: Browser, stack: Stack) -> None:
@@ -311,7 +364,8 @@ def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
 
 
 STEPS = [wrong_token_refused_then_signed_in, no_session_sends_to_sign_in_and_posts_are_refused,
-         post_without_csrf_token_refused, overview_reads_on_a_phone, dead_letter_replayed_and_delivered,
+         post_without_csrf_token_refused, overview_reads_on_a_phone, dispatch_found_by_email_and_opened,
+         dispatch_list_reads_on_a_phone, event_previewed_with_its_payload, dead_letter_replayed_and_delivered,
          suppression_added_and_removed, sign_out_ends_the_session]
 
 
