@@ -140,7 +140,11 @@ def test_health_is_shown_without_any_secret(make_bridge, tmp_path, redis_db):
     sheet = re.search(r'<tr id="destination-sheet">.*?</tr>', page, re.S).group(0)
     assert "http://[::1]:9/<" in sheet and "closed" in sheet and "never" not in sheet
     assert "No dead letters." in page
-    assert browser_get_status(bridge.url, f"{WRITEBACK}?page=0") == 200  # a bad page number is said, not a 500
+    browser = signed_in(bridge.url)
+    for query, said in (("page=0", "Page: expected a whole number"), ("destination=nope", "Destination: choose one"),
+                        ("page=201", "with all destinations, up to 200; choose a destination")):
+        answer = browser.get(f"{bridge.url}{WRITEBACK}?{query}", timeout=10)
+        assert answer.status_code == 200 and said in answer.text, query  # said on the page, never a 500
     assert browser_get_status(bridge.url, f"{WRITEBACK}/messages/msg_nope") == 404
 
 

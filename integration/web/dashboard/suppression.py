@@ -16,9 +16,9 @@ from flask.typing import ResponseReturnValue
 
 from integration.rules.guards import classify, suppress, suppressed, unsuppress_keys
 from integration.web.dashboard.blueprint import dashboard, page, redis_connection
+from integration.web.dashboard.listing import FilterError, parse_page
 
 PAGE_SIZE = 50
-MAX_PAGE = 100_000
 MAX_VALUES = 1000
 MAX_VALUE_CHARS = 320  # the longest email address; LinkedIn profile URLs are far shorter
 MAX_QUERY_CHARS = 200
@@ -65,11 +65,9 @@ def _page(status: int = 200, **context: Any) -> ResponseReturnValue:
     query = (request.args.get("q") or "").strip()[:MAX_QUERY_CHARS]
     error = None
     try:
-        number = int(request.args.get("page") or 1)
-        if not 1 <= number <= MAX_PAGE:
-            raise ValueError
-    except ValueError:
-        error, number = f"Page: expected a whole number from 1 to {MAX_PAGE:,}.", 1
+        number = parse_page(request.args.get("page"))
+    except FilterError as exc:
+        error, number = f"{exc}.", 1
     entries = suppressed(redis_connection())
     total = len(entries)
     if query:

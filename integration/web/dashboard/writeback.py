@@ -21,12 +21,14 @@ from werkzeug.routing import BuildError
 from integration.rules.loader import RuleSet
 from integration.rules.templates import RenderError
 from integration.web.dashboard.blueprint import dashboard, not_found, page, redis_connection
+from integration.web.dashboard.listing import FilterError, parse_page
+from integration.web.dashboard.listing import iso as when
 from integration.writeback import destinations
 from integration.writeback.body import render_body
 from schemas.rules import STATES
 
 PAGE_SIZE = 25
-MAX_PAGE = 10_000
+MERGED_PAGES = 200
 
 NOTICES = {
     "replayed": ("Queued again: it is delivered within seconds, with its webhook-id unchanged.", "ok"),
@@ -56,13 +58,6 @@ def shown_url(url: str) -> str:
         port = ""
     more = (parts.path not in ("", "/")) or bool(parts.query)
     return f"{parts.scheme}://{host}{port}/" + ("…" if more else "")
-
-
-def when(epoch: float | None) -> str:
-    """Epoch seconds as `2026-01-31 14:00:05Z` (UTC, what operators compare with logs)."""
-    if not epoch:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
 
 
 def dispatch_url(dispatch_id: str) -> str | None:
@@ -101,11 +96,12 @@ def writeback() -> ResponseReturnValue:
     if chosen and chosen not in names:
         error, chosen = "Destination: choose one from the list.", ""
     try:
-        number = int(request.args.get("page") or 1)
-        if not 1 <= number <= MAX_PAGE:
-            raise ValueError
-    except ValueError:
-        error, number = f"Page: expected a whole number from 1 to {MAX_PAGE:,}.", 1
+        number = parse_page(request.args.get("page"))
+    except FilterError as exc:
+        error, number = f"{exc}.", 1
+    if not chosen and len(names) > 1 and number > MERGED_PAGES:
+        # Merging destinations reads every page before this one from each: bounded, one destination is not.
+        error, number = f"Page: with all destinations, up to {MERGED_PAGES}; choose a destination to go further.", 1
     items, total = destinations.dead_letter_page(connection, [chosen] if chosen else names, number, PAGE_SIZE)
     for item in items:
         item["dead_at_text"] = when(item["dead_at"])
