@@ -101,3 +101,27 @@ def test_a_stopping_engine_does_not_run_follow_ups(redis_db):
     assert ran == ["submit|dsp_f"]
     assert units.where(redis_db, "deliver|dsp_f|crm")["due"] is not None  # left due for the next worker
     assert redis_db.zcard(units.CLAIMED) == 0
+
+
+def test_counts_are_exact_when_small_and_bounded_estimates_when_large(redis_db):
+    now = 1_000_000.0
+    redis_db.zadd(units.DUE, {f"event|rb:event:hubspot:{i}": now - 10 - i for i in range(30)})
+    redis_db.zadd(units.DUE, {f"submit|dsp_{i}": now - 5 for i in range(10)})
+    redis_db.zadd(units.DUE, {f"poll|dsp_{i}": now + 60 for i in range(20)})
+    redis_db.zadd(units.CLAIMED, {f"deliver|dsp_{i}|crm": now + 30 for i in range(3)})
+
+    exact = units.counts(redis_db, now=now)
+    assert exact["event"] == {"due": 30, "waiting": 0, "claimed": 0}
+    assert exact["submit"] == {"due": 10, "waiting": 0, "claimed": 0}
+    assert exact["poll"] == {"due": 0, "waiting": 20, "claimed": 0}
+    assert exact["deliver"] == {"due": 0, "waiting": 0, "claimed": 3}
+    assert exact["estimated"] is False
+    assert exact["oldest_due_seconds"] == 39.0
+
+    # Reading at most 8 units per state: totals stay exact, the split by kind is scaled.
+    sampled = units.counts(redis_db, now=now, sample=8)
+    assert sampled["totals"] == {"due": 40, "waiting": 20, "claimed": 3}
+    assert sampled["estimated"] is True
+    assert sampled["event"]["due"] == 40  # the 8 earliest due are all events: scaled to the total
+    assert sampled["poll"]["waiting"] == 20 and sampled["deliver"]["claimed"] == 3
+    assert sampled["oldest_due_seconds"] == 39.0

@@ -250,19 +250,43 @@ def where(connection: redis.Redis, unit: str) -> dict[str, float | None]:
     return {"due": due, "claimed_until": claimed}
 
 
-def counts(connection: redis.Redis, now: float | None = None) -> dict[str, Any]:
-    """Per kind: waiting (not yet due), due now, and claimed; the oldest due unit's wait."""
+COUNT_SAMPLE = 10_000  # units read per state at most: a scrape must not walk a 100,000-unit backlog
+
+
+def counts(connection: redis.Redis, now: float | None = None, sample: int = COUNT_SAMPLE) -> dict[str, Any]:
+    """Per kind: waiting (not yet due), due now, and claimed; the oldest due unit's wait.
+
+    Bounded work, whatever the backlog: each state's total is exact (ZCOUNT/ZCARD); its split by
+    kind is read from at most `sample` units (the earliest) and scaled to the total when the
+    state holds more, and then `estimated` is True.
+    """
     moment = time.time() if now is None else now
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zcount(DUE, "-inf", moment)
+        pipe.zcount(DUE, f"({moment}", "+inf")
+        pipe.zcard(CLAIMED)
+        pipe.zrangebyscore(DUE, "-inf", moment, start=0, num=sample)
+        pipe.zrangebyscore(DUE, f"({moment}", "+inf", start=0, num=sample)
+        pipe.zrange(CLAIMED, 0, sample - 1)
+        pipe.zrange(DUE, 0, 0, withscores=True)
+        pipe.get(RECOVERED)
+        due, waiting, claimed, due_some, waiting_some, claimed_some, first, recovered = pipe.execute()
     result: dict[str, Any] = {kind: {"waiting": 0, "due": 0, "claimed": 0} for kind in KINDS}
-    for member, score in connection.zrange(DUE, 0, -1, withscores=True):
-        kind = _text(member).partition("|")[0]
-        if kind in result:
-            result[kind]["due" if score <= moment else "waiting"] += 1
-    for member in connection.zrange(CLAIMED, 0, -1):
-        kind = _text(member).partition("|")[0]
-        if kind in result:
-            result[kind]["claimed"] += 1
-    first = next_due(connection)
-    result["oldest_due_seconds"] = round(moment - first, 3) if first is not None and first <= moment else 0.0
-    result["recovered_total"] = int(connection.get(RECOVERED) or 0)
+    estimated = False
+    for state, total, members in (("due", due, due_some), ("waiting", waiting, waiting_some),
+                                  ("claimed", claimed, claimed_some)):
+        split = {kind: 0 for kind in KINDS}
+        for member in members:
+            kind = _text(member).partition("|")[0]
+            if kind in split:
+                split[kind] += 1
+        scale = total / len(members) if members and total > len(members) else 1.0
+        estimated = estimated or scale != 1.0
+        for kind, count in split.items():
+            result[kind][state] = round(count * scale)
+    result["totals"] = {"due": due, "waiting": waiting, "claimed": claimed}
+    result["estimated"] = estimated
+    oldest = float(first[0][1]) if first else None
+    result["oldest_due_seconds"] = round(moment - oldest, 3) if oldest is not None and oldest <= moment else 0.0
+    result["recovered_total"] = int(recovered or 0)
     return result
