@@ -168,6 +168,7 @@ def key_patterns(connection: redis.Redis) -> tuple[Counter, Counter, dict[str, C
     encodings: dict[str, Counter] = {}
     for key in connection.scan_iter(count=1000):
         shape = re.sub(r"dsp_[0-9a-f]+", "<id>", key.decode())
+        shape = re.sub(r"^(rb:find:[a-z]+:)\d+$", r"\1<bucket>", shape)  # integration/lookup.py's buckets
         shapes[shape] += 1
         with connection.pipeline(transaction=False) as pipe:
             pipe.memory_usage(key, samples=0)
