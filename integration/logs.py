@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -102,6 +103,17 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
+# What a sender can put into a text line to forge lines of its own or hide text: control
+# characters (a line feed in a decoded path or an event id, ANSI escapes for a terminal), the
+# Unicode line and paragraph separators, and the bidirectional overrides.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """One line whatever the text holds: each control character as a visible escape (`\\n`, `\\x1b`)."""
+    return _CONTROLS.sub(lambda found: repr(found.group())[1:-1].replace("'", ""), text)
+
+
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
@@ -151,8 +163,9 @@ class TextFormatter(logging.Formatter):
         return _config.secrets if self._secrets is None else self._secrets
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        text = super().formatMessage(record)
-        extra = [f"{name}={value}" for name, value in ids_of(record).items() if value not in record.message]
+        text = escape_controls(super().formatMessage(record))  # a traceback after it keeps its lines
+        extra = [f"{name}={escape_controls(value)}" for name, value in ids_of(record).items()
+                 if value not in record.message]
         return " ".join([text, *extra])
 
     def format(self, record: logging.LogRecord) -> str:

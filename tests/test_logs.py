@@ -210,3 +210,34 @@ def test_a_sane_incoming_request_id_is_kept_and_any_other_replaced():
     for bad in (None, "", "two words", "x" * 201, "line\nbreak", '{"json": 1}'):
         fresh = request_id(bad)
         assert fresh != bad and len(fresh) == 32
+
+
+def test_text_lines_escape_what_a_sender_could_forge_lines_with():
+    """An event id or a decoded path holding a line feed or an ANSI escape stays on its own line, visible."""
+    text = logs.TextFormatter(secrets=())
+    with logs.bind(event_id="evt\n2026-01-01 00:00:00,000 ERROR forged: line\x1b[31m", request_id="r1"):
+        shown = text.format(_record("inbound %s refused", "/webhooks/generic/x\nFORGED\u202e"))
+    assert shown.splitlines() == [shown] and "\x1b" not in shown and "\u202e" not in shown, shown
+    assert "x\\nFORGED\\u202e refused" in shown and "event_id=evt\\n2026-01-01" in shown and "\\x1b[31m" in shown
+
+
+def test_gunicorn_text_access_and_error_lines_keep_a_line_feed_of_the_path_on_one_line(redis_url, redis_db, tmp_path):
+    port = free_port()
+    env = cli_env(LOG_FORMAT="text", REDIS_URL=f"{redis_url}/1", PORT=str(port), WEB_CONCURRENCY="1",
+                  HOME=str(tmp_path), BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    env.pop("DYNO", None)
+    with (tmp_path / "web.err").open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "integration", "web"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        wait_for_port(port, timeout=20)
+        answer = requests.post(f"http://127.0.0.1:{port}/webhooks/generic/x%0aFORGED%20line%1b[2J", data=b"{}",
+                               timeout=10, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 404
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    lines = (tmp_path / "web.err").read_text().splitlines()
+    assert not [line for line in lines if line.startswith("FORGED") or "\x1b" in line], lines
+    assert any("/webhooks/generic/x\\nFORGED line\\x1b[2J" in line and "404" in line for line in lines), lines
+    assert any("integration.inbound" in line and "x\\nFORGED line" in line for line in lines), lines

@@ -77,6 +77,17 @@ class _RedactQueries(logging.Filter):
 _REDACT_QUERIES = _RedactQueries()
 
 
+class _EscapeControls(logging.Filter):
+    """Text lines: gunicorn writes the decoded path (`/x%0aFORGED` holds a line feed) as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = logs.escape_controls(record.getMessage()), ()
+        return True
+
+
+_ESCAPE_CONTROLS = _EscapeControls()
+
+
 class QueryRedactingLogger(glogging.Logger):
     """gunicorn's logger, with query strings removed from its error log; JSON lines with LOG_FORMAT=json.
 
@@ -90,6 +101,9 @@ class QueryRedactingLogger(glogging.Logger):
         if logs.json_lines():
             for handler in self.error_log.handlers + self.access_log.handlers:
                 handler.setFormatter(logs.JsonFormatter())
+        else:
+            self.error_log.addFilter(_ESCAPE_CONTROLS)
+            self.access_log.addFilter(_ESCAPE_CONTROLS)
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         """In json mode one object per request, its fields apart; the path never has its query."""
