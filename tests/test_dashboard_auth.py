@@ -130,3 +130,47 @@ def test_rotating_admin_token_ends_old_sessions(make_bridge, redis_db):
     assert answer.status_code == 302
     # The same cookie, sent to the same host, still opens the bridge whose token opened it.
     assert browser.get(f"{old.url}/dashboard/", allow_redirects=False, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("target", ["/dashboard/\n//evil.example", "/dashboard/\r\nSet-Cookie: x=1", "/dashboardevil",
+                                    "/dashboard/\t/evil.example", "/dashboard/\\\\evil.example"])
+def test_next_with_a_control_character_or_only_the_prefix_signs_in_to_the_overview(bridge, target):
+    browser = requests.Session()
+    form = browser.get(f"{bridge.url}/dashboard/sign-in", timeout=10)
+    answer = browser.post(f"{bridge.url}/dashboard/sign-in", allow_redirects=False, timeout=10,
+                          data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(form.text), "next": target})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/dashboard/", answer.text[:200]
+
+
+def test_every_dashboard_answer_carries_the_security_headers(bridge):
+    """The app's own errors too: no page route matched (404), a method no route takes (405)."""
+    browser = signed_in(bridge.url)
+    for answer in (browser.get(f"{bridge.url}/dashboard/no-such-page", timeout=10),
+                   requests.get(f"{bridge.url}/dashboard/%3Cscript%3E", timeout=10),
+                   browser.delete(f"{bridge.url}/dashboard/", timeout=10)):
+        assert answer.status_code in (404, 405)
+        assert "frame-ancestors 'none'" in answer.headers.get("Content-Security-Policy", ""), answer.headers
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Security-Policy" not in requests.get(f"{bridge.url}/healthz", timeout=10).headers
+
+
+def test_an_id_naming_a_key_of_another_type_is_not_found_not_an_outage(bridge, redis_db):
+    browser = signed_in(bridge.url)
+    token = csrf_of(browser.get(f"{bridge.url}/dashboard/", timeout=10).text)
+    redis_db.set("rb:dispatch:dsp_0123:doc", "{}")
+    redis_db.hset("rb:msg:msg_dsp_0123_1_crm:attempts", "count", 1)
+    for answer in (browser.get(f"{bridge.url}/dashboard/dispatches/dsp_0123:doc", timeout=10),
+                   browser.post(f"{bridge.url}/dashboard/dispatches/dsp_0123:doc/retry", data={"csrf_token": token},
+                                timeout=10),
+                   browser.get(f"{bridge.url}/dashboard/writeback/messages/msg_dsp_0123_1_crm:attempts", timeout=10)):
+        assert answer.status_code == 404 and "<h1>Not found</h1>" in answer.text, answer.text[:200]
+
+
+def test_redis_down_answers_a_503_page(make_bridge):
+    from integration.storage import free_port
+
+    bridge = make_bridge(redis_url=f"redis://127.0.0.1:{free_port()}/1")
+    answer = requests.get(f"{bridge.url}/dashboard/events", cookies={"rb_dashboard": "some-session"}, timeout=10)
+    assert answer.status_code == 503 and answer.headers["Content-Type"].startswith("text/html")
+    assert "Redis is unavailable (ConnectionError)" in answer.text and "Traceback" not in answer.text
+    assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]

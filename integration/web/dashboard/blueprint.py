@@ -7,15 +7,19 @@ token. Nothing here runs JavaScript: forms POST and the server redirects (post/r
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from flask import Blueprint, Response, abort, current_app, g, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from integration.web.dashboard import auth
 
+log = logging.getLogger(__name__)
 dashboard = Blueprint("dashboard", __name__, url_prefix="/dashboard",
                       template_folder="templates", static_folder="static")
 
@@ -58,10 +62,15 @@ def set_cookie(response: Response, name: str, value: str, max_age: int | None) -
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path inside the dashboard: `next` must not send a signed-in browser elsewhere."""
-    if target and target.startswith("/dashboard") and not urlsplit(target).netloc and "\\" not in target:
+    """Only a path inside the dashboard: `next` must not send a signed-in browser elsewhere, nor
+    put a control character or space into the Location header (a line feed there was a 503)."""
+    inside = target == "/dashboard" or target.startswith(("/dashboard/", "/dashboard?")) if target else False
+    if target and inside and len(target) <= 2000 and not urlsplit(target).netloc and not _UNSAFE_IN_NEXT.search(target):
         return target
     return url_for("dashboard.overview")
+
+
+_UNSAFE_IN_NEXT = re.compile(r"[\\\s\x00-\x1f\x7f-\x9f]")
 
 
 def message_page(title: str, message: str, status: int) -> ResponseReturnValue:
@@ -89,10 +98,12 @@ def gate() -> ResponseReturnValue | None:
     return None
 
 
-@dashboard.after_request
+@dashboard.after_app_request
 def security_headers(response: Response) -> Response:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    """On every answer under /dashboard, the app's own errors too (a 404 or 405 no page route matched)."""
+    if request.path == "/dashboard" or request.path.startswith("/dashboard/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
     return response
 
 
@@ -107,6 +118,17 @@ def page(template: str, **context: Any) -> str:
 @dashboard.errorhandler(404)
 def missing(exc: Any) -> ResponseReturnValue:
     return message_page("Not found", getattr(exc, "description", None) or "Nothing here.", 404)
+
+
+@dashboard.errorhandler(redis.RedisError)
+def storage_unavailable(exc: redis.RedisError) -> ResponseReturnValue:
+    """A page, not the API's JSON. An id in the URL that names a key of another type (a dispatch's
+    `:doc`) is a page that does not exist, not an outage."""
+    if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):  # in a pipeline: "Command # 1 ..."
+        return message_page("Not found", "Nothing here.", 404)
+    log.error("%s %s: Redis unavailable (%s); answered 503", request.method, request.path, type(exc).__name__)
+    return message_page("Storage unavailable", f"Redis is unavailable ({type(exc).__name__}): the page cannot be "
+                        "read. Reload it in a moment.", 503)
 
 
 @dashboard.get("/sign-in")
