@@ -345,6 +345,49 @@ def test_operator_retry_of_a_failed_dispatch(stack):
     assert set(keys) == {dispatch_id, f"{dispatch_id}-r1"} and len(sandbox_tasks(stack["sandbox"])) == 2
 
 
+def test_a_retry_is_refused_when_the_recipient_was_suppressed_after_the_failure(stack):
+    """Found by a new-user trial: Retry sent to a phone number put on the suppression list after
+    the dispatch failed."""
+    from integration.rules.guards import suppress
+
+    configure(stack["sandbox"], job_failure_rate=1.0)
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(7), ZAP_HEADERS).status_code == 200
+    dispatch_id, record = next(iter(settle(stack, expected=1).items()))
+    assert record["status"] == "failed"
+    suppress(stack["redis"], ["+1 415 555 0007"])
+    configure(stack["sandbox"], job_failure_rate=0.0)
+    posts_before = [r for r in sandbox_requests(stack["sandbox"]) if r["method"] == "POST"]
+    answer = requests.post(f"{stack['bridge'].url}/api/v1/dispatches/{dispatch_id}/retry", timeout=5,
+                           headers={"Authorization": "Bearer admin-token-0123456789"})
+    assert answer.status_code == 409
+    assert "suppression list" in answer.json()["error"]["message"]
+    time.sleep(1.5)  # long enough for a worker to have sent it, had it been put back
+    assert dispatches(stack["redis"])[dispatch_id]["status"] == "failed"
+    assert [r for r in sandbox_requests(stack["sandbox"]) if r["method"] == "POST"] == posts_before
+
+
+def test_a_submit_waiting_out_a_back_off_skips_a_recipient_suppressed_meanwhile(stack):
+    from integration.rules.guards import suppress
+
+    configure(stack["sandbox"], error_rate=1.0)  # every POST answered 503: the submit backs off
+    stack["start_worker"]()
+    assert stack["bridge"].post("/webhooks/generic/zapier", zap(8), ZAP_HEADERS).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = dispatches(stack["redis"])
+        if found and next(iter(found.values())).get("last_error"):
+            break
+        time.sleep(0.1)
+    dispatch_id, record = next(iter(found.items()))
+    assert record["status"] == "pending" and record.get("last_error"), record
+    suppress(stack["redis"], ["+14155550008"])
+    configure(stack["sandbox"], error_rate=0.0)
+    record = settle(stack, expected=1)[dispatch_id]
+    assert record["status"] == "skipped" and record["reason"] == "recipient is on the suppression list"
+    assert sandbox_tasks(stack["sandbox"]) == []
+
+
 def test_two_workers_share_one_revor_rate_limit(stack_with_rules):
     stack = stack_with_rules(RULES, REVOR_MAX_RPS="4")
     stack["start_worker"]()

@@ -9,11 +9,17 @@ from typing import Any
 import redis
 
 from integration.dispatches import state
+from integration.rules import guards
 from integration.scheduler import units
 
 
 class NotRetryable(Exception):
     """The dispatch is in a state a retry cannot leave; the message says which and what can."""
+
+
+class Suppressed(NotRetryable):
+    """The recipient was put on the suppression list after the dispatch ended: a retry would send
+    to someone who asked not to be contacted."""
 
 
 def retry(connection: redis.Redis, dispatch_id: str, destinations: dict[str, list[str]],
@@ -29,6 +35,9 @@ def retry(connection: redis.Redis, dispatch_id: str, destinations: dict[str, lis
         raise LookupError(f"no dispatch {dispatch_id!r}")
     if record["status"] not in state.RETRYABLE_END:
         raise NotRetryable(f"a {record['status']} dispatch cannot be retried; only {sorted(state.RETRYABLE_END)}")
+    who = guards.stored_recipient_key(record)
+    if who and guards.is_suppressed(connection, who):
+        raise Suppressed(f"the recipient ({who}) is on the suppression list: remove it there to retry")
     attempt = record["attempt"] + 1
     fields = {"attempt": attempt, "idempotency_key": f"{dispatch_id}-r{attempt}", "revor_job_id": "",
               "error": "", "result": "", "scheduled_at": "", "finished_at": "", "polls": 0}

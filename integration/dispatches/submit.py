@@ -18,6 +18,7 @@ from integration.dispatches import state
 from integration.dispatches.limits import Limiter
 from integration.revor.errors import RevorError, RevorFinalError, RevorRetryableError
 from integration.revor.polling import next_poll
+from integration.rules import guards
 from integration.scheduler import units
 from integration.scheduler.lock import Lock
 from integration.scheduler.runner import DONE, HANDLED, Next, Run, again, backoff
@@ -88,6 +89,14 @@ def submit(ctx: JobContext, run: Run) -> Next:
 
 
 def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any], snapshot: state.Snapshot) -> Next:
+    if run.attempt > 1 or int(record.get("attempt") or 0):
+        # Time has passed since `create` checked the suppression list (a back-off, an operator's
+        # retry): someone who asked not to be contacted meanwhile is not sent to. The first
+        # attempt runs right after `create`, so it pays no extra round trip.
+        who = guards.stored_recipient_key(record)
+        if who and guards.is_suppressed(ctx.redis, who):
+            move(ctx, run, dispatch_id, "skipped", reason="recipient is on the suppression list", snapshot=snapshot)
+            return DONE
     limiter = revor_limiter(ctx)
     if not limiter.acquire(max_wait=LIMITER_WAIT):
         return again(time.time() + max(0.5, limiter.paused_for()), counted=False)

@@ -11,6 +11,8 @@ from typing import Any
 
 import redis
 
+from schemas.revor import CHANNEL_RECIPIENT
+
 SUPPRESSION_KEY = "rb:suppressed"
 ONCE_PREFIX = "rb:once:"
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -49,6 +51,13 @@ def classify(value: str) -> str:
     if E164.match(phone):
         return "phone:" + phone
     raise ValueError(f"{value!r} is not an email address, an E.164 phone number or a LinkedIn profile URL")
+
+
+def stored_recipient_key(record: dict) -> str | None:
+    """The suppression key of a stored dispatch's recipient (its channel's address field)."""
+    field = CHANNEL_RECIPIENT.get(record.get("channel") or "")
+    who = (record.get("recipient") or {}).get(field) if field else None
+    return recipient_key(record["channel"], who) if isinstance(who, str) and who.strip() else None
 
 
 def is_suppressed(connection: redis.Redis, key: str) -> bool:

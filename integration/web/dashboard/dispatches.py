@@ -28,7 +28,9 @@ from integration.writeback import destinations as writeback_destinations
 CHANNELS = ("email", "linkedin", "whatsapp")
 MAX_RESULTS = 100  # a search shows at most this many (newest first)
 NOTICES = {"retried": ("Retried: a new attempt is pending and goes to Revor within a few seconds.", "ok"),
-           "not_retryable": ("Only a failed, rejected or cancelled dispatch can be retried.", "error")}
+           "not_retryable": ("Only a failed, rejected or cancelled dispatch can be retried.", "error"),
+           "suppressed": ("Not retried: the recipient is on the suppression list. Remove them there first.",
+                          "error")}
 EVENT_PREFIX = "rb:event:"
 REVOR_PATH = "/outreach/dispatches"  # what RevorClient.create_dispatch posts to
 
@@ -271,6 +273,7 @@ def dispatches_retry(dispatch_id: str) -> ResponseReturnValue:
         dispatch_retry.retry(redis_connection(), dispatch_id, rules.destination_statuses() if rules else {})
     except LookupError:
         not_found(f"Dispatch {dispatch_id}")
-    except dispatch_retry.NotRetryable:
-        return redirect(url_for("dashboard.dispatches_detail", dispatch_id=dispatch_id, notice="not_retryable"))
+    except dispatch_retry.NotRetryable as refused:
+        notice = "suppressed" if isinstance(refused, dispatch_retry.Suppressed) else "not_retryable"
+        return redirect(url_for("dashboard.dispatches_detail", dispatch_id=dispatch_id, notice=notice))
     return redirect(url_for("dashboard.dispatches_detail", dispatch_id=dispatch_id, notice="retried"))
