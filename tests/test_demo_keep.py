@@ -115,3 +115,37 @@ def test_demo_keep_leaves_everything_up_with_a_sign_in_link_until_a_signal(tmp_p
     assert code == 0, "".join(seen) + "".join(iter(lambda: lines.get(timeout=5) or "", ""))
     assert left == set()
     assert [port for port in ports if listening(port)] == []
+
+
+def test_a_demo_killed_outright_does_not_leave_its_worker_running(tmp_path):
+    """kill -9 (or a closed terminal) gives the demo no chance to stop anything: the worker, in a
+    session of its own, must still end (it got SIGTERM from the kernel), its clock with it. The
+    embedded Redis may stay: the next demo in the folder reuses it."""
+    env = cli_env(BRIDGE_DATA_DIR=str(tmp_path / "data"))
+    demo = subprocess.Popen([sys.executable, "-m", "integration", "demo", "--keep", "--time-scale", "300",
+                             "--timeout", "60"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(demo.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    started: set[int] = set()
+    try:
+        worker = int(_read_until(lines, r"worker +pid (\d+)", 90, seen).group(1))
+        _read_until(lines, r"press Ctrl-C", 90, seen)
+        started = _descendants(demo.pid)
+        workers = {worker} | _descendants(worker)
+        assert len(workers) >= 2, workers  # the worker and its clock
+        demo.kill()
+        demo.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.2)
+        left = {pid for pid in workers if Path(f"/proc/{pid}/stat").exists()
+                and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+        assert left == set(), "".join(seen)
+    finally:
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -13,6 +13,7 @@ replayed, previewed) in a browser until Ctrl-C or SIGTERM stops it all.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,7 +137,8 @@ def demo(time_scale: float, timeout: float, keep: bool) -> None:
     click.echo(f"web              {web.url}")
     log_path = Path(settings.data_dir) / "demo" / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "integration", "worker"], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+                              stdout=subprocess.DEVNULL, stderr=log_path.open("w"),
+                              preexec_fn=_stopped_with_this_process())
     click.echo(f"worker           pid {worker.pid}, log in {log_path}")
     ok = False
     if keep:  # from here Ctrl-C and SIGTERM end the run through the `finally`, which stops everything
@@ -164,6 +167,34 @@ def demo(time_scale: float, timeout: float, keep: bool) -> None:
         if embedded.started_here:
             embedded.stop()
     sys.exit(0 if ok else EXIT_FINAL)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _stopped_with_this_process() -> Callable[[], None] | None:
+    """Linux: a child set up by this runs until its parent dies, then gets SIGTERM from the kernel.
+
+    The demo stops its worker itself on Ctrl-C or SIGTERM; but killed outright (kill -9, a closed
+    terminal's SIGHUP) it cannot, and the worker, in a session of its own, ran on: the next demo
+    reuses the same embedded Redis, where that worker (pointing at the dead sandbox) took units.
+    prctl is looked up here, before the fork: the child only makes one call (what a preexec
+    function should do in a process with threads). Elsewhere: None (nothing changes).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_up() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the demo died before the call
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_up
 
 
 class _Stop(Exception):  # noqa: N818 - a request, not an error
