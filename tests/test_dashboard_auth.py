@@ -98,11 +98,16 @@ def test_a_one_time_link_signs_in_once(bridge, redis_db):
     from integration.web.dashboard.auth import sign_in_link
 
     link = sign_in_link(redis_db, bridge.url)
+    # A link preview (HEAD or GET, no cookies) looks at it: the link stays live.
+    assert requests.head(link, timeout=10).status_code == 200
+    page = requests.get(link, timeout=10)
+    assert page.status_code == 200 and "rb_dashboard=" not in page.headers.get("Set-Cookie", "")
     browser = requests.Session()
-    first = browser.get(link, timeout=10)
+    first = browser.post(link, timeout=10)
     assert first.status_code == 200 and "<h1>Overview</h1>" in first.text
-    again = requests.get(link, timeout=10, allow_redirects=False)
+    again = requests.post(link, timeout=10, allow_redirects=False)
     assert again.status_code == 403 and "used or has expired" in again.text
+    assert requests.get(link, timeout=10).status_code == 403
 
 
 def test_next_never_leaves_the_dashboard(bridge):

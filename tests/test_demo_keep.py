@@ -90,12 +90,13 @@ def test_demo_keep_leaves_everything_up_with_a_sign_in_link_until_a_signal(tmp_p
 
         time.sleep(1)  # "everything keeps running" is not just for an instant
         browser = requests.Session()
-        signed_in = browser.get(link, timeout=10)
+        assert "rb_dashboard=" not in browser.get(link, timeout=10).headers.get("Set-Cookie", "")  # a look
+        signed_in = browser.post(link, timeout=10)  # the page's Sign in button
         assert signed_in.status_code == 200 and signed_in.url.rstrip("/").endswith("/dashboard"), signed_in.url
         assert browser.get(f"{web}/dashboard", timeout=10).status_code == 200
         without = requests.get(signed_in.url, timeout=10)  # the same page without the session cookie
         assert "/dashboard/sign-in" in without.url, without.url
-        assert requests.get(link, timeout=10).status_code == 403  # the link signs in once
+        assert requests.post(link, timeout=10).status_code == 403  # the link signs in once
         listed = requests.get(f"{web}/api/v1/dispatches", headers={"Authorization": f"Bearer {token}"},
                               timeout=10).json()["items"]
         assert sorted((d["rule"], d["status"]) for d in listed) == [

@@ -169,3 +169,17 @@ def test_salesforce_body_cut_short_or_too_slow_is_a_soap_fault(make_bridge):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
         assert b"Content-Type: text/xml" in answer and b"<faultcode>soapenv:Client</faultcode>" in answer, answer
+
+
+def test_an_id_naming_a_key_of_another_type_is_404_not_an_outage(bridge, redis_db, caplog):
+    """Found by the attack review: `/api/v1/dispatches/<id>:doc` read the document string as a
+    hash and answered 503 "Redis is unavailable" with an error line."""
+    import requests
+
+    from tests.conftest import ADMIN_TOKEN
+
+    redis_db.set("rb:dispatch:dsp_0123:doc", "{}")
+    answer = requests.get(f"{bridge.url}/api/v1/dispatches/dsp_0123:doc", timeout=10,
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    assert "Redis unavailable" not in caplog.text

@@ -84,6 +84,9 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
 
     @app.errorhandler(redis.RedisError)
     def storage_unavailable(exc: redis.RedisError) -> ResponseReturnValue:
+        if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
+            # An id in the URL that names a key of another type (`<dispatch id>:doc`): not found.
+            return _error(404, "not_found", "not found")
         # Redis down or failing is an outage, not a bug: one line (no traceback), retry later.
         log.error("%s %s: Redis unavailable (%s); answered 503", request.method, request.path, type(exc).__name__)
         return _error(503, "storage_unavailable", f"Redis is unavailable ({type(exc).__name__}); retry later")

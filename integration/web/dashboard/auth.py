@@ -91,6 +91,12 @@ def sign_in_link(connection: redis.Redis, base_url: str, ttl: int = LINK_SECONDS
     return f"{base_url.rstrip('/')}/dashboard/sign-in/{code}"
 
 
+def link_is_live(connection: redis.Redis, code: str) -> bool:
+    """Looked at without using it up: a link-preview bot or mail scanner fetching the URL must not
+    spend the operator's one sign-in."""
+    return bool(code) and len(code) <= 128 and bool(connection.exists(link_key(code)))
+
+
 def use_link(connection: redis.Redis, code: str) -> bool:
     if not code or len(code) > 128:
         return False

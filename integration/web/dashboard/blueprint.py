@@ -17,15 +17,16 @@ import redis
 from flask import Blueprint, Response, abort, current_app, g, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from integration.web.dashboard import auth
+from integration.web.dashboard import auth, listing
 
 log = logging.getLogger(__name__)
 dashboard = Blueprint("dashboard", __name__, url_prefix="/dashboard",
                       template_folder="templates", static_folder="static")
+dashboard.add_app_template_filter(listing.counted, "counted")  # `{{ n|counted("dispatch", "dispatches") }}`
 
 # Endpoints reachable without a session.
 OPEN_ENDPOINTS = {"dashboard.sign_in", "dashboard.sign_in_submit", "dashboard.sign_in_with_link",
-                  "dashboard.static"}
+                  "dashboard.sign_in_with_link_submit", "dashboard.static"}
 
 NAV = [("dashboard.overview", "Overview"), ("dashboard.events", "Events"),
        ("dashboard.dispatches", "Dispatches"), ("dashboard.writeback", "Write-back"),
@@ -156,11 +157,24 @@ def sign_in_submit() -> ResponseReturnValue:
     return _signed_in(_safe_next(request.form.get("next")))
 
 
+LINK_SPENT = ("Link used or expired", "This sign-in link has been used or has expired. Sign in with ADMIN_TOKEN "
+              "instead.")
+
+
 @dashboard.get("/sign-in/<code>")
 def sign_in_with_link(code: str) -> ResponseReturnValue:
+    """A page with one button: only its POST spends the link, so a GET or HEAD by a link preview
+    (chat apps, mail scanners) leaves it for the person it was printed for. The code in the URL is
+    the form's secret: a cross-site page cannot know it."""
+    if not auth.link_is_live(redis_connection(), code):
+        return message_page(*LINK_SPENT, 403)
+    return render_template("dashboard/sign_in_link.html", nav=[], session=None, code=code)
+
+
+@dashboard.post("/sign-in/<code>")
+def sign_in_with_link_submit(code: str) -> ResponseReturnValue:
     if not auth.use_link(redis_connection(), code):
-        return message_page("Link used or expired", "This sign-in link has been used or has expired. "
-                            "Sign in with ADMIN_TOKEN instead.", 403)
+        return message_page(*LINK_SPENT, 403)
     return _signed_in(url_for("dashboard.overview"))
 
 
