@@ -292,6 +292,12 @@ def configure(settings: Settings, process: str, whole_output: bool = False) -> N
     handler.setFormatter(formatter())
     root.handlers = [handler]
     root.setLevel(settings.log_level)
+    # RQ's worker writes about four INFO lines per job, and the engine's job runs every few seconds
+    # on an idle worker: they would drown the lines about events. Its warnings and errors stay
+    # (the worker says itself when it starts and stops); LOG_LEVEL=DEBUG shows everything.
+    # `rq.worker` by name too: importing rq.worker sets that logger to INFO when it has no level yet.
+    for name in ("rq", "rq.worker"):
+        logging.getLogger(name).setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
     logging.captureWarnings(True)
 
 

@@ -27,7 +27,7 @@ from integration import logs
 from integration.settings import Settings
 from integration.storage import free_port
 from integration.web.request_ids import request_id
-from tests.conftest import ROOT, cli_env, revor_bridge, wait_for_port
+from tests.conftest import ROOT, cli_env, configure, revor_bridge, wait_for_port
 
 HOOK_SECRET = "whsec_bG9ncy10ZXN0LWhvb2stc2VjcmV0LTAxMjM0NTY3ODk="
 ADMIN = "logs-admin-token-0123456789"
@@ -42,6 +42,9 @@ rules:
       channel: linkedin
       recipient: {profile_url: "{{ contact.linkedin_url }}"}
       content: {text: "Hi {{ contact.first_name }}, glad to connect!"}
+    writeback: [crm]
+destinations:
+  crm: {url: "${CLOSED_URL}", secret: whsec_bG9ncy10ZXN0LXdyaXRlYmFjay0wMTIzNDU2Nzg5}
 """
 
 
@@ -60,12 +63,17 @@ def _json_lines(text: str, where: str) -> list[dict]:
 
 def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_play(
         redis_url, redis_db, sandbox, tmp_path):
+    """One event followed by its ids: the access line of its webhook names it (with the request
+    id), and every worker line about its dispatch does too: a submit retried after a 503, the
+    state changes, a failed write-back. RQ's own INFO lines (four per job) are not there."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     port = free_port()
     env = cli_env(LOG_FORMAT="json", REDIS_URL=f"{redis_url}/1", REVOR_BASE_URL=sandbox.api_url, PORT=str(port),
                   RULES_FILE=str(rules), GENERIC_WEBHOOK_SECRET_CRM=HOOK_SECRET, ADMIN_TOKEN=ADMIN,
-                  WEB_CONCURRENCY="1", WORKER_THREADS="2", HOME=str(tmp_path))
+                  WEB_CONCURRENCY="1", WORKER_THREADS="2", HOME=str(tmp_path),
+                  CLOSED_URL=f"http://127.0.0.1:{free_port()}/status", WRITEBACK_RETRY_SCALE="0.01")
+    configure(sandbox, error_rate=1.0)  # the first submit is answered 503, then Revor is back
     env.pop("DYNO", None)
     procs: dict[str, subprocess.Popen] = {}
     for kind in ("web", "worker"):
@@ -89,13 +97,26 @@ def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_pla
                                          "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                                          "webhook-signature": "v1,AAAA"})
         assert refused.status_code == 401 and refused.headers["X-Request-Id"] == "router-id-0001", refused.text
+        api = {"Authorization": f"Bearer {ADMIN}"}
         deadline, listed = time.monotonic() + 15, []
+        while time.monotonic() < deadline and not (listed and listed[0].get("last_error")):
+            time.sleep(0.1)
+            listed = requests.get(f"http://127.0.0.1:{port}/api/v1/dispatches", timeout=5, headers=api).json()["items"]
+        assert listed and "HTTP 503" in listed[0]["last_error"], listed
+        configure(sandbox, error_rate=0.0)
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not (listed and listed[0].get("revor_job_id")):
             time.sleep(0.2)
-            listed = requests.get(f"http://127.0.0.1:{port}/api/v1/dispatches", timeout=5,
-                                  headers={"Authorization": f"Bearer {ADMIN}"}).json()["items"]
+            listed = requests.get(f"http://127.0.0.1:{port}/api/v1/dispatches", timeout=5, headers=api).json()["items"]
         assert listed and listed[0]["revor_job_id"], listed
         dispatch_id, job_id = listed[0]["id"], listed[0]["revor_job_id"]
+        deadline, failures = time.monotonic() + 15, 0
+        while time.monotonic() < deadline and failures < 2:  # the write-backs (pending, accepted) were tried
+            time.sleep(0.2)
+            [health] = requests.get(f"http://127.0.0.1:{port}/api/v1/destinations", timeout=5,
+                                    headers=api).json()["items"]
+            failures = health["consecutive_failures"]
+        assert failures >= 2, health
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -120,6 +141,9 @@ def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_pla
     assert access[0]["path"] == "/webhooks/generic/crm" and access[0]["status"] == 200
     assert access[0]["request_id"] == answered_id and access[0]["duration_ms"] >= 0 and access[0]["bytes"] > 0
     assert access[0]["remote_addr"] == "127.0.0.1" and access[0]["user_agent"].startswith("python-requests")
+    # What the request stored is on its access line: no line per event, and no guessing by time.
+    assert (access[0]["source"], access[0]["event_id"], access[0]["events"]) == ("generic:crm", msg_id, 1), access
+    assert access[0]["delivery_id"] and "source" not in access[1] and "event_id" not in access[1], access
 
     worker = lines["worker.out"] + lines["worker.err"]
     assert {item["process"] for item in worker} <= {"worker", "clock"}, worker
@@ -128,6 +152,18 @@ def test_web_worker_and_clock_write_one_json_object_per_line_with_the_ids_in_pla
     accepted = [item for item in worker if item.get("revor_job_id") == job_id]
     assert accepted and accepted[0]["dispatch_id"] == dispatch_id and accepted[0]["event_id"] == msg_id, worker
     assert any(item["message"].startswith(f"dispatch {dispatch_id}: pending -> accepted") for item in accepted)
+    about = [item for item in worker if item.get("dispatch_id") == dispatch_id]
+    retried = [item for item in about if "task_queue_unavailable HTTP 503" in item["message"]]
+    assert retried and "retried on schedule in 2 s" in retried[0]["message"], about
+    written = [item for item in about if item["message"].startswith("write-back ")]
+    assert written and all(item.get("destination") == "crm" for item in written), about
+    for item in retried + written:  # the dispatch's lines lead back to its event
+        assert (item.get("event_id"), item.get("source")) == (msg_id, "generic:crm"), item
+    assert all(item.get("event_id") == msg_id for item in about), [i for i in about if i.get("event_id") != msg_id]
+    # RQ's own lines: its ~4 INFO lines per job are quieted; the worker says once that it started.
+    assert not [item for item in worker if item["logger"].startswith("rq.") and item["level"] in ("DEBUG", "INFO")]
+    assert any(item["logger"] == "integration.jobs.worker" and "started, listening on high, default, low"
+               in item["message"] for item in worker), worker
 
 
 def test_the_format_follows_dyno_unless_log_format_says_and_a_wrong_one_stops_in_one_line(sandbox, tmp_path):
@@ -241,3 +277,17 @@ def test_gunicorn_text_access_and_error_lines_keep_a_line_feed_of_the_path_on_on
     assert not [line for line in lines if line.startswith("FORGED") or "\x1b" in line], lines
     assert any("/webhooks/generic/x\\nFORGED line\\x1b[2J" in line and "404" in line for line in lines), lines
     assert any("integration.inbound" in line and "x\\nFORGED line" in line for line in lines), lines
+
+
+def test_a_text_access_line_names_what_the_webhook_stored():
+    """LOG_FORMAT=text: the access line ends with the source and event id (a batch: delivery and count)."""
+    from integration.web.request_ids import note_stored
+    from integration.web.serving import ACCESS_LOG_FORMAT, stored_text
+
+    environ: dict = {}
+    note_stored(environ, "generic:crm", "dlv_1", ["evt-1"])
+    assert stored_text(environ["revor_bridge.stored"]) == " source=generic:crm event_id=evt-1"
+    note_stored(environ, "hubspot", "dlv_2", ["1", "2", "3"])
+    assert environ["revor_bridge.stored"]["event_ids"] == ["1", "2", "3"]
+    assert stored_text(environ["revor_bridge.stored"]) == " source=hubspot delivery_id=dlv_2 events=3"
+    assert stored_text(None) == "" and ACCESS_LOG_FORMAT.endswith("%(stored)s")

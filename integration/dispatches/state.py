@@ -478,6 +478,13 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
     raise RuntimeError(f"dispatch {dispatch_id}: could not record {status} (too many concurrent changes)")
 
 
+def event_log_ids(record: dict[str, Any]) -> dict[str, Any]:
+    """The ids of the event a dispatch came from, for its stages' log lines (logs.add): a line about
+    a submit retry, a poll or a write-back then leads back to the event and its access line."""
+    crm = record.get("crm") if isinstance(record.get("crm"), dict) else {}
+    return {"event_id": crm.get("event_id"), "source": crm.get("source")}
+
+
 def _log_change(dispatch_id: str, record: dict[str, Any], reason: str | None) -> None:
     """One line per state change, with the dispatch's ids (its event's too: a poll's line names it)."""
     crm = record.get("crm") if isinstance(record.get("crm"), dict) else {}

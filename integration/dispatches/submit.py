@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from integration import logs
 from integration.context import JobContext
 from integration.dispatches import state
 from integration.dispatches.limits import Limiter
@@ -66,6 +67,8 @@ def submit(ctx: JobContext, run: Run) -> Next:
     lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
     snapshot = state.read(ctx.redis, dispatch_id, also=lock.acquire)  # one round trip: record and lock
     record, locked = snapshot.record(dispatch_id), bool(snapshot.replies[0])
+    if record is not None:
+        logs.add(**state.event_log_ids(record))  # a retry's line leads back to its event
     if record is None or record["status"] != "pending":
         if locked:
             lock.release()

@@ -31,7 +31,8 @@ def poll(ctx: JobContext, run: Run) -> Next:
     record = snapshot.record(dispatch_id)
     if record is None or record["status"] in state.TERMINAL or not record.get("revor_job_id"):
         return DONE
-    logs.add(revor_job_id=record["revor_job_id"])  # on this poll's lines (the Revor client's too)
+    # On this poll's lines (the Revor client's too), with the event the dispatch came from.
+    logs.add(revor_job_id=record["revor_job_id"], **state.event_log_ids(record))
     limiter = revor_limiter(ctx)
     if not limiter.acquire(max_wait=LIMITER_WAIT):
         return again(time.time() + max(1.0, limiter.paused_for()), counted=False)

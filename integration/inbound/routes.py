@@ -27,6 +27,7 @@ from integration.inbound.normalize import InboundEvent
 from integration.inbound.store import StorageFull, StoreResult, delivery_record, store
 from integration.settings import Settings
 from integration.web.read_deadline import BODY_KEY
+from integration.web.request_ids import note_stored
 
 log = logging.getLogger(__name__)
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -84,8 +85,10 @@ def _store(source: str, raw: bytes, events: list[InboundEvent], skipped: list[di
     query = request.query_string.decode("latin-1") if query is None else query
     record = delivery_record(source, request.method, request.path, query, request.headers, raw, events, skipped)
     try:
-        return store(current_app.extensions["revor_bridge.redis"], current_app.extensions["revor_bridge.queue"],
-                     source, events, record, now=_now(), max_stored_bytes=_settings().inbound_max_stored_bytes)
+        result = store(current_app.extensions["revor_bridge.redis"], current_app.extensions["revor_bridge.queue"],
+                       source, events, record, now=_now(), max_stored_bytes=_settings().inbound_max_stored_bytes)
+        note_stored(request.environ, source, result.delivery_id, [e.event["event_id"] for e in events])
+        return result
     except StorageFull as full:
         # 429 + Retry-After: every sender retries it later, and Redis does not fill up meanwhile.
         log.warning("inbound %s: refused with 429: %s", source, full)

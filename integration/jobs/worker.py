@@ -19,6 +19,7 @@ the loop goes on.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +30,19 @@ from rq.worker import SimpleWorker
 from integration.jobs import engine
 from integration.scheduler.outage import REDIS_DOWN, Outage, describe
 
+log = logging.getLogger(__name__)
+
 
 class BridgeWorker(SimpleWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage(self.log, "worker")
         engine.stop_requested.clear()  # a new worker in this process starts unstopped
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's own start lines are INFO, quieted (logs.py): one line of ours instead."""
+        super().bootstrap(*args, **kwargs)
+        log.info("worker %s: started, listening on %s", self.name, ", ".join(self.queue_names()))
 
     # ---- Redis outages --------------------------------------------------------------------
 
@@ -100,6 +108,8 @@ class BridgeWorker(SimpleWorker):
             super().teardown()
         except REDIS_DOWN as error:
             self.log.warning("worker: stopped without unregistering (Redis unreachable: %s)", describe(error))
+            return
+        log.info("worker %s: stopped", self.name)
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
         """The command channel reconnects by itself; the outage is logged once by the main loop."""

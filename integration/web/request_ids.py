@@ -16,6 +16,7 @@ from typing import Any
 from integration import logs
 
 REQUEST_ID_KEY = "revor_bridge.request_id"  # in the WSGI environ, for gunicorn's access log
+STORED_KEY = "revor_bridge.stored"  # what a webhook request stored, for the same access line
 HEADER = "X-Request-Id"
 _SANE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+/=_.:-]{0,199}$")
 
@@ -23,6 +24,18 @@ _SANE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+/=_.:-]{0,199}$")
 def request_id(incoming: str | None) -> str:
     """The incoming id if it is sane, else a new one."""
     return incoming if incoming and _SANE.match(incoming) else uuid.uuid4().hex
+
+
+def note_stored(environ: dict[str, Any], source: str, delivery_id: str, event_ids: list[str]) -> None:
+    """What a webhook request stored, for its access line (web/serving.py): its source, the
+    delivery and its event id(s), so the line of the request leads to the worker's lines about
+    each event. No line of its own: one line per request, the access line, is enough."""
+    fields: dict[str, Any] = {"source": source, "delivery_id": delivery_id, "events": len(event_ids)}
+    if len(event_ids) == 1:
+        fields["event_id"] = event_ids[0]
+    elif event_ids:
+        fields["event_ids"] = event_ids  # a HubSpot batch holds at most 100
+    environ[STORED_KEY] = fields
 
 
 class RequestIds:

@@ -25,13 +25,23 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from integration import logs
 from integration.settings import Settings
 from integration.web.read_deadline import READ_STEP, default_watchdog
-from integration.web.request_ids import REQUEST_ID_KEY
+from integration.web.request_ids import REQUEST_ID_KEY, STORED_KEY
 
 # gunicorn's default format logs the request line ("%(r)s"), query string included: a token a
 # sender puts in the URL would land in the log. Method and path only, and no referrer either.
-# The request's id (web/request_ids.py) last, to find the app's lines of the same request.
+# The request's id (web/request_ids.py) last, to find the app's lines of the same request, and
+# for a stored webhook what it stored (`stored`: source, delivery, event ids; empty otherwise).
 ACCESS_LOG_FORMAT = ('%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s" '
-                     f"request_id=%({{{REQUEST_ID_KEY}}}e)s")
+                     f"request_id=%({{{REQUEST_ID_KEY}}}e)s%(stored)s")
+
+
+def stored_text(stored: dict[str, Any] | None) -> str:
+    """A text access line's tail for a stored webhook: ` source=... event_id=...` (or the
+    delivery and the count of its events, for a batch)."""
+    if not stored:
+        return ""
+    names = ("source", "event_id") if "event_id" in stored else ("source", "delivery_id", "events")
+    return "".join(f" {name}={stored[name]}" for name in names)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -105,6 +115,9 @@ class QueryRedactingLogger(glogging.Logger):
             self.error_log.addFilter(_ESCAPE_CONTROLS)
             self.access_log.addFilter(_ESCAPE_CONTROLS)
 
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        return {**super().atoms(resp, req, environ, request_time), "stored": stored_text(environ.get(STORED_KEY))}
+
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         """In json mode one object per request, its fields apart; the path never has its query."""
         if not logs.json_lines():
@@ -118,7 +131,7 @@ class QueryRedactingLogger(glogging.Logger):
                   "bytes": getattr(resp, "sent", None),
                   "duration_ms": round(request_time.total_seconds() * 1000, 1),
                   "request_id": environ.get(REQUEST_ID_KEY), "user_agent": environ.get("HTTP_USER_AGENT"),
-                  "remote_addr": environ.get("REMOTE_ADDR")}
+                  "remote_addr": environ.get("REMOTE_ADDR"), **(environ.get(STORED_KEY) or {})}
         self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
                              extra={"fields": fields})
 

@@ -37,9 +37,9 @@ import requests.certs
 from requests.utils import requote_uri
 from standardwebhooks import Webhook
 
-from integration import metrics
+from integration import logs, metrics
 from integration.context import JobContext
-from integration.dispatches.state import EXPIRE_WITH, expire_with, outbox_key
+from integration.dispatches.state import EXPIRE_WITH, event_log_ids, expire_with, outbox_key
 from integration.revor.client import parse_retry_after
 from integration.rules.templates import RenderError, Template
 from integration.scheduler import units
@@ -251,6 +251,9 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 head = _drop_and_next(connection, outbox, message_key)
                 continue
             message = json.loads(raw)
+            # The status message holds the dispatch's event (its `crm` part): on this delivery's lines.
+            data = message["body"].get("data") or {}
+            logs.add(revor_job_id=data.get("revor_job_id"), **event_log_ids(data))
             if health.get(b"disabled") == b"1":
                 reason = (health.get(b"disabled_reason") or b"410 Gone").decode()
                 _give_up(connection, outbox, destination, message_key, "destination disabled: " + reason)
