@@ -134,7 +134,9 @@ def check(view: dict[str, Any], path: str, condition: Any) -> str | None:
     return None
 
 
-def _type_matches(event_type: str, patterns: list[str]) -> bool:
+def type_matches(event_type: str, patterns: list[str]) -> bool:
+    """`when.type`: `deal.stage_changed`, or `*` for either part (`deal.*`, `*.created`). The
+    dashboard's Type filter takes the same patterns."""
     obj, _, kind = event_type.partition(".")
     for pattern in patterns:
         p_obj, _, p_kind = pattern.partition(".")
@@ -147,7 +149,7 @@ def evaluate(when: dict[str, Any], if_template: Template | None, view: dict[str,
     source, event_type = view.get("source", ""), view.get("type", "")
     if source not in when["source"]:
         return Verdict(False, f"source is {source}, rule wants {', '.join(when['source'])}")
-    if not _type_matches(event_type, when["type"]):
+    if not type_matches(event_type, when["type"]):
         return Verdict(False, f"type is {event_type}, rule wants {', '.join(when['type'])}")
     for path, condition in when["match"].items():
         reason = check(view, path, condition)

@@ -106,6 +106,11 @@ def iso(epoch: float | str | None) -> str:
         return str(epoch)
 
 
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    """`1 dispatch`, `12,500 dispatches`: every count a page writes (the `counted` template filter)."""
+    return f"{number:,} {singular if number == 1 else plural or singular + 's'}"
+
+
 def _bound(value: float | None, default: str) -> float | str:
     return default if value is None else value
 
