@@ -263,3 +263,11 @@ def test_a_workflow_event_id_keeps_its_form_across_versions(tmp_path):
     assert hubspot.parse_workflow(body, {"flow": "deal-won"}).event["event_id"].startswith("wf-deal-won-24681357-")
     shown = preview(str(FIXTURES / "hubspot-workflow-webhook-deal.json"), tmp_path=tmp_path)
     assert shown["event"]["event_id"] == "wf--24681357-deal-18273645501-1767268795123"
+
+
+def test_field_errors_read_as_names_and_messages_not_a_python_dict():
+    """Found by the attack review: the preview's error showed `{'$.a': [...]}`."""
+    from integration.rules.preview import _field_list
+
+    assert _field_list({"$.a": ["missing", "bad"], "b": {"c": ["x"]}}) == " ($.a: missing; bad; b.c: x)"
+    assert _field_list(None) == ""

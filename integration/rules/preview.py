@@ -30,6 +30,25 @@ class UnknownSource(PreviewError):
     """The payload could be from several senders: the user has to say which."""
 
 
+def _field_list(fields: Any) -> str:
+    """marshmallow's messages as a reader wants them: ` (a.b: expected a string; c: missing)`."""
+    if not fields:
+        return ""
+    parts: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                walk(f"{prefix}.{name}" if prefix else str(name), inner)
+        elif isinstance(value, list | tuple):
+            parts.append(f"{prefix}: " + "; ".join(str(m) for m in value) if prefix else "; ".join(map(str, value)))
+        else:
+            parts.append(f"{prefix}: {value}" if prefix else str(value))
+
+    walk("", fields)
+    return " (" + "; ".join(parts) + ")"
+
+
 def _looks_normalized(body: Any) -> bool:
     return isinstance(body, dict) and {"source", "event_id", "type", "object"} <= set(body)
 
@@ -65,8 +84,7 @@ def events_from_payload(raw: bytes, source: str | None) -> list[dict[str, Any]]:
         if source and source.startswith("generic:"):
             return [generic.parse(source.split(":", 1)[1], body, raw, None, None).event]
     except InboundError as error:
-        detail = f" {error.fields}" if error.fields else ""
-        raise PreviewError(f"{error.message}{detail}") from None
+        raise PreviewError(f"{error.message}{_field_list(error.fields)}") from None
     raise UnknownSource("cannot tell the source: pass --source hubspot|salesforce|pipedrive|generic:NAME")
 
 
