@@ -174,6 +174,7 @@ def test_the_format_follows_dyno_unless_log_format_says_and_a_wrong_one_stops_in
     report = _json_lines(on_dyno.stdout, "check")
     assert report and all(item["process"] == "check" for item in report)
     assert report[0]["message"].startswith("settings: REDIS_URL (or REDIS_TLS_URL) is unset")
+    assert {item["level"] for item in report} == {"ERROR"}, report  # a failed check is an error to a drain
     _json_lines(on_dyno.stderr, "check stderr")
 
     local = cli_env(REVOR_BASE_URL=sandbox.api_url, BRIDGE_DATA_DIR=str(tmp_path / "data"))
@@ -191,6 +192,45 @@ def test_the_format_follows_dyno_unless_log_format_says_and_a_wrong_one_stops_in
     assert wrong.returncode == 2 and wrong.stdout == ""
     assert wrong.stderr.splitlines() == ["revor-bridge: configuration error: LOG_FORMAT: malformed, "
                                          "expected one of TEXT, JSON"]
+
+
+def test_the_release_check_in_json_reports_failures_as_errors_and_warnings_as_warnings(
+        redis_url, redis_db, sandbox, tmp_path):
+    """A rule whose account does not exist fails the check (ERROR, exit 1); a rule source whose
+    setting is unset is a warning (WARNING); what passed stays INFO."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.replace("connect_account_sandbox_linkedin", "connect_account_nobody"))
+    env = cli_env(LOG_FORMAT="json", REDIS_URL=f"{redis_url}/1", REVOR_BASE_URL=sandbox.api_url,
+                  RULES_FILE=str(rules), CLOSED_URL="http://127.0.0.1:9/status")
+    env.pop("DYNO", None)
+    checked = revor_bridge("check", env=env, cwd=tmp_path)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    levels = {item["message"].split(":")[0]: item["level"] for item in _json_lines(checked.stdout, "check")}
+    assert levels == {"settings": "INFO", "rules": "INFO", "warning": "WARNING", "redis": "INFO", "revor": "INFO",
+                      "rule 'crm-linkedin'": "ERROR"}, checked.stdout
+
+    rules.write_text(RULES.replace("channel: linkedin", "channel: pigeon"))
+    invalid = revor_bridge("check", env=env, cwd=tmp_path)
+    assert invalid.returncode == 2, invalid.stdout + invalid.stderr  # a configuration error, as a bad setting
+    assert [item["message"] for item in _json_lines(invalid.stdout, "check")] == ["settings: ok"]
+    lines = _json_lines(invalid.stderr, "check stderr")
+    assert lines[0]["message"].startswith("revor-bridge: invalid rules file") and "dispatch.channel" in invalid.stderr
+    assert {item["level"] for item in lines} == {"ERROR"}, lines
+
+
+def test_a_configuration_error_is_one_json_line_at_error_where_logs_are_json(tmp_path):
+    """On a dyno (or with LOG_FORMAT=json) the settings error is a JSON object too, even when
+    LOG_FORMAT itself is what is wrong; locally, without LOG_FORMAT, it stays a line of text."""
+    local_json = cli_env(LOG_FORMAT="json", LOG_LEVEL="LOUD")
+    local_json.pop("DYNO", None)
+    for env, wrong_one in ((cli_env(DYNO="release.1", LOG_FORMAT="xml"), "LOG_FORMAT"), (local_json, "LOG_LEVEL")):
+        wrong = revor_bridge("check", env=env, cwd=tmp_path)
+        assert wrong.returncode == 2 and wrong.stdout == "", wrong.stdout + wrong.stderr
+        [line] = _json_lines(wrong.stderr, "check stderr")
+        assert line["level"] == "ERROR" and line["process"] == "check", line
+        assert line["message"].startswith(f"revor-bridge: configuration error: {wrong_one}: malformed"), line
+    as_text = revor_bridge("check", env=cli_env(DYNO="web.1", LOG_FORMAT="text", LOG_LEVEL="LOUD"), cwd=tmp_path)
+    assert as_text.returncode == 2 and as_text.stderr.startswith("revor-bridge: configuration error: LOG_LEVEL")
 
 
 def _settings(environ: dict[str, str]) -> Settings:

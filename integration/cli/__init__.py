@@ -10,6 +10,7 @@ Exit codes, shared by every command:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -40,13 +41,44 @@ def rules_from_config_var(environ: Any = os.environ) -> None:
     if not text:
         return
     if environ.get("RULES_FILE"):
-        click.echo("revor-bridge: configuration error: RULES_YAML and RULES_FILE are both set: keep one", err=True)
-        sys.exit(EXIT_USAGE)
+        configuration_error("RULES_YAML and RULES_FILE are both set: keep one", environ)
     folder = Path(environ.get("BRIDGE_DATA_DIR") or ".revor-bridge")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RULES_YAML_FILE
     path.write_text(text, encoding="utf-8")
     environ["RULES_FILE"] = str(path.resolve())
+
+
+def _format_for_errors(environ: Any) -> str:
+    """The log format of a process that stops before its settings are read: LOG_FORMAT when it is
+    valid (it may be the bad setting), else json on a dyno (as Settings would choose), else text."""
+    chosen = (environ.get("LOG_FORMAT") or "").strip().lower()
+    if chosen in ("text", "json"):
+        return chosen
+    return "json" if (environ.get("DYNO") or "").strip() else "text"
+
+
+def configuration_error(message: str, environ: Any = os.environ) -> NoReturn:
+    """A setting is wrong: one line on stderr and exit 2. With JSON logs (a dyno's log drain) the
+    line is one JSON object at level ERROR, like every other line of the process."""
+    text = f"revor-bridge: configuration error: {message}"
+    if _format_for_errors(environ) == "json":
+        context = click.get_current_context(silent=True)
+        logs.set_process(context.info_name if context and context.info_name else "revor-bridge")
+        record = logging.LogRecord("revor_bridge", logging.ERROR, __file__, 0, text, None, None)
+        text = logs.JsonFormatter(secrets=()).format(record)
+    click.echo(text, err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def report(text: str, level: int = logging.INFO, err: bool = False) -> None:
+    """A line of a command's report (the release check's). Where the output is the process's log
+    (JSON lines, logs.configure), one object at `level`: a failure ERROR, a warning WARNING, so a
+    log drain's alert sees them; elsewhere the text as it is."""
+    stream = sys.stderr if err else sys.stdout
+    if isinstance(stream, logs.JsonLines):
+        text = logs.JsonFormatter().format(logging.LogRecord(stream.name, level, __file__, 0, text, None, None))
+    click.echo(text, err=err)
 
 
 def load_settings() -> Settings:
@@ -56,8 +88,7 @@ def load_settings() -> Settings:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        click.echo(f"revor-bridge: configuration error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        configuration_error(str(exc))
     context = click.get_current_context(silent=True)
     process = context.info_name if context and context.info_name else "revor-bridge"
     logs.configure(settings, process, whole_output=process in LOG_ONLY_COMMANDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 import click
 import redis
 
-from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, cli, load_settings
+from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, cli, load_settings, report
 from integration.revor import RevorClient, RevorError
 from integration.settings import Settings
 from integration.storage import RedisUnavailable, connect, resolve_redis_url
@@ -146,26 +147,28 @@ def reachable_or_exit(connection: redis.Redis, url: str) -> None:
 
 @cli.command()
 def check() -> None:
-    """Validate settings and rules, reach Redis and Revor, check each rule's account; the release phase."""
+    """Validate settings and rules, reach Redis and Revor, check each rule's account; the release phase.
+
+    Its report is its log on a dyno (JSON lines): a failure is a line at ERROR, a warning at WARNING."""
     from integration.cli.rules import rules_or_exit
 
     settings = load_settings()
     missing = production_gaps(os.environ)
     for line in missing:
-        click.echo(f"settings: {line}")
+        report(f"settings: {line}", logging.ERROR)
     if missing:
         sys.exit(EXIT_FINAL)
-    click.echo("settings: ok")
+    report("settings: ok")
     failed = unreachable = False
     ruleset = None
     if settings.rules_file:
         ruleset = rules_or_exit(settings)
-        click.echo(f"rules: ok ({len(ruleset.rules)} rules in {settings.rules_file})")
+        report(f"rules: ok ({len(ruleset.rules)} rules in {settings.rules_file})")
         for warning in missing_source_settings(ruleset, settings):
-            click.echo(f"warning: {warning}")
+            report(f"warning: {warning}", logging.WARNING)
     else:
-        click.echo("rules: RULES_FILE is unset: web and worker use no rules (events are stored and processed, "
-                   "nothing is sent); preview and dev use the example rules")
+        report("rules: RULES_FILE is unset: web and worker use no rules (events are stored and processed, "
+               "nothing is sent); preview and dev use the example rules")
     if settings.redis_url:
         embedded_note, connection = "", connect(settings.redis_url)
     else:
@@ -175,15 +178,15 @@ def check() -> None:
         embedded_note = f" (REDIS_URL is unset: the embedded server at 127.0.0.1:{running[1]})" if running else ""
         connection = connect(f"redis://127.0.0.1:{running[1]}/0") if running else None
         if connection is None:
-            click.echo(f"redis: not checked: REDIS_URL is unset and no embedded server runs in "
-                       f"{EmbeddedRedis(settings.data_dir).folder}; web, worker and dev start one there (a deployed "
-                       "app needs REDIS_URL)")
+            report(f"redis: not checked: REDIS_URL is unset and no embedded server runs in "
+                   f"{EmbeddedRedis(settings.data_dir).folder}; web, worker and dev start one there (a deployed "
+                   "app needs REDIS_URL)", logging.WARNING)
     if connection is not None:
         try:
             connection.ping()
-            click.echo(f"redis: ok{embedded_note}")
+            report(f"redis: ok{embedded_note}")
         except redis.RedisError as exc:
-            click.echo(f"redis: unreachable ({type(exc).__name__}){embedded_note}")
+            report(f"redis: unreachable ({type(exc).__name__}){embedded_note}", logging.ERROR)
             unreachable = True
     from integration.cli.revor import report_errors_once
     from integration.revor.errors import RevorConnectionError, RevorFinalError
@@ -194,12 +197,12 @@ def check() -> None:
             accounts = client.list_accounts().data
         where = "sandbox" if settings.uses_sandbox else "Revor"
         sendable = sum(1 for a in accounts if a["can_send"])
-        click.echo(f"revor: ok ({where}, {len(accounts)} accounts, {sendable} can send)")
+        report(f"revor: ok ({where}, {len(accounts)} accounts, {sendable} can send)")
     except RevorError as error:
-        click.echo(f"revor: {error}")
+        report(f"revor: {error}", logging.ERROR)
         if settings.uses_sandbox and isinstance(error, RevorConnectionError):
-            click.echo(f"  REVOR_API_KEY is unset, so this is the local sandbox at {settings.revor_base_url}: "
-                       "is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY")
+            report(f"  REVOR_API_KEY is unset, so this is the local sandbox at {settings.revor_base_url}: "
+                   "is the sandbox running? start it with `revor-bridge sandbox`, or set REVOR_API_KEY", logging.ERROR)
         sys.exit(EXIT_FINAL if isinstance(error, RevorFinalError) else EXIT_UNREACHABLE)
     if ruleset is not None:
         failed = _check_rule_accounts(ruleset, accounts) or failed
@@ -266,17 +269,17 @@ def _check_rule_accounts(ruleset: object, accounts: list[dict]) -> bool:
         spec = rule.dispatch
         account = by_id.get(spec.account_id)
         if account is None:
-            click.echo(f"rule {rule.name!r}: account {spec.account_id} does not exist for this key")
+            report(f"rule {rule.name!r}: account {spec.account_id} does not exist for this key", logging.ERROR)
             failed = True
         elif account["channel"] != spec.channel:
-            click.echo(f"rule {rule.name!r}: account {spec.account_id} is {account['channel']}, "
-                       f"the rule sends {spec.channel}")
+            report(f"rule {rule.name!r}: account {spec.account_id} is {account['channel']}, "
+                   f"the rule sends {spec.channel}", logging.ERROR)
             failed = True
         elif not account["can_send"]:
-            click.echo(f"rule {rule.name!r}: account {spec.account_id} cannot send (status {account['status']}); "
-                       f"reconnect it at https://revor.ai/console/connect")
+            report(f"rule {rule.name!r}: account {spec.account_id} cannot send (status {account['status']}); "
+                   f"reconnect it at https://revor.ai/console/connect", logging.ERROR)
             failed = True
         else:
             warning = f" (warning: status {account['status']})" if account.get("status") not in ("ok", None) else ""
-            click.echo(f"rule {rule.name!r}: account ok{warning}")
+            report(f"rule {rule.name!r}: account ok{warning}", logging.WARNING if warning else logging.INFO)
     return failed

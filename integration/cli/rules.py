@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 import redis
 
-from integration.cli import EXIT_USAGE, cli, load_settings, redis_unreachable
+from integration.cli import EXIT_USAGE, cli, load_settings, redis_unreachable, report
 from integration.rules.guards import suppress as add_suppressions
 from integration.rules.guards import suppressed, unsuppress
 from integration.rules.loader import RulesError, RuleSet, load_rules
@@ -29,12 +30,12 @@ def rules_or_exit(settings: Settings, path: str | None = None, *, lenient_destin
     try:
         ruleset = load_rules(chosen, lenient_destinations=lenient_destinations)
         for warning in ruleset.warnings:
-            click.echo(f"(warning: {warning})", err=True)
+            report(f"(warning: {warning})", logging.WARNING, err=True)
         return ruleset
     except RulesError as error:
-        click.echo(f"revor-bridge: invalid rules file {error.path}:", err=True)
+        report(f"revor-bridge: invalid rules file {error.path}:", logging.ERROR, err=True)
         for problem in error.problems:
-            click.echo(f"  {problem}", err=True)
+            report(f"  {problem}", logging.ERROR, err=True)
         sys.exit(EXIT_USAGE)
 
 
