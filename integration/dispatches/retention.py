@@ -26,6 +26,9 @@ again meanwhile keeps its entry):
   as the events' index above;
 - `rb:due`: units whose dispatch or event is gone (with their attempt counts, and a delivery's
   outbox); `rb:attempts`: counts of units that are neither due nor claimed.
+
+It also keeps the suppression list's sorted mirror whole (rules/guards.py `ensure_sorted`): built
+if missing, rebuilt when its size differs from the list's, in bounded batches.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from integration import lookup
 from integration.dispatches import state
 from integration.inbound import records
 from integration.inbound.store import TTL_SECONDS as EVENT_TTL_SECONDS
+from integration.rules import guards
 from integration.scheduler import units
 from integration.scheduler.runner import Next, Run, again
 
@@ -165,6 +169,7 @@ def sweep(connection: redis.Redis, retention: float, now: float | None = None,
     for name in connection.scan_iter(match="rb:dead:*", count=1000, _type="zset"):
         removed["dead_letters"] += trim_index(connection, _text(name), moment, lambda m: "rb:msg:" + m)
     removed["units"] = drop_orphan_units(connection)
+    guards.ensure_sorted(connection, check_counts=True)
     return removed
 
 
