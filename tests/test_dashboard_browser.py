@@ -300,6 +300,58 @@ def dispatch_list_reads_on_a_phone(browser: Browser, stack: Stack) -> None:
     assert no_horizontal_overflow(page), page.evaluate("document.documentElement.scrollWidth")
 
 
+def table_fits_its_card(page: Page) -> dict[str, int]:
+    """The list's table and its card: widths as the browser laid them out."""
+    return page.evaluate("""() => {
+        const table = document.querySelector('main .card table');
+        const card = table.closest('.card');
+        return {table: table.scrollWidth, card: card.clientWidth, card_scroll: card.scrollWidth};
+    }""")
+
+
+def lists_fit_a_laptop_and_lead_with_id_and_status_on_a_phone(browser: Browser, stack: Stack) -> None:
+    """At 1280x800 the events and dispatches tables fit their card (no sideways scrolling), with
+    a long event id and a long reason among the rows; on a phone the id and status come first."""
+    from integration.inbound import records
+    from integration.inbound.store import event_key
+
+    long_id = "zap-browser-" + "7f3a9c" * 20  # 132 characters, no space to break at
+    body = json.dumps({"event": "deal.created", "event_id": long_id, "deal__id": "7999",
+                       "contact__email": "nobody.in.particular@example.com"}).encode()
+    answer = requests.post(stack.url + "/webhooks/generic/zapier", data=body, headers=ZAP_HEADERS, timeout=10)
+    assert answer.status_code == 200, answer.text
+    # Two events on one deal, the newer first: the older one is skipped with a long reason.
+    for number, day in ((1, "2026-01-02"), (2, "2026-01-01")):
+        body = json.dumps({"event": "deal.updated", "event_id": f"zap-browser-stale-{number}", "deal__id": "7998",
+                           "occurred_at": f"{day}T00:00:00Z"}).encode()
+        answer = requests.post(stack.url + "/webhooks/generic/zapier", data=body, headers=ZAP_HEADERS, timeout=10)
+        assert answer.status_code == 200, answer.text
+    key = event_key("generic:zapier", long_id)
+    wait_for(lambda: (records.summary(stack.redis, key) or {}).get("status") == "processed", "the event")
+    stale = event_key("generic:zapier", "zap-browser-stale-2")
+    wait_for(lambda: (records.summary(stack.redis, stale) or {}).get("status") == "skipped", "the stale event")
+    page = operator(browser, stack)
+    for path in ("/dashboard/events", "/dashboard/dispatches"):
+        page.goto(stack.url + path)
+        widths = table_fits_its_card(page)
+        assert widths["table"] <= widths["card"] and widths["card_scroll"] <= widths["card"], (path, widths)
+        assert no_horizontal_overflow(page)
+    page.goto(stack.url + "/dashboard/events")
+    row = page.locator("main table tbody tr", has=page.get_by_role("link", name=long_id))
+    # Shortened on screen; the whole id in the link and the cell's title; why it made no dispatch.
+    assert row.count() == 1 and row.locator("td").first.get_attribute("title") == long_id
+    assert row.locator(".why").inner_text() == "no rule matched this event"
+    why = page.locator("main table .why", has_text="stale: a newer event").bounding_box()
+    assert why is not None and why["width"] >= 180 and why["height"] < 60, why  # not a 70 px column of broken words
+    phone = operator(browser, stack, phone=True)
+    for path, first in (("/dashboard/events", "Event"), ("/dashboard/dispatches", "Dispatch")):
+        phone.goto(stack.url + path)
+        assert phone.locator("main table thead th").all_inner_texts()[:2] == [first, "Status"]
+        assert no_horizontal_overflow(phone), phone.evaluate("document.documentElement.scrollWidth")
+        status = phone.locator("main table tbody tr").first.locator(".status").bounding_box()
+        assert status is not None and status["x"] + status["width"] <= 390, (path, status)
+
+
 def event_previewed_with_its_payload(browser: Browser, stack: Stack) -> None:
     page = operator(browser, stack)
     page.get_by_role("link", name="Rules").click()
@@ -365,7 +417,8 @@ def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
 
 STEPS = [wrong_token_refused_then_signed_in, no_session_sends_to_sign_in_and_posts_are_refused,
          post_without_csrf_token_refused, overview_reads_on_a_phone, dispatch_found_by_email_and_opened,
-         dispatch_list_reads_on_a_phone, event_previewed_with_its_payload, dead_letter_replayed_and_delivered,
+         dispatch_list_reads_on_a_phone, lists_fit_a_laptop_and_lead_with_id_and_status_on_a_phone,
+         event_previewed_with_its_payload, dead_letter_replayed_and_delivered,
          suppression_added_and_removed, sign_out_ends_the_session]
 
 

@@ -39,6 +39,14 @@ def test_a_real_run_shows_in_full_and_a_failed_dispatch_is_retried(stack):
 
     found = browser.get(f"{url}/dashboard/dispatches", params={"q": "+14155550007"}, timeout=10)
     assert ids_on(found.text) == [dispatch_id]
+    # A phone as people write it (spaces, brackets, dashes, 00 for +): what the Suppression page takes.
+    for spelled in ("+1 415 555 0007", " +1 (415) 555-0007 ", "+1.415.555.0007", "001 415 555 0007"):
+        assert ids_on(browser.get(f"{url}/dashboard/dispatches", params={"q": spelled}, timeout=10).text) == \
+            [dispatch_id], spelled
+    local = browser.get(f"{url}/dashboard/dispatches", params={"q": "(415) 555-0007"}, timeout=10).text
+    assert ids_on(local) == [] and "with + and the country code" in local
+    listed = browser.get(f"{url}/dashboard/dispatches", timeout=10).text
+    assert ids_on(listed) == [dispatch_id] and "1 dispatch, page 1 of 1." in listed
     detail = browser.get(f"{url}/dashboard/dispatches/{dispatch_id}", timeout=10)
     assert detail.status_code == 200
     page = detail.text
@@ -189,3 +197,20 @@ def test_hostile_filters_and_unknown_ids_get_clear_answers(bridge, redis_db):
     assert retry.status_code == 404
     anonymous = requests.get(f"{url}/dashboard/dispatches", allow_redirects=False, timeout=10)
     assert anonymous.status_code == 302 and "/dashboard/sign-in" in anonymous.headers["Location"]
+
+
+def test_counts_read_in_the_singular_and_the_plural():
+    """`1 dispatch`, `2 dispatches`: the `counted` filter every dashboard count goes through, and
+    no page falls back to `message(s)`."""
+    from pathlib import Path
+
+    from integration.web.dashboard.listing import counted
+
+    assert counted(1, "dispatch", "dispatches") == "1 dispatch"
+    assert counted(0, "dispatch", "dispatches") == "0 dispatches"
+    assert counted(12_500, "event") == "12,500 events"
+    assert counted(1, "entry", "entries") == "1 entry"
+    assert counted(2, "dead letter") == "2 dead letters"
+    folder = Path(__file__).parent.parent / "integration" / "web" / "dashboard"
+    for path in [*folder.glob("*.py"), *folder.glob("templates/dashboard/*.html")]:
+        assert not re.search(r"\w\(s\)", path.read_text()), f"{path.name} writes a plural as (s)"

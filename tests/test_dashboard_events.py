@@ -156,6 +156,12 @@ def test_pages_filters_and_hostile_values(bridge):
     merged = pages()  # every status merged, by cursor: same events, none twice
     assert len(merged) == 40 and sorted(merged) == everything
     assert sorted(pages(type="deal.created")) == [e for n, e in enumerate(everything) if n % 4 == 0]
+    # Type patterns as a rule's when.type writes them: deal.*, *.created.
+    assert sorted(pages(type="deal.*")) == everything
+    assert sorted(pages(type="*.created")) == [e for n, e in enumerate(everything) if n % 4 == 0]
+    assert sorted(pages(type="*.stage_changed", source="generic:zapier")) == \
+        [e for n, e in enumerate(everything) if n % 4 != 0]
+    assert pages(type="contact.*") == []
     assert pages(source="hubspot") == []
     assert pages(status="failed") == []
 
@@ -163,7 +169,10 @@ def test_pages_filters_and_hostile_values(bridge):
                             ({"page": "1e9"}, "Page: expected a whole number from 1 to 100,000"),
                             ({"status": "lost"}, "Status: choose one of received, processed, failed, skipped"),
                             ({"after": "%%%"}, "Continue: the link is damaged"),
-                            ({"type": "x" * 200}, "Type: an event type of at most 100 characters")]:
+                            ({"type": "x" * 200}, "Type: an event type of at most 100 characters"),
+                            ({"type": "deal"}, "Type: expected an event type like deal.stage_changed, or a pattern "
+                                               "like deal.* or *.created"),
+                            ({"type": "deal.*.*"}, "Type: expected an event type like deal.stage_changed")]:
         answer = browser.get(f"{url}/dashboard/events", params=params, timeout=10)
         assert answer.status_code == 400 and message in answer.text, (params, answer.text[:300])
     huge = browser.get(f"{url}/dashboard/events", params={"status": "received", "page": 99999}, timeout=10)
@@ -172,3 +181,44 @@ def test_pages_filters_and_hostile_values(bridge):
     assert missing.status_code == 404 and "Event no-such-event from hubspot not found" in missing.text
     nested = browser.get(f"{url}/dashboard/events/generic:zapier/a/b/c", timeout=10)
     assert nested.status_code == 404
+
+
+def test_the_list_says_why_an_event_made_no_dispatch(stack):
+    """An event no rule takes: the list says so in the same words as its page (it showed nothing),
+    and a count of one reads `1 event`, `1 dispatch`."""
+    stack["start_worker"]()
+    bridge = stack["bridge"]
+    assert bridge.post("/webhooks/generic/zapier", zap(1, "deal.created"), ZAP_HEADERS).status_code == 200
+    deadline = time.monotonic() + 60
+    key = ("generic:zapier", "zap-001")
+    while time.monotonic() < deadline and stored_events(stack["redis"]).get(key, {}).get("status") != "processed":
+        time.sleep(0.2)
+    summary = stored_events(stack["redis"])[key]
+    assert summary["status"] == "processed" and not summary["dispatches"] and not summary.get("reason")
+    url = bridge.url
+    browser = signed_in(url)
+    listed = browser.get(f"{url}/dashboard/events", params={"status": "processed"}, timeout=10).text
+    assert events_on(listed) == [key]
+    assert "1 event, page 1 of 1." in listed
+    row = listed.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    assert '<span class="why">no rule matched this event</span>' in row, row
+    detail = browser.get(f"{url}/dashboard/events/generic:zapier/zap-001", timeout=10).text
+    assert 'id="why-none">None. Processed: no rule matched this event.' in detail
+    nothing = browser.get(f"{url}/dashboard/dispatches", timeout=10).text
+    assert "0 dispatches." in nothing and "No dispatches" in nothing
+
+
+def test_reasons_read_the_same_in_the_list_and_on_the_page():
+    """One wording for why an event made no dispatch (unit test of the shared function)."""
+    from integration.web.dashboard.events import outcome
+
+    assert outcome("processed", None, 0) == "no rule matched this event"
+    assert outcome("processed", "not hydrated: HUBSPOT_ACCESS_TOKEN is unset", 0) == \
+        "no rule matched this event (not hydrated: HUBSPOT_ACCESS_TOKEN is unset)"
+    assert outcome("processed", "not hydrated: HUBSPOT_ACCESS_TOKEN is unset", 2) == \
+        "not hydrated: HUBSPOT_ACCESS_TOKEN is unset"
+    assert outcome("processed", None, 1) == ""
+    assert outcome("processed", "no rules loaded (RULES_FILE is unset)", 0) == "no rules loaded (RULES_FILE is unset)"
+    assert outcome("failed", None, 0) == "no reason recorded"
+    assert outcome("skipped", "stale: a newer event", 0) == "stale: a newer event"
+    assert outcome("received", None, 0) == ""

@@ -12,6 +12,7 @@ its 2xx (writeback/deliver.py), so a delivered one shows as such without attempt
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import current_app, redirect, request, url_for
@@ -21,6 +22,7 @@ from integration import lookup
 from integration.dispatches import retry as dispatch_retry
 from integration.dispatches import state
 from integration.inbound.store import event_key
+from integration.rules.guards import classify
 from integration.web.dashboard import listing
 from integration.web.dashboard.blueprint import dashboard, not_found, page, redis_connection
 from integration.writeback import destinations as writeback_destinations
@@ -80,7 +82,7 @@ def _matches(filters: dict[str, Any], fields: dict[str, Any]) -> bool:
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
-    return {"id": record["id"], "status": record.get("status"), "rule": record.get("rule"),
+    return {"id": record["id"], "status": record.get("status") or "", "rule": record.get("rule") or "",
             "channel": record.get("channel"), "recipient": lookup.recipient_term(record.get("recipient")) or "",
             "created_at": (record.get("created_at") or "").replace("T", " "),
             "updated_at": listing.iso(record.get("updated_at")), "reason": record.get("reason") or ""}
@@ -90,20 +92,38 @@ def _rows(connection: Any, ids: list[str]) -> list[dict[str, Any]]:
     return [_row(record) for record, _ in state.load_many(connection, ids) if record is not None]
 
 
+def recipient_terms(query: str) -> list[str]:
+    """What a recipient search looks for: the query as typed (lowercase when an email), and a
+    phone as people write it (`+1 (415) 555-0123`, `0044 20 ...`) in the E.164 form a WhatsApp
+    recipient is stored and indexed in (rules/build.py normalizes it with normalize_phone)."""
+    terms = [lookup.normalize(query)]
+    try:
+        kind, _, value = classify(query).partition(":")
+    except ValueError:
+        return terms
+    return terms + [value] if kind == "phone" and value not in terms else terms
+
+
+def looks_like_local_phone(query: str) -> bool:
+    """Digits with spaces, dashes or brackets but no + or 00: a number without its country code."""
+    digits = re.sub(r"[\s().\-/]", "", query)
+    return digits.isdigit() and 7 <= len(digits) <= 15 and not digits.startswith("00")
+
+
 def _search(connection: Any, filters: dict[str, Any]) -> list[dict[str, Any]]:
     """A dispatch id, or the recipient, event id or Revor job id of dispatches (checked on each
     record: the lookup may offer a few that only share a hash prefix)."""
     query = filters["q"]
-    wanted = lookup.normalize(query)
+    wanted = recipient_terms(query)
     candidates = [query] if query.startswith("dsp_") else []
     candidates += [ref for ref, _ in lookup.find(connection, lookup.DISPATCHES, [
-        (lookup.RECIPIENT, query), (lookup.EVENT_ID, query), (lookup.JOB_ID, query)])]
+        *[(lookup.RECIPIENT, term) for term in wanted], (lookup.EVENT_ID, query), (lookup.JOB_ID, query)])]
     rows = []
     for record, _ in state.load_many(connection, list(dict.fromkeys(candidates))[:MAX_RESULTS * 2]):
         if record is None:
             continue
         hit = record["id"] == query or (record.get("crm") or {}).get("event_id") == query or \
-            record.get("revor_job_id") == query or lookup.recipient_term(record.get("recipient")) == wanted
+            record.get("revor_job_id") == query or lookup.recipient_term(record.get("recipient")) in wanted
         created = float(record.get("updated_at") or 0)
         in_time = (filters["since"] is None or created >= filters["since"]) and \
             (filters["until"] is None or created <= filters["until"])
@@ -180,7 +200,9 @@ def dispatches() -> ResponseReturnValue:
                     notice=f"{error.field}: {error.message}", notice_kind="error", link_args={}), 400
     link_args = {k: v for k, v in values.items() if v}
     if filters["q"]:
-        result = {"mode": "search", "rows": _search(connection, filters)}
+        rows = _search(connection, filters)
+        result = {"mode": "search", "rows": rows,
+                  "local_phone": not rows and looks_like_local_phone(filters["q"])}
     else:
         result = _listing(connection, filters)
     return page("dashboard/dispatches.html", values=values, options=options, error=None, result=result,

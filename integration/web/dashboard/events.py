@@ -14,6 +14,7 @@ the dispatches the event made with their state, or why it made none.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import current_app, redirect, request, url_for
@@ -23,11 +24,15 @@ from integration import lookup
 from integration.dispatches import state
 from integration.inbound import records
 from integration.inbound.store import _is_secret_header, event_key, load_event
+from integration.rules.matching import type_matches
 from integration.web.dashboard import listing
 from integration.web.dashboard.blueprint import dashboard, not_found, page, redis_connection
 from integration.web.dashboard.dispatches import known_sources, source_of
 
 MAX_RESULTS = 100
+# What the Type filter takes: an event type, or a pattern as a rule's `when.type` writes it.
+TYPE_PATTERN = re.compile(r"^(?:[a-z][a-z0-9_]*|\*)\.(?:[a-z][a-z0-9_]*|\*)$")
+NO_RULES = "no rules loaded"  # in the reason a worker without RULES_FILE records
 NOTICES = {"retried": ("Retried: the event is due again and a worker processes it within a few seconds.", "ok"),
            "not_retryable": ("Only a failed event can be retried.", "error")}
 
@@ -37,6 +42,9 @@ def _filters() -> dict[str, Any]:
     kind = (args.get("type") or "").strip() or None
     if kind is not None and len(kind) > 100:
         raise listing.FilterError("Type", "an event type of at most 100 characters, like deal.stage_changed")
+    if kind is not None and not TYPE_PATTERN.match(kind):
+        raise listing.FilterError("Type", "expected an event type like deal.stage_changed, or a pattern like "
+                                  "deal.* or *.created (as in a rule's when.type)")
     query = (args.get("q") or "").strip()
     if len(query) > 500:
         raise listing.FilterError("Search", "at most 500 characters")
@@ -50,14 +58,27 @@ def _filters() -> dict[str, Any]:
     return found
 
 
+def outcome(status: str, reason: str | None, dispatches: int) -> str:
+    """Why an event ended as it did, in the same words in the list and on its page: a processed
+    event that made no dispatch had no rule match it (unless no rules were loaded at all)."""
+    if status in ("failed", "skipped"):
+        return reason or "no reason recorded"
+    if status == "processed" and not dispatches and NO_RULES not in (reason or ""):
+        return f"no rule matched this event ({reason})" if reason else "no rule matched this event"
+    return reason or ""
+
+
 def _row(key: str, summary: dict[str, Any]) -> dict[str, Any]:
     item = summary.get("object") or {}
+    received, processed = listing.iso(summary.get("received_at")), listing.iso(summary.get("processed_at"))
+    status, made = summary.get("status") or "", len(summary.get("dispatches") or [])
     return {"source": source_of(key), "event_id": summary.get("event_id") or key.rsplit(":", 1)[-1],
             "type": summary.get("type") or "", "object": f"{item.get('type', '')} {item.get('id', '')}".strip(),
-            "status": summary.get("status") or "", "received_at": listing.iso(summary.get("received_at")),
-            "processed_at": listing.iso(summary.get("processed_at")),
-            "dispatches": len(summary.get("dispatches") or []),
-            "reason": summary.get("reason") or "", "attempts": summary.get("attempts") or 0}
+            "status": status, "received_at": received, "processed_at": processed,
+            "time": processed or received,  # the list's one time: processed, or received while it waits
+            "times": f"received {received}" + (f", processed {processed}" if processed else ""),
+            "dispatches": made, "reason": outcome(status, summary.get("reason"), made),
+            "attempts": summary.get("attempts") or 0}
 
 
 def _matches(filters: dict[str, Any], key: str, summary: dict[str, Any] | None) -> bool:
@@ -67,7 +88,7 @@ def _matches(filters: dict[str, Any], key: str, summary: dict[str, Any] | None) 
         return False
     if filters["status"] and summary.get("status") != filters["status"]:
         return False
-    return not filters["type"] or summary.get("type") == filters["type"]
+    return not filters["type"] or type_matches(str(summary.get("type") or ""), [filters["type"]])
 
 
 def _rows(connection: Any, keys: list[str]) -> list[dict[str, Any]]:
@@ -172,12 +193,11 @@ def _body(delivery: dict[str, Any]) -> str:
 def _why_none(found: dict[str, Any], summary: dict[str, Any]) -> str:
     status = found["status"]
     if status == "received":
-        return f"Not processed yet ({summary.get('attempts') or 0} attempt(s) so far)."
+        return f"Not processed yet ({listing.counted(summary.get('attempts') or 0, 'attempt')} so far)."
+    why = outcome(status, found.get("reason"), len(summary.get("dispatches") or []))
     if status in ("failed", "skipped"):
-        return f"It ended {status}: {found.get('reason') or 'no reason recorded'}."
-    if found.get("reason"):
-        return f"Processed: {found['reason']}."
-    return "Processed: no rule matched this event."
+        return f"It ended {status}: {why}."
+    return f"Processed: {why}."
 
 
 @dashboard.get("/events/<source>/<path:event_id>")
