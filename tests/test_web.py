@@ -79,6 +79,49 @@ def test_the_status_api_answers_numbers_as_numbers_and_times_as_iso(make_bridge,
     [dead] = requests.get(f"{bridge.url}/api/v1/deliveries/dead", headers=headers, timeout=10).json()["items"]
     assert re.match(ISO, dead["dead_at"]), dead
 
+    # Every time of every answer, events and deliveries included (they were epoch floats).
+    from integration.inbound import records
+    from integration.inbound.store import event_key
+    from tests.test_pipeline import ZAP_HEADERS, zap
+
+    assert bridge.post("/webhooks/generic/zapier", zap(1), ZAP_HEADERS).status_code == 200
+    key = event_key("generic:zapier", "zap-1")
+    redis_db.hset(key, mapping={"status": "failed", "processed_at": "1767268802.5"})
+    with redis_db.pipeline() as pipe:
+        records.index_outcome(pipe, key, "failed", 1767268802.5)
+        pipe.execute()
+    redis_db.hset("rb:msg:msg_x:attempts", mapping={"count": 3, "at": "1767268803.25", "last": "HTTP 500"})
+
+    def get(path: str) -> dict:
+        answer = requests.get(f"{bridge.url}/api/v1{path}", headers=headers, timeout=10)
+        assert answer.status_code == 200, (path, answer.text)
+        return answer.json()
+
+    def times(found: object, where: str = "") -> dict[str, object]:
+        """Each `*_at`/`open_until` of our own (not inside a sender's event or a stored body) by path."""
+        if isinstance(found, list):
+            return {k: v for n, item in enumerate(found) for k, v in times(item, f"{where}[{n}]").items()}
+        if not isinstance(found, dict):
+            return {}
+        shown = {f"{where}.{k}": v for k, v in found.items() if k.endswith("_at") or k == "open_until"}
+        for name, value in found.items():
+            if name not in ("event", "context", "sender", "body", "headers", "result", "error"):
+                shown.update(times(value, f"{where}.{name}"))
+        return shown
+
+    answers = {path: get(path) for path in ("/events/generic:zapier/zap-1", "/events?status=failed",
+                                            "/deliveries/dead", "/deliveries/msg_x", "/dispatches",
+                                            "/dispatches/dsp_types", "/destinations", "/failed-jobs")}
+    seen = {f"{path}{name}": value for path, found in answers.items() for name, value in times(found).items()}
+    wrong = {name: value for name, value in seen.items() if value is not None and not re.match(ISO, str(value))}
+    assert not wrong, wrong
+    event = answers["/events/generic:zapier/zap-1"]
+    assert re.match(ISO, event["received_at"]) and event["processed_at"] == "2026-01-01T12:00:02.500Z"
+    assert re.match(ISO, event["delivery"]["received_at"]), event["delivery"]
+    assert answers["/events?status=failed"]["items"][0]["processed_at"] == "2026-01-01T12:00:02.500Z"
+    assert answers["/deliveries/dead"]["items"][0]["last_attempt_at"] == "2026-01-01T12:00:03.250Z"
+    assert answers["/deliveries/msg_x"]["last_attempt_at"] == "2026-01-01T12:00:03.250Z"
+
 
 RULES = """\
 version: 1

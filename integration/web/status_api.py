@@ -6,6 +6,8 @@ returns settings, so no secret can leave through this API.
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
@@ -42,7 +44,7 @@ def list_events() -> ResponseReturnValue:
         limit = min(max(int(request.args.get("limit", 100)), 1), 1000)
     except ValueError:
         return jsonify(error={"code": "bad_request", "message": "limit is a whole number", "field": "limit"}), 400
-    items = events.list_events(_redis(), status, limit=limit)
+    items = [_times(item, _EVENT_TIMES) for item in events.list_events(_redis(), status, limit=limit)]
     return jsonify(items=items, count=len(items))
 
 
@@ -80,8 +82,10 @@ def _event_view(source: str, event_id: str) -> dict | None:
         one = state.load(_redis(), dispatch_id) or {}
         dispatches.append({"id": dispatch_id, "rule": one.get("rule"), "status": one.get("status"),
                            "reason": one.get("reason") or None})
-    return {**found, "attempts": record.get("attempts", 0), "error": record.get("error"),
-            "processed_at": record.get("processed_at"), "dispatches": dispatches}
+    delivery = found["delivery"] and _times(found["delivery"], ("received_at",))
+    return _times({**found, "attempts": record.get("attempts", 0), "error": record.get("error"),
+                   "processed_at": record.get("processed_at"), "dispatches": dispatches, "delivery": delivery},
+                  _EVENT_TIMES)
 
 
 def _redis():
@@ -91,6 +95,9 @@ def _redis():
 # Redis hashes hold text; the API answers with JSON types: counts as integers, every time as ISO 8601 UTC.
 _COUNTS = ("attempt_count", "polls", "submit_attempts")
 _EPOCH_TIMES = ("updated_at",)  # written as epoch seconds by the state machine's script
+# Stored as epoch seconds (and shown so by the CLI and read so by the dashboard): ISO here.
+_EVENT_TIMES = ("received_at", "processed_at")
+_DELIVERY_TIMES = ("last_attempt_at", "dead_at")
 
 
 def _iso(epoch: float | str | None) -> str | None:
@@ -98,6 +105,11 @@ def _iso(epoch: float | str | None) -> str | None:
     if epoch in (None, ""):
         return None
     return state.iso_now(float(epoch))
+
+
+def _times(item: dict, names: tuple[str, ...]) -> dict:
+    """`item` with its epoch-second times `names` (those it has) as ISO 8601 UTC."""
+    return {**item, **{name: _iso(item[name]) for name in names if name in item}}
 
 
 def _public(record: dict) -> dict:
@@ -187,7 +199,8 @@ def failed_jobs() -> ResponseReturnValue:
         if job is not None:
             info = job.latest_result()
             items.append({"id": job_id, "function": job.func_name, "args": job.args,
-                          "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+                          "ended_at": _iso(job.ended_at.replace(tzinfo=job.ended_at.tzinfo or UTC).timestamp())
+                          if job.ended_at else None,
                           "error": (info.exc_string or "").strip().splitlines()[-1:] if info else []})
     return jsonify(items=items, count=registry.count)
 
@@ -209,7 +222,7 @@ def dead_letters() -> ResponseReturnValue:
         since = float(request.args["since"]) if request.args.get("since") else None
     except ValueError:
         return jsonify(error={"code": "bad_request", "message": "since is epoch seconds", "field": "since"}), 400
-    items = [{**item, "dead_at": _iso(item["dead_at"])}
+    items = [_times(item, _DELIVERY_TIMES)
              for item in destinations.dead_letters(_redis(), destination=destination, since=since,
                                                    destinations=_destination_names())]
     return jsonify(items=items, count=len(items))
@@ -220,13 +233,13 @@ def one_delivery(message_id: str) -> ResponseReturnValue:
     item = destinations.summary(_redis(), message_id)
     if item.get("missing"):
         return jsonify(error={"code": "not_found", "message": f"no message {message_id!r}"}), 404
-    return jsonify(item)
+    return jsonify(_times(item, _DELIVERY_TIMES))
 
 
 @status_api.post("/deliveries/<message_id>/replay")
 def replay_delivery(message_id: str) -> ResponseReturnValue:
     try:
-        return jsonify(destinations.replay(_redis(), message_id)), 202
+        return jsonify(_times(destinations.replay(_redis(), message_id), _DELIVERY_TIMES)), 202
     except LookupError as exc:
         return jsonify(error={"code": "not_found", "message": exc.args[0]}), 404
     except PermissionError as exc:
