@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_demo_keep_leaves_everything_up_with_a_sign_in_link_until_a_signal(tmp_p
     try:
         link = _read_until(lines, r"dashboard +(http://127\.0\.0\.1:\d+/dashboard/sign-in/\S+)", 90, seen).group(1)
         token = _read_until(lines, r"ADMIN_TOKEN +(\S+)", 5, seen).group(1)
+        curl = _read_until(lines, r"^ +(curl -X POST .*)$", 5, seen).group(1)
         _read_until(lines, r"press Ctrl-C", 5, seen)
         output = "".join(seen)
         assert ('done: {"salesforce-closed-won": "succeeded", "stage-linkedin": "succeeded", '
@@ -97,10 +99,26 @@ def test_demo_keep_leaves_everything_up_with_a_sign_in_link_until_a_signal(tmp_p
         without = requests.get(signed_in.url, timeout=10)  # the same page without the session cookie
         assert "/dashboard/sign-in" in without.url, without.url
         assert requests.post(link, timeout=10).status_code == 403  # the link signs in once
-        listed = requests.get(f"{web}/api/v1/dispatches", headers={"Authorization": f"Bearer {token}"},
-                              timeout=10).json()["items"]
+        api = {"Authorization": f"Bearer {token}"}
+        listed = requests.get(f"{web}/api/v1/dispatches", headers=api, timeout=10).json()["items"]
+        # The samples' three succeeded; then the kept run added what a new user needs to see on
+        # every page: a failed, an invalid and a skipped dispatch, and a dead letter.
         assert sorted((d["rule"], d["status"]) for d in listed) == [
-            ("salesforce-closed-won", "succeeded"), ("stage-linkedin", "succeeded"), ("won-whatsapp", "succeeded")]
+            ("lost-followup", "succeeded"), ("salesforce-closed-won", "succeeded"), ("stage-linkedin", "failed"),
+            ("stage-linkedin", "succeeded"), ("won-whatsapp", "invalid"), ("won-whatsapp", "skipped"),
+            ("won-whatsapp", "succeeded")], output
+        dead = requests.get(f"{web}/api/v1/deliveries/dead", headers=api, timeout=10).json()["items"]
+        assert [d["destination"] for d in dead] == ["crm-archive"], dead
+        # The printed curl, run as printed, posts one's own event, and the example rules pick it up.
+        posted = subprocess.run([*shlex.split(curl), "-s", "-o", "/dev/null", "-w", "%{http_code}"],
+                                capture_output=True, text=True, timeout=30)
+        assert posted.stdout.startswith("2"), (curl, posted.stdout, posted.stderr)
+        deadline, own = time.monotonic() + 30, []
+        while not own and time.monotonic() < deadline:
+            time.sleep(0.3)
+            own = [d for d in requests.get(f"{web}/api/v1/dispatches", headers=api, timeout=10).json()["items"]
+                   if d["crm"]["event_id"] == "my-first-event"]
+        assert [(d["rule"], d["recipient"]) for d in own] == [("won-whatsapp", {"phone": "+14155550142"})]
         assert demo.poll() is None
     finally:
         if demo.poll() is None:
