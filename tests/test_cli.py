@@ -165,6 +165,14 @@ def test_rules_yaml_is_the_whole_rules_file_in_one_config_var(sandbox_process, r
     broken = revor_bridge("check", env=cli_env(RULES_YAML="version: 1\nrules: [{name: x}]\n",
                                                BRIDGE_DATA_DIR=str(tmp_path / "data")), cwd=tmp_path)
     assert broken.returncode != 0 and "rules-from-RULES_YAML.yaml" in broken.stdout + broken.stderr
+    # Pasted into a one-line form field (the Deploy button's), the line breaks became spaces.
+    flattened = revor_bridge("check", env=cli_env(RULES_YAML=rules.replace("\n", " "),
+                                                  BRIDGE_DATA_DIR=str(tmp_path / "flat")), cwd=tmp_path)
+    assert flattened.returncode == 2 and flattened.stdout == "", flattened.stdout + flattened.stderr
+    assert flattened.stderr.startswith("revor-bridge: configuration error: RULES_YAML is one line: the rules "
+                                       "file's line breaks were lost"), flattened.stderr
+    assert 'heroku config:set RULES_YAML="$(cat rules.yaml)"' in flattened.stderr
+    assert not (tmp_path / "flat").exists()
 
 
 SOURCES_RULES = """\

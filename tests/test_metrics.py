@@ -249,3 +249,35 @@ def test_the_readme_lists_every_metric_and_three_alerts_on_real_ones(redis_url, 
     for rule in rules:
         used = set(re.findall(r"revor_bridge_\w+", rule["expr"]))
         assert used and used <= samples, (rule["alert"], used - samples)
+
+
+def test_the_writeback_alert_stays_on_while_a_destination_is_disabled(redis_url, redis_db, tmp_path):
+    """A 410 disables a destination until someone enables it: the README's write-back alert must
+    fire for as long as that lasts, not only for the hour its `gone` attempt is counted in. The
+    disabled destination's circuit is closed, so only `revor_bridge_destination_up == 0` sees it."""
+    import re
+
+    import yaml
+
+    from integration.web import create_app
+    from integration.writeback import destinations
+
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("version: 1\nrules: []\ndestinations:\n  crm:\n    url: http://127.0.0.1:9/status\n"
+                          "    secret: whsec_ZGVtby1zdGF0dXMtc2VjcmV0LTAxMjM0NTY3ODk=\n")
+    destinations.disable(redis_db, "crm", "410 Gone at 2026-01-01T00:00:00Z")
+    text = create_app(bridge_settings(redis_url, rules_file=rules_file)).test_client().get("/metrics").get_data(
+        as_text=True)
+    shown = {sample.name: sample.value for family in text_string_to_metric_families(text)
+             for sample in family.samples if sample.labels.get("destination") == "crm"}
+    assert shown["revor_bridge_destination_up"] == 0 and shown["revor_bridge_circuit_open"] == 0, shown
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Metrics and alerts\n", 1)[1].split("\n## ", 1)[0]
+    rules = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["groups"][0]["rules"]
+    [writeback] = [rule for rule in rules if "writeback" in rule["expr"]]
+    clauses = [clause.strip() for clause in writeback["expr"].split(" or ")]
+    # The clause on a gauge alone (no increase over a window): it holds while the gauge does.
+    [down] = [clause for clause in clauses if "revor_bridge_destination_up" in clause]
+    found = re.fullmatch(r"(?:min|max) by \(destination\) \(revor_bridge_destination_up\) == (\d)", down)
+    assert found and int(found.group(1)) == shown["revor_bridge_destination_up"], down

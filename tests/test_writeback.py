@@ -490,3 +490,21 @@ def test_a_half_open_circuit_lets_one_delivery_probe_and_a_failure_reopens_it_on
     assert destinations.health(redis_db, "crm")["open_until"] == first_until
     assert int(redis_db.hget(destinations.health_key("crm"), "opens")) == 2
     assert redis_db.exists(destinations.probe_key("crm")) == 0  # the probe is over
+
+
+def test_writeback_retry_scale_scales_the_circuit_cooldown_too_as_documented(redis_db):
+    """WRITEBACK_RETRY_SCALE shortens (or stretches) the circuit breaker's cool-down as well as
+    the retry schedule: what README, .env.example and app.json say where the setting is described."""
+    from integration.writeback import destinations
+    from tests.conftest import ROOT
+
+    for _ in range(destinations.FAILURES_TO_OPEN):
+        until = destinations.record_failure(redis_db, "crm", "HTTP 500", scale=0.01)
+    assert 0 < until - time.time() <= destinations.BASE_COOLDOWN * 0.01 + 0.1
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith("| `WRITEBACK_RETRY_SCALE` |"))
+    described = json.loads((ROOT / "app.json").read_text())["env"]["WRITEBACK_RETRY_SCALE"]["description"]
+    before = (ROOT / ".env.example").read_text().split("# WRITEBACK_RETRY_SCALE=")[0].splitlines()
+    comment = " ".join(before[-2:])  # its comment: the lines right above it
+    for text in (row, described, comment):
+        assert "retry schedule" in text and "cool-down" in text, text

@@ -42,6 +42,12 @@ def rules_from_config_var(environ: Any = os.environ) -> None:
         return
     if environ.get("RULES_FILE"):
         configuration_error("RULES_YAML and RULES_FILE are both set: keep one", environ)
+    if "\n" not in text.strip() and not text.strip().startswith("{"):
+        # A rules file is block YAML over many lines; on one line (not a {...} flow mapping) its line
+        # breaks were lost: a one-line form field (the Deploy button's) turns them into spaces.
+        configuration_error("RULES_YAML is one line: the rules file's line breaks were lost (a one-line form "
+                            "field, such as the Deploy button's, flattens it); set it from the file with "
+                            "`heroku config:set RULES_YAML=\"$(cat rules.yaml)\"`", environ)
     folder = Path(environ.get("BRIDGE_DATA_DIR") or ".revor-bridge")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RULES_YAML_FILE
