@@ -19,6 +19,7 @@ secrets are blanked out of every line in either format.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -26,12 +27,12 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, ParamSpec, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from integration.settings import Settings
@@ -41,6 +42,8 @@ ID_FIELDS = ("request_id", "source", "event_id", "dispatch_id", "revor_job_id", 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
 
+P = ParamSpec("P")
+R = TypeVar("R")
 _ids: ContextVar[Mapping[str, str] | None] = ContextVar("revor_bridge_log_ids", default=None)
 
 
@@ -79,6 +82,16 @@ def bind(**ids: Any) -> Iterator[None]:
 def add(**ids: Any) -> None:
     """More ids for the rest of the enclosing `bind` block (a job id learnt along the way)."""
     _ids.set({**current(), **_clean(ids)})
+
+
+def scoped(function: Callable[P, R]) -> Callable[P, R]:
+    """`function` in a `bind` block of its own: the ids it `add`s (a stage that read its dispatch)
+    end when it returns, wherever it is called from (the engine binds each unit; a test does not)."""
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with bind():
+            return function(*args, **kwargs)
+    return run
 
 
 def ids_of(record: logging.LogRecord) -> dict[str, str]:

@@ -62,6 +62,7 @@ def move(ctx: JobContext, run: Run, dispatch_id: str, status: str, **kwargs: Any
                             retention=ctx.settings.dispatch_retention_seconds, **kwargs)
 
 
+@logs.scoped
 def submit(ctx: JobContext, run: Run) -> Next:
     dispatch_id = run.unit.ref
     lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)

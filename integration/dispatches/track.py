@@ -25,6 +25,7 @@ STATUS_MAP = {"scheduled": "scheduled", "running": "running", "succeeded": "succ
 LIMITER_WAIT = 2.0
 
 
+@logs.scoped
 def poll(ctx: JobContext, run: Run) -> Next:
     dispatch_id = run.unit.ref
     snapshot = state.read(ctx.redis, dispatch_id)  # handed to the first state change: no second read

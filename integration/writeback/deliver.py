@@ -188,6 +188,7 @@ def send(url: str, secret: str, message: dict[str, Any], now: float | None = Non
     return status, retry_after, f"HTTP {status}"
 
 
+@logs.scoped
 def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: dict[str, Any] | None,
                    lease_seconds: float, retry_scale: float = 1.0, body_template: Template | None = None,
                    timeout: float = DEFAULT_TIMEOUT, budget: float = RUN_BUDGET, claim: int | None = None) -> str:
