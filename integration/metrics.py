@@ -34,6 +34,8 @@ from typing import Any
 
 import redis
 
+from schemas.events import split_event_ref
+
 KEY = "rb:metrics"
 EVENTS = "events"
 TRANSITIONS = "transitions"
@@ -65,10 +67,10 @@ def writeback_field(destination: str, outcome: str) -> str:
 
 
 def source_of(event_key: str) -> str:
-    """An event key's source (`hubspot`, `generic:zapier`); the event id after it may hold colons."""
-    rest = event_key.removeprefix(EVENT_PREFIX)
-    parts = rest.split(":", 2)
-    return ":".join(parts[:2]) if parts[0] == "generic" else parts[0]
+    """An event key's source (`hubspot`, `generic:zapier`, `csv:leads`); the event id after it may
+    hold colons. An import's source is a label value too: operators name it on the command line,
+    so there are few."""
+    return split_event_ref(event_key.removeprefix(EVENT_PREFIX))[0]
 
 
 def count(pipe: Any, name: str, amount: int = 1) -> None:

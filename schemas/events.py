@@ -10,9 +10,26 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-EVENT_TYPE = validate.Regexp(r"^[a-z][a-z0-9_]*\.(created|updated|stage_changed|deleted)$",
-                             error="Expected <object>.created|updated|stage_changed|deleted.")
+# `imported`: a row of a CSV import (integration/imports), `contact.imported` unless --type says otherwise.
+VERBS = ("created", "updated", "stage_changed", "deleted", "imported")
+EVENT_TYPE = validate.Regexp(rf"^[a-z][a-z0-9_]*\.({'|'.join(VERBS)})$",
+                             error=f"Expected <object>.{'|'.join(VERBS)}.")
 CONTEXT_OBJECTS = ("deal", "contact", "company", "owner")
+# Sources with a name after a colon: a generic webhook's hook (`generic:zapier`) and an import's
+# list (`csv:leads`, named on the command line). Every place that validates a source or reads one
+# back from an event key (rb:event:<source>:<event id>) uses these.
+NAMED_SOURCE_KINDS = ("generic", "csv")
+SOURCE_PATTERN = r"^(hubspot|salesforce|pipedrive|(generic|csv):[a-z0-9_-]{1,64})$"
+
+
+def split_event_ref(rest: str) -> tuple[str, str]:
+    """(source, event id) of `<source>:<event id>` (an event key without rb:event:): a named source
+    keeps its name (`csv:leads`), and the event id after it may hold colons."""
+    kind, _, after = rest.partition(":")
+    if kind in NAMED_SOURCE_KINDS:
+        name, _, event_id = after.partition(":")
+        return f"{kind}:{name}", event_id
+    return kind, after
 
 
 class StringKeyedDict(fields.Dict):
@@ -39,8 +56,7 @@ class NormalizedEventSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    source = fields.String(required=True, validate=validate.Regexp(
-        r"^(hubspot|salesforce|pipedrive|generic:[a-z0-9_-]{1,64})$"))
+    source = fields.String(required=True, validate=validate.Regexp(SOURCE_PATTERN))
     event_id = fields.String(required=True, validate=validate.Length(min=1, max=300))
     type = fields.String(required=True, validate=EVENT_TYPE)
     object = fields.Nested(ObjectRefSchema, required=True)

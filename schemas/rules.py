@@ -13,12 +13,13 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from schemas.events import SOURCE_PATTERN, VERBS
 from schemas.revor import CHANNEL_RECIPIENT, CHANNELS, MAX_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS
 
 RULE_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                             error="Use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
-SOURCE = re.compile(r"^(hubspot|salesforce|pipedrive|generic:[a-z0-9_-]{1,64})$")
-EVENT_TYPE = re.compile(r"^([a-z][a-z0-9_]*|\*)\.(created|updated|stage_changed|deleted|\*)$")
+SOURCE = re.compile(SOURCE_PATTERN)
+EVENT_TYPE = re.compile(rf"^([a-z][a-z0-9_]*|\*)\.({'|'.join(VERBS)}|\*)$")
 OPERATORS = {"exists", "eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "changed_from", "changed_to"}
 STATES = ("accepted", "scheduled", "running", "succeeded", "failed", "cancelled", "rejected", "invalid", "skipped")
 
@@ -98,11 +99,11 @@ class WhenSchema(Schema):
     def _names(self, data: dict[str, Any], **_: Any) -> None:
         for source in data.get("source", []):
             if not SOURCE.match(source):
-                raise ValidationError(f"Unknown source {source!r}: use hubspot, salesforce, pipedrive or "
-                                      f"generic:<name>.", "source")
+                raise ValidationError(f"Unknown source {source!r}: use hubspot, salesforce, pipedrive, "
+                                      f"generic:<name> or csv:<name>.", "source")
         for kind in data.get("type", []):
             if not EVENT_TYPE.match(kind):
-                raise ValidationError(f"Unknown type {kind!r}: use <object>.created|updated|stage_changed|deleted "
+                raise ValidationError(f"Unknown type {kind!r}: use <object>.{'|'.join(VERBS)} "
                                       f"(* allowed).", "type")
 
 

@@ -26,6 +26,7 @@ from integration.dispatches import state
 from integration.dispatches.limits import Limiter
 from integration.hydrate.context import hydrate_hubspot, with_rate_limit_waits
 from integration.hydrate.hubspot import HubSpotError
+from integration.imports import runs
 from integration.inbound import records
 from integration.rules.build import Plan, plan_event
 from integration.rules.guards import claim_once, is_suppressed
@@ -121,17 +122,22 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Nex
                 if error.retryable:
                     raise
                 return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}", event=event)
-    dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run)
+    statuses: dict[str, str] = {}
+    dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run,
+                                   statuses=statuses)
     if ctx.rules is None:
         reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
-    return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches, event=event)
+    return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches, event=event,
+                   statuses=statuses)
 
 
 def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None = None,
             context: dict[str, Any] | None = None, dispatches: list[str] | None = None,
-            error: dict[str, str] | None = None, event: dict[str, Any] | None = None) -> Next:
-    """The event's outcome, its index, its lookup entries (object id, emails: integration/lookup.py)
-    and the end of its unit, in one transaction."""
+            error: dict[str, str] | None = None, event: dict[str, Any] | None = None,
+            statuses: dict[str, str] | None = None) -> Next:
+    """The event's outcome, its index, its lookup entries (object id, emails: integration/lookup.py),
+    an imported event's run counters (integration/imports/runs.py; `statuses`: dispatch id ->
+    the status it was created in) and the end of its unit, in one transaction."""
     now = time.time()
     fields: dict[str, Any] = {"status": status, "processed_at": f"{now:.3f}"}
     if reason:
@@ -150,6 +156,7 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
         if event is not None:
             lookup.add(pipe, lookup.event_entries(key, event, context), now)
         metrics.count(pipe, metrics.event_field(metrics.source_of(key), status))
+        runs.count_outcome(pipe, event, status, statuses)
         units.finish(pipe, run.unit.id, run.attempt)
         pipe.execute()
     return HANDLED
@@ -159,9 +166,10 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
 
 
 def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], context: dict[str, Any] | None,
-                      run: Run | None = None) -> list[str]:
+                      run: Run | None = None, statuses: dict[str, str] | None = None) -> list[str]:
     """The dispatch ids of every matched rule. With `run` (the engine's), the new dispatches'
-    submits and status deliveries are claimed for that run's thread, which runs them next."""
+    submits and status deliveries are claimed for that run's thread, which runs them next.
+    `statuses` collects each dispatch's status as created (pending, invalid or skipped)."""
     if ctx.rules is None:
         return []
     ids = []
@@ -169,11 +177,15 @@ def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], co
         if not plan.matched or plan.dispatch_id is None:
             continue
         ids.append(plan.dispatch_id)
-        _create(ctx, plan, event_key, event, run)
+        status = _create(ctx, plan, event_key, event, run)
+        if statuses is not None:
+            statuses[plan.dispatch_id] = status
     return ids
 
 
-def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], run: Run | None) -> None:
+def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], run: Run | None) -> str:
+    """Create the plan's dispatch; returns the status it was created in (or would have been, when
+    it exists already: the event is processed again)."""
     status, reason = plan.status, plan.reason
     if status == "ready" and plan.recipient_key and is_suppressed(ctx.redis, plan.recipient_key):
         status, reason = "skipped", "recipient is on the suppression list"
@@ -202,8 +214,9 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
         created = state.transition(ctx.redis, plan.dispatch_id, status or "invalid", create=create, reason=reason,
                                    destinations=ctx.destinations(), retention=ctx.settings.dispatch_retention_seconds,
                                    **claim)
+    created_as = "pending" if status == "ready" else status or "invalid"
     if created is not None:
-        return
+        return created_as
     # It exists: the event is being processed again, and never makes a second dispatch. A pending
     # one may have lost its submit with a crash: make sure it has one.
     existing = state.load(ctx.redis, plan.dispatch_id)
@@ -211,3 +224,4 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
         units.schedule(ctx.redis, submit, keep_earlier=True)
         if run is not None:
             run.follow.append(submit)
+    return existing["status"] if existing is not None else created_as

@@ -33,6 +33,7 @@ import redis
 from integration import logs
 from integration.scheduler import units
 from integration.scheduler.outage import REDIS_DOWN, describe
+from schemas.events import split_event_ref
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,9 @@ def backoff(schedule: list[float], attempt: int) -> float:
 
 def log_ids(unit: units.Unit) -> dict[str, str]:
     """The ids a unit's log lines carry (logs.py): its event's, or its dispatch's and destination."""
-    if unit.kind == units.EVENT:  # rb:event:<source>:<event id>; a generic source is generic:<hook>
-        rest = unit.ref.removeprefix("rb:event:")
-        generic = rest.startswith("generic:")
-        source, _, event_id = rest.removeprefix("generic:").partition(":")
-        return {"source": f"generic:{source}" if generic else source, "event_id": event_id}
+    if unit.kind == units.EVENT:  # rb:event:<source>:<event id>; generic:<hook> and csv:<name> named
+        source, event_id = split_event_ref(unit.ref.removeprefix("rb:event:"))
+        return {"source": source, "event_id": event_id}
     if unit.kind in (units.SUBMIT, units.POLL):
         return {"dispatch_id": unit.ref}
     if unit.kind == units.DELIVER:

@@ -26,6 +26,7 @@ from integration.rules.guards import classify
 from integration.web.dashboard import listing
 from integration.web.dashboard.blueprint import dashboard, not_found, page, redis_connection
 from integration.writeback import destinations as writeback_destinations
+from schemas.events import split_event_ref
 
 CHANNELS = ("email", "linkedin", "whatsapp")
 MAX_RESULTS = 100  # a search shows at most this many (newest first)
@@ -42,15 +43,18 @@ def _rules() -> Any:
 
 
 def known_sources() -> list[str]:
+    """The built-in sources, the configured generic hooks and the imports (`csv:<name>`) the rules name."""
     settings = current_app.extensions["revor_bridge.settings"]
+    ruleset = _rules()
+    imports = {source for rule in (ruleset.rules if ruleset else []) for source in rule.when.get("source", [])
+               if source.startswith("csv:")}
     return ["hubspot", "salesforce", "pipedrive", *[f"generic:{name}" for name in sorted(
-        settings.generic_webhook_secrets or {})]]
+        settings.generic_webhook_secrets or {})], *sorted(imports)]
 
 
 def source_of(key: str) -> str:
-    """An event key's source (`hubspot`, `generic:zapier`); the id after it may hold colons."""
-    parts = key.removeprefix(EVENT_PREFIX).split(":", 2)
-    return ":".join(parts[:2]) if parts[0] == "generic" else parts[0]
+    """An event key's source (`hubspot`, `generic:zapier`, `csv:leads`); the id after it may hold colons."""
+    return split_event_ref(key.removeprefix(EVENT_PREFIX))[0]
 
 
 def _filters() -> dict[str, Any]:
