@@ -153,11 +153,22 @@ def preview(ruleset: RuleSet, event: dict[str, Any], context: dict[str, Any] | N
 
 def _guard_reason(connection: Any, plan: Plan) -> str | None:
     """Why the worker would skip a ready plan, read-only; the same checks as dispatches/create.py."""
-    if plan.recipient_key and connection.sismember(SUPPRESSION_KEY, plan.recipient_key):
+    suppressed = bool(plan.recipient_key and connection.sismember(SUPPRESSION_KEY, plan.recipient_key))
+    holder = connection.get(once_key(plan)) if plan.once_per_key and not suppressed else None
+    return guard_verdict(plan, suppressed, holder)
+
+
+def once_key(plan: Plan) -> str:
+    """The Redis key holding the dispatch that claimed a ready plan's `once_per` value."""
+    return f"{ONCE_PREFIX}{plan.rule}:{plan.once_per_key}"
+
+
+def guard_verdict(plan: Plan, suppressed: bool, holder: Any) -> str | None:
+    """The worker's guards decided from what Redis holds (its SISMEMBER and the once_per holder's GET),
+    apart from reading them: the import's dry run reads them for many rows in one pipeline."""
+    if suppressed:
         return "recipient is on the suppression list"
-    if plan.once_per_key:
-        holder = connection.get(f"{ONCE_PREFIX}{plan.rule}:{plan.once_per_key}")
-        holder = holder.decode() if isinstance(holder, bytes) else holder
-        if holder is not None and holder != plan.dispatch_id:
-            return f"once_per {plan.once_per_key!r} already used by {holder}"
+    holder = holder.decode() if isinstance(holder, bytes) else holder
+    if plan.once_per_key and holder is not None and holder != plan.dispatch_id:
+        return f"once_per {plan.once_per_key!r} already used by {holder}"
     return None
