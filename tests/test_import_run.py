@@ -7,9 +7,11 @@ subprocesses killed with SIGKILL and SIGINT, the Revor sandbox over HTTP, a writ
 
 from __future__ import annotations
 
+import csv
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from marshmallow import ValidationError
@@ -26,7 +28,8 @@ from integration.rules.loader import load_rules
 from integration.scheduler import units
 from integration.scheduler.runner import Run
 from schemas.events import NormalizedEventSchema, split_event_ref
-from tests.conftest import bridge_settings
+from tests.conftest import bridge_settings, sandbox_tasks
+from tests.test_pipeline import WRITEBACK_SECRET, _stack, assert_writebacks_complete, settle
 
 LEADS_RULES = """\
 version: 1
@@ -131,3 +134,114 @@ def test_run_ids_name_the_file_and_source_and_a_dead_holder_is_taken_over(redis_
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     redis_db.set(runs.lock_key("imp_x"), f"{socket.gethostname()}:{dead.stdout.strip()}:abcd", ex=30)
     runs.RunLock(redis_db, "imp_x").acquire()  # the holder's process is gone: taken over at once
+
+
+# ---- the real thing: `revor-bridge import` subprocesses, worker processes, the sandbox -------------
+
+STACK_RULES = """\
+version: 1
+accounts: {mail: connect_account_sandbox_email}
+defaults: {interval_seconds: 60}
+rules:
+  - name: vip-welcome
+    when:
+      source: csv:leads
+      type: contact.imported
+      match: {contact.segment: vip}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "{{ contact.email }}", name: "{{ contact.first_name }}"}
+      content: {subject: "Hello {{ contact.first_name }}", text: "Welcome, {{ contact.first_name }}"}
+WRITEBACK
+"""
+WRITEBACK = """    writeback: [crm]
+destinations:
+  crm:
+    url: "${RECEIVER_URL}"
+    secret: "SECRET"
+""".replace("SECRET", WRITEBACK_SECRET)
+HEADER = "contact.id,contact.email,contact.first_name,contact.segment\n"
+
+
+def leads_file(path: Path, numbers: range, vip_every: int = 1, extra: str = "") -> Path:
+    """A plain export: `contact.id` is each row's stable id; every `vip_every`-th row is a VIP."""
+    rows = "".join(f"{n},lead{n}@example.com,Lead{n},{'vip' if n % vip_every == 0 else 'other'}\n" for n in numbers)
+    path.write_text(HEADER + rows + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def leads_stack(tmp_path, make_bridge, redis_url, redis_db):
+    """The pipeline tests' stack (tests/test_pipeline.py) with the leads rules, write-backs included."""
+    with _stack(tmp_path, make_bridge, redis_url, redis_db, STACK_RULES.replace("WRITEBACK\n", WRITEBACK),
+                {"REVOR_MAX_RPS": "1000"}) as stack:
+        yield stack
+
+
+@pytest.fixture
+def quiet_stack(tmp_path, make_bridge, redis_url, redis_db):
+    """The same without write-backs (the big imports count events, dispatches and Revor tasks)."""
+    with _stack(tmp_path, make_bridge, redis_url, redis_db, STACK_RULES.replace("WRITEBACK\n", ""),
+                {"REVOR_MAX_RPS": "1000"}) as stack:
+        yield stack
+
+
+def run_import(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "integration", "import", *args], env=stack["env"], cwd=stack["tmp"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_import(stack, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "integration", "import", *args], env=stack["env"],
+                            cwd=stack["tmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_of(stack, path: Path, source: str = "csv:leads") -> str:
+    return runs.run_id(source, runs.file_sha256(path))
+
+
+def result_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def revor_dispatch_ids(stack) -> list[str]:
+    return [t["body"]["metadata"]["dispatch_id"] for t in sandbox_tasks(stack["sandbox"])]
+
+
+def test_a_small_import_end_to_end(leads_stack):
+    stack = leads_stack
+    stack["start_worker"]()
+    extra = ("9,lead9@example.com,Lead9,vip,surplus\n"  # one cell too many: a bad row, the rest goes on
+             ",nobody@example.com,Nobody,vip\n"  # no id: a bad row
+             "10,not an address,Bad,vip\n")  # the template renders, the address is invalid
+    source = leads_file(stack["tmp"] / "leads.csv", range(1, 9), vip_every=1, extra=extra)
+    source.write_text(source.read_text().replace("Lead7,vip", "Lead7,other").replace("Lead8,vip", "Lead8,other"))
+    done = run_import(stack, str(source), "--source", "csv:leads")
+    assert done.returncode == 0, done.stderr + done.stdout
+    run = run_of(stack, source)
+    counts = runs.load(stack["redis"], run).counts
+    assert counts == {"read": 11, "stored": 9, "duplicate": 0, "bad": 2, "dispatched": 6, "invalid": 1,
+                      "skipped": 0, "no_match": 2, "failed": 0}
+    assert "6 dispatched, 1 invalid, 0 skipped, 2 no rule matched" in done.stdout
+    assert "line 10: 5 cells where the header has 4 columns" in done.stdout
+    assert "line 11: id column contact.id is empty" in done.stdout
+    found = settle(stack, expected=7)
+    assert sorted(revor_dispatch_ids(stack)) == sorted(k for k, v in found.items() if v["status"] != "invalid")
+    assert_writebacks_complete(stack["receiver"], {k: v for k, v in found.items() if v["status"] != "invalid"})
+    [invalid] = [k for k, v in found.items() if v["status"] == "invalid"]
+    assert [m["body"]["type"] for m in stack["receiver"]["messages"]
+            if m["body"]["data"]["dispatch_id"] == invalid] == ["dispatch.invalid"]  # written back like any other
+    rows = result_rows(stack["tmp"] / "leads.result.csv")
+    assert [int(r["line"]) for r in rows] == list(range(2, 13))  # every row, in file order
+    by_line = {int(r["line"]): r for r in rows}
+    assert by_line[8]["status"] == "no_match" and by_line[10]["status"] == "bad"
+    assert by_line[12]["status"] == "invalid" and by_line[12]["dispatch_id"] in found
+    assert by_line[2]["event_id"] == "1" and by_line[2]["dispatch_id"] in found
+    status = subprocess.run([sys.executable, "-m", "integration", "import", "status", run, "--csv",
+                             str(stack["tmp"] / "status.csv")], env=stack["env"], cwd=stack["tmp"],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "dispatches now: 6 succeeded, 1 invalid" in status.stdout, status.stdout
+    assert len(result_rows(stack["tmp"] / "status.csv")) == 7

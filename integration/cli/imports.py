@@ -1,0 +1,293 @@
+"""`revor-bridge import`: a CSV file (a CRM export, a spreadsheet) as events, sent exactly once.
+
+    revor-bridge import FILE --source csv:<name> [--type T] [--format F] [--id-column COL]
+                         [--dry-run] [--yes] [--max-days N] [--max-pending N] [--result PATH]
+    revor-bridge import status RUN [--csv PATH]
+
+`import` reads FILE, shows what it would do (the dry run: integration/imports/dryrun.py), and
+unless that is all it was asked for (`--dry-run`) or the schedule is longer than `--max-days`
+without `--yes`, stores every row as an event through the webhooks' store (runner.py), watches
+the workers turn them into dispatches (progress.py) and writes the result CSV (result.py).
+
+`status` is the first word after `import` when it is a subcommand: `import status RUN`. A file
+named `status` is imported as `import ./status`.
+
+Exit codes: 0 done; 1 refused (a schedule longer than --max-days without --yes, an option that
+does not fit the file or the run, the source's storage ceiling); 2 not a CSV file or unreadable;
+3 Redis unreachable at the start; 130 interrupted (Ctrl-C: the current batch finishes, the
+checkpoint is saved, and the command to continue is printed).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import redis
+
+from integration.cli import EXIT_FINAL, EXIT_UNREACHABLE, EXIT_USAGE, cli, load_settings, redis_unreachable
+
+EXIT_INTERRUPTED = 130
+SOURCE = re.compile(r"^csv:[a-z0-9_-]{1,64}$")
+FORMAT_CHOICES = ("hubspot", "salesforce", "pipedrive", "plain")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"revor-bridge import: {message}", err=True)
+    sys.exit(code)
+
+
+def continue_command(argv: list[str] | None = None) -> str:
+    """The command that continues this import: the same one (a run is named by its file and source)."""
+    args = sys.argv[1:] if argv is None else argv
+    return "revor-bridge " + shlex.join(args)
+
+
+class _ImportCommand(click.Command):
+    """`import FILE ...`, or `import status RUN` when the first word is `status`."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        if args[:1] == ["status"]:
+            return status_command.make_context(f"{info_name} status", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@cli.command("import", cls=_ImportCommand)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--source", required=True, help="csv:<name>: what rules select with when.source (a-z, 0-9, _ and -).")
+@click.option("--type", "event_type", help="The events' type (default contact.imported; deal.imported for a "
+                                            "deals export): <object>.imported or any <object>.<verb>.")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES),
+              help="The export's header map (detected when it is obvious; plain: only contact.email-style headers).")
+@click.option("--id-column", help="The column holding each row's stable id (default: the export's record id "
+                                  "column; else an id from the row's content).")
+@click.option("--dry-run", is_flag=True, help="Show what the import would do, and stop.")
+@click.option("--yes", is_flag=True, help="Go ahead even when the schedule is longer than --max-days.")
+@click.option("--max-days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+              help="A longer projected schedule (per Revor account and channel) needs --yes.")
+@click.option("--max-pending", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="At most this many of the import's events wait for a worker (0: no limit).")
+@click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the result CSV (default: <file stem>.result.csv next to FILE).")
+def import_command(file: Path, source: str, event_type: str | None, fmt: str | None, id_column: str | None,
+                   dry_run: bool, yes: bool, max_days: float, max_pending: int, result_path: Path | None) -> None:
+    """Import FILE (CSV) as events of source csv:<name>; `import status RUN` shows a run's rows."""
+    from integration.imports import reader, runner
+    from schemas.events import EVENT_TYPE
+
+    if not SOURCE.match(source):
+        _fail(f"--source {source!r}: expected csv:<name>, the name of a-z, 0-9, _ and - (at most 64)", EXIT_FINAL)
+    if event_type is not None and not EVENT_TYPE.regex.match(event_type):
+        _fail(f"--type {event_type!r}: {EVENT_TYPE.error}", EXIT_FINAL)
+    settings = load_settings()
+    options = runner.ImportOptions(path=file, source=source, event_type=event_type, fmt=fmt, id_column=id_column,
+                                   max_pending=max_pending, max_stored_bytes=settings.inbound_max_stored_bytes,
+                                   retention_seconds=settings.dispatch_retention_seconds)
+    try:
+        prepared = runner.prepare(options)
+    except reader.NotCsv as error:
+        _fail(str(error), EXIT_USAGE)
+    except runner.OptionMismatch as error:
+        _fail(str(error), EXIT_FINAL)
+    except OSError as error:
+        _fail(f"cannot read {file}: {error.strerror or error}", EXIT_USAGE)
+    for warning in prepared.table.warnings:
+        click.echo(f"(warning: {warning})", err=True)
+    connection = _connection(settings)
+    try:
+        found = runs_load(connection, prepared.run)
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    resuming = found is not None and (found.checkpoint > 0 or found.status in ("stored", "done"))
+    if dry_run or not resuming:
+        refusal = _look_first(settings, connection, prepared, max_days)
+        if dry_run:
+            return
+        if refusal and not yes:
+            _fail(refusal, EXIT_FINAL)
+    elif found is not None and found.status == "done":
+        click.echo(f"{file.name} was imported already as {prepared.run} ({found.counts['read']:,} rows): "
+                   "nothing is sent again; its result follows", err=True)
+    else:
+        assert found is not None
+        click.echo(f"continuing {prepared.run} of {file.name} after line {found.checkpoint:,} "
+                   f"({found.counts['read']:,} rows read before)", err=True)
+    _run(settings, connection, prepared, result_path or _default_result(file))
+
+
+def runs_load(connection: redis.Redis, run: str) -> Any:
+    from integration.imports import runs
+
+    return runs.load(connection, run)
+
+
+def _connection(settings: Any) -> redis.Redis:
+    from integration.cli.processes import redis_settings
+    from integration.storage import connect
+
+    connection = connect(redis_settings(settings).redis_url or "")
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    return connection
+
+
+def _default_result(file: Path) -> Path:
+    from integration.imports import result
+
+    return result.default_path(file)
+
+
+def _look_first(settings: Any, connection: redis.Redis, prepared: Any, max_days: float) -> str | None:
+    """The dry run (dryrun.py) printed; returns why the import needs --yes, or None.
+
+    The seam for the dry run: `dryrun.plan(prepared, ...)` reads the whole file as the import
+    will (runner.Prepared) without writing anything,
+    `render(max_days)` is what people read, `refusal(max_days)` the one line that asks for --yes."""
+    from integration.cli.rules import rules_or_exit
+    from integration.imports import dryrun
+
+    ruleset = rules_or_exit(settings) if settings.rules_file else None
+    try:
+        plan = dryrun.plan(prepared, ruleset=ruleset, connection=connection)
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    click.echo(plan.render(max_days))
+    return plan.refusal(max_days)
+
+
+def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Path) -> None:
+    """The real import, with Ctrl-C finishing the batch in hand, and the end: result and summary."""
+    from rq import Queue
+
+    from integration.imports import progress, runner, runs
+
+    stop = threading.Event()
+    interrupts = [0]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupts[0] += 1
+        if interrupts[0] > 1:  # a second Ctrl-C: stop now (the rerun stores that batch again, safely)
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nstopping after the current batch (Ctrl-C again to stop at once)...", err=True)
+
+    def counters() -> dict[str, Any]:
+        found = runs.load(connection, prepared.run)
+        return found.as_dict() if found is not None else {}
+
+    queue = Queue("default", connection=connection, serializer="json")
+    work = runner.Runner(connection, queue, prepared, stop=stop,
+                         notify=lambda text: click.echo(f"\n{text}" if sys.stderr.isatty() else text, err=True))
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    display = progress.Progress(counters, total=progress.estimate_rows(prepared.options.path))
+    try:
+        with display:
+            outcome = work.run()
+    except KeyboardInterrupt:
+        outcome = runner.RunResult("interrupted", work._last_state())
+    except runs.Busy as error:
+        _fail(str(error), EXIT_FINAL)
+    except runner.OptionMismatch as error:
+        _fail(str(error), EXIT_FINAL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if outcome.status == "full":
+        _fail(outcome.message, EXIT_FINAL)
+    if outcome.status == "interrupted":
+        click.echo(f"interrupted: {_tally(outcome.state)}; every row up to line {outcome.state.checkpoint:,} is "
+                   f"stored or reported, nothing is sent twice.\ncontinue with: {continue_command()}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    _finish(connection, prepared, outcome.state, result_file)
+
+
+def _tally(state: Any) -> str:
+    counts = state.counts
+    return (f"{counts['read']:,} rows read, {counts['stored']:,} stored, {counts['duplicate']:,} already imported, "
+            f"{counts['bad']:,} bad")
+
+
+def _finish(connection: redis.Redis, prepared: Any, state: Any, result_file: Path) -> None:
+    """The summary and the result CSV of a run whose rows are all processed."""
+    from integration.imports import result, runs
+
+    try:
+        written = result.write(connection, prepared, result_file)
+        bad = runs.bad_rows(connection, prepared.run, 0, 5)
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    counts = state.counts
+    click.echo(f"imported {prepared.options.path.name} as {prepared.options.source} (run {prepared.run}): "
+               f"{counts['read']:,} rows read")
+    click.echo(f"  {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, {counts['skipped']:,} skipped, "
+               f"{counts['no_match']:,} no rule matched, {counts['failed']:,} failed")
+    click.echo(f"  {counts['duplicate']:,} already imported (sent before: not again), {counts['bad']:,} bad rows")
+    for line, reason in bad:
+        click.echo(f"    line {line}: {reason}")
+    if counts["bad"] > len(bad):
+        click.echo(f"    ... and {counts['bad'] - len(bad):,} more in the result file")
+    shown = ", ".join(f"{count:,} {status}" for status, count in sorted(written.items()))
+    click.echo(f"result: {result_file} ({shown})")
+    click.echo(f"later: revor-bridge import status {prepared.run}")
+
+
+# ---- import status RUN -----------------------------------------------------------------------------
+
+
+@click.command("status")
+@click.argument("run")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every dispatch of the run (line, dispatch_id, status, reason) to this CSV file.")
+def status_command(run: str, csv_path: Path | None) -> None:
+    """A run's counters and its rows' dispatches by current status (as Revor reported them)."""
+    import csv
+    from collections import Counter
+
+    from integration.dispatches import state
+    from integration.imports import runs
+
+    connection = _connection(load_settings())
+    try:
+        found = runs.load(connection, run)
+        if found is None:
+            _fail(f"no import run {run!r} (it may have expired)", EXIT_FINAL)
+        statuses: Counter[str] = Counter()
+        handle = csv_path.open("w", newline="", encoding="utf-8") if csv_path else None
+        writer = csv.writer(handle) if handle else None
+        if writer:
+            writer.writerow(("line", "dispatch_id", "status", "reason"))
+        after = 0
+        while page := runs.dispatch_page(connection, run, after):
+            records = state.load_many(connection, [dispatch_id for dispatch_id, _ in page])
+            for (dispatch_id, line), (record, _) in zip(page, records, strict=True):
+                status = record["status"] if record else "expired"
+                statuses[status] += 1
+                if writer:
+                    writer.writerow((line, dispatch_id, status, (record or {}).get("reason") or ""))
+            after = page[-1][1]
+        if handle:
+            handle.close()
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    meta, counts = found.meta, found.counts
+    click.echo(f"{run}: {meta['file']} as {meta['source']}, {found.status}")
+    click.echo(f"  rows: {counts['read']:,} read, {counts['stored']:,} stored, {counts['duplicate']:,} already "
+               f"imported, {counts['bad']:,} bad; {found.pending:,} waiting for a worker")
+    click.echo(f"  events: {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, "
+               f"{counts['skipped']:,} skipped, {counts['no_match']:,} no rule matched, {counts['failed']:,} failed")
+    click.echo("  dispatches now: " + (", ".join(f"{count:,} {status}" for status, count in
+                                                  sorted(statuses.items(), key=lambda item: (-item[1], item[0])))
+                                        or "none"))
+    if csv_path:
+        click.echo(f"  written to {csv_path}")
+
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_UNREACHABLE", "import_command", "status_command"]

@@ -1,0 +1,128 @@
+"""The result CSV of an import: what became of every row, by the file's line numbers.
+
+Columns: line, event_id, dispatch_id, status, reason. One line per dispatch a row made (a row
+that matched two rules has two), one for a row without any: `bad` (never stored, with the
+reader's or the row's reason), `no_match`, `duplicate` (the event was stored already: by an
+earlier import, a webhook, or an earlier line of this file; its dispatches are the earlier
+ones, listed with it), `stored` (not processed yet) or the event's own outcome (`skipped`,
+`failed`) with its reason. A dispatch line has the dispatch's current status and reason, as
+Revor reported it so far.
+
+Made by reading the file again (rows are deterministic: the same row gives the same event id)
+and looking the events and dispatches up CHUNK rows at a time in one pipeline each, so a file of
+1,000,000 rows is written in bounded memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from integration.dispatches import state
+from integration.imports import runs
+from integration.inbound.store import event_key
+
+COLUMNS = ("line", "event_id", "dispatch_id", "status", "reason")
+CHUNK = 500
+
+
+def default_path(source_file: Path) -> Path:
+    """`<file stem>.result.csv` next to the input."""
+    return source_file.with_name(f"{source_file.stem}.result.csv")
+
+
+def write(connection: redis.Redis, prepared: Any, out: Path) -> Counter[str]:
+    """Write the result CSV of `prepared`'s run to `out` (via a temporary file, renamed at the
+    end); returns how many lines of each status it wrote."""
+    counts: Counter[str] = Counter()
+    partial = out.with_name(out.name + ".part")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for row in lines(connection, prepared):
+            counts[row[3]] += 1
+            writer.writerow(row)
+    partial.replace(out)
+    return counts
+
+
+def lines(connection: redis.Redis, prepared: Any) -> Iterator[tuple[Any, ...]]:
+    """The result's lines in file order (see the module docstring)."""
+    chunk: list[tuple[int, Any, str | None]] = []
+    for item in prepared.events(0):
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            yield from _chunk(connection, prepared.run, chunk)
+            chunk = []
+    if chunk:
+        yield from _chunk(connection, prepared.run, chunk)
+
+
+def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | None]]) -> Iterator[tuple[Any, ...]]:
+    with connection.pipeline(transaction=False) as pipe:
+        for _, event, _ in chunk:
+            if event is not None:
+                pipe.hmget(event_key(event.event["source"], event.event["event_id"]),
+                           ["status", "dispatches", "event", "reason"])
+        found = iter(pipe.execute())
+    looked: list[tuple[int, Any, str | None, list[Any] | None]] = []
+    wanted: list[str] = []
+    for line, event, reason in chunk:
+        stored = next(found) if event is not None else None
+        looked.append((line, event, reason, stored))
+        if stored and stored[1]:
+            wanted += json.loads(stored[1])
+    records = dict(zip(wanted, (record for record, _ in state.load_many(connection, wanted)), strict=True)) \
+        if wanted else {}
+    for line, event, reason, stored in looked:
+        if event is None:
+            yield line, "", "", "bad", reason or ""
+            continue
+        event_id = event.event["event_id"]
+        if not stored or stored[0] is None:
+            yield line, event_id, "", "unknown", "not in Redis: not stored, or expired since"
+            continue
+        status = stored[0].decode()
+        dispatch_ids = json.loads(stored[1]) if stored[1] else []
+        own = _origin(stored[2])
+        if own != (run, line):
+            why = _earlier(own, run)
+            if not dispatch_ids:
+                yield line, event_id, "", "duplicate", f"{why} (no dispatch)"
+            for dispatch_id in dispatch_ids:
+                record = records.get(dispatch_id) or {}
+                yield line, event_id, dispatch_id, "duplicate", f"{why}: its dispatch is {record.get('status', 'gone')}"
+            continue
+        if status == "received":
+            yield line, event_id, "", "stored", "not processed yet"
+        elif status in ("skipped", "failed"):
+            yield line, event_id, "", status, (stored[3] or b"").decode()
+        elif not dispatch_ids:
+            yield line, event_id, "", "no_match", (stored[3] or b"").decode() or "no rule matched"
+        for dispatch_id in dispatch_ids if status == "processed" else ():
+            record = records.get(dispatch_id)
+            if record is None:
+                yield line, event_id, dispatch_id, "unknown", "the dispatch expired"
+            else:
+                yield line, event_id, dispatch_id, record["status"], record.get("reason") or ""
+
+
+def _origin(body: bytes | None) -> tuple[str, int] | None:
+    try:
+        return runs.import_of(json.loads(body)) if body else None
+    except ValueError:
+        return None
+
+
+def _earlier(origin: tuple[str, int] | None, run: str) -> str:
+    if origin is None:
+        return "already received from a webhook or another sender"
+    if origin[0] == run:
+        return f"the same event as line {origin[1]}"
+    return f"already imported (run {origin[0]}, line {origin[1]})"
