@@ -7,15 +7,23 @@ dispatches); a dry run must leave every key byte for byte as it was (DUMP before
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from integration.dispatches import state
 from integration.imports import dryrun
 from integration.imports.dryrun import Bucket, Planner, Reasons, SeenKeys
 from integration.inbound.store import event_key
 from integration.rules.build import dispatch_id_for
+from integration.rules.guards import suppress
 from integration.rules.loader import load_rules
+from tests.conftest import ROOT, cli_env, sandbox_requests
+from tests.test_import_run import HEADER, STACK_RULES, leads_file, run_import
+from tests.test_pipeline import _stack, settle
 
 SOURCE = "csv:spring"
 RULES = """\
@@ -173,3 +181,151 @@ def test_reasons_are_bounded() -> None:
     assert len(shown) == 11 and shown[-1]["reason"] == "other reasons"
     assert sum(group["count"] for group in shown) == reasons.total == 10_000
     assert all(len(group["lines"]) <= dryrun.EXAMPLE_LINES for group in shown)
+
+
+def test_seen_keys_for_200000_rows_stay_small() -> None:
+    """The one structure that grows with the file: 200,000 event ids cost a few MB (tracemalloc),
+    not the ~25 MB a set of their strings would."""
+    tracemalloc.start()
+    try:
+        seen = SeenKeys()
+        for n in range(200_000):
+            seen.add(f"rb:event:csv:big:row-{n:064d}", n + 2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen.count == 200_000
+    assert peak < 10 * 2**20, peak
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from integration.imports import dryrun
+from integration.rules.loader import load_rules
+
+rules, warm, big = (Path(p) for p in sys.argv[1:4])
+ruleset = load_rules(rules)
+dryrun.plan_file(warm, source="csv:big", ruleset=ruleset)  # every module loaded, every cache warm
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = dryrun.plan_file(big, source="csv:big", ruleset=ruleset)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(result.rows, result.would_send, (after - before) * 1024)
+"""
+
+
+def test_a_200000_row_dry_run_has_bounded_memory(tmp_path: Path) -> None:
+    """Counters and a few examples, never the rows: the peak grows by a few MB over a 200,000-row
+    file (the rows held as events would take hundreds of MB). Measured as the process's peak RSS:
+    tracemalloc slows the engine fivefold, and the SeenKeys test above measures what grows."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.replace("match: {contact.email: {exists: true}}", "match: {properties.Segment: vip}")
+                     .replace("csv:spring", "csv:big"))
+    files = {}
+    for name, count in (("warm", 2_000), ("big", 200_000)):
+        files[name] = tmp_path / f"{name}.csv"
+        with files[name].open("w") as out:
+            out.write("contact.email,Segment\n")
+            out.writelines(f"p{n}@example.com,{'vip' if n % 100 == 0 else 'std'}\n" for n in range(count))
+    found = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(rules), str(files["warm"]), str(files["big"])],
+                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert found.returncode == 0, found.stderr
+    rows, would_send, grown = (int(value) for value in found.stdout.split())
+    assert (rows, would_send) == (200_000, 2_000)
+    assert grown < 32 * 2**20, f"peak RSS grew by {grown / 2**20:.1f} MB"
+
+
+# ---- through the command line: `revor-bridge import --dry-run`, then the real import ---------------
+
+KNOWN_ROWS = (  # HEADER of tests/test_import_run.py: contact.id,contact.email,contact.first_name,contact.segment
+    "1,lead1@example.com,Lead1,vip\n"  # line 2: would send
+    "2,lead2@example.com,Lead2,other\n"  # line 3: no rule matched
+    "3,not an address,Bad,vip\n"  # line 4: invalid
+    "4,blocked@example.com,Blocked,vip\n"  # line 5: suppressed
+    "5,lead5@example.com,Lead5,vip\n"  # line 6: would send
+    "5,lead5@example.com,Lead5,vip\n"  # line 7: the same id as line 6
+    "6,lead6@example.com,Lead6,vip,surplus\n"  # line 8: a bad row
+    "7,lead7@example.com,Lead7,vip\n"  # line 9: would send
+    "8,lead8@example.com,Lead8,other\n"  # line 10: no rule matched
+)
+
+
+@pytest.fixture
+def leads_stack(tmp_path, make_bridge, redis_url, redis_db):
+    """The import run tests' stack (tests/test_import_run.py): worker processes, the sandbox; no write-backs."""
+    with _stack(tmp_path, make_bridge, redis_url, redis_db, STACK_RULES.replace("WRITEBACK\n", ""),
+                {"REVOR_MAX_RPS": "1000"}) as stack:
+        yield stack
+
+
+def test_the_dry_run_writes_nothing_and_its_examples_are_what_the_import_sends(leads_stack) -> None:
+    """`import --dry-run --json` on a file with known rows: the counts per verdict, the grouped
+    reasons with their lines, Redis unchanged; then the real import through a worker and the
+    sandbox sends exactly the three example bodies (the rules' interval is fixed: byte for byte)."""
+    stack = leads_stack
+    redis_db = stack["redis"]
+    suppress(redis_db, ["blocked@example.com"])
+    path = stack["tmp"] / "known.csv"
+    path.write_text(HEADER + KNOWN_ROWS, encoding="utf-8")
+    before = dump_all(redis_db)
+    shown = run_import(stack, str(path), "--source", "csv:leads", "--dry-run", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert dump_all(redis_db) == before
+    plan = json.loads(shown.stdout)
+    assert (plan["rows"], plan["events"], plan["would_send"]) == (9, 8, 3)
+    [rule] = plan["rules"]
+    assert {k: v for k, v in rule["counts"].items() if v} == {"would_send": 3, "invalid": 1,
+                                                               "skipped_suppression": 1}
+    assert rule["reasons"]["invalid"] == [{"reason": "recipient.address: Not a valid email address.", "count": 1,
+                                           "lines": [4]}]
+    assert plan["no_rule_matched"] == {"count": 2, "lines": [3, 10]}
+    assert plan["duplicates_in_file"]["reasons"] == [{"reason": "the same event id as line 6", "count": 1,
+                                                      "lines": [7]}]
+    assert plan["bad"]["reasons"] == [{"reason": "5 cells where the header has 4 columns", "count": 1,
+                                       "lines": [8]}]
+    assert [example["line"] for example in plan["examples"]] == [2, 6, 9]
+    assert plan["schedule"] == [{"account_id": "connect_account_sandbox_email", "channel": "email", "tasks": 3,
+                                 "interval_seconds": [60, 60], "seconds": 180, "days": 0.0,
+                                 "text": "3 emails from account connect_account_sandbox_email at 60 s apart: "
+                                         "about 3 minutes"}]
+    assert plan["needs_yes"] is False
+
+    stack["start_worker"]()
+    done = run_import(stack, str(path), "--source", "csv:leads")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "Would send 3 Revor tasks." in done.stdout  # the same summary first
+    found = settle(stack, expected=5)
+    sent = {request["body"]["metadata"]["dispatch_id"]: request["body"]
+            for request in sandbox_requests(stack["sandbox"]) if request.get("body")}
+    assert set(sent) == {example["dispatch_id"] for example in plan["examples"]}
+    for example in plan["examples"]:
+        assert state.load(redis_db, example["dispatch_id"])["body"] == example["body"]  # the stored, sent bytes
+        assert sent[example["dispatch_id"]] == json.loads(example["body"])
+    assert sorted(d["status"] for d in found.values()) == ["invalid", "skipped", "succeeded", "succeeded",
+                                                           "succeeded"]
+
+
+SCHEDULE_RULES = RULES.replace("csv:spring", "csv:leads").replace(
+    "match: {contact.email: {exists: true}}", "match: {contact.segment: vip}")
+
+
+def test_ten_thousand_emails_at_180_to_360_s_need_yes(redis_url, redis_db, tmp_path: Path) -> None:
+    """The issue's figure: 10,000 emails from one account at 180–360 s apart take about 31 days, more
+    than the default --max-days 7: the import stops (exit 1) before storing anything; a dry run says so."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SCHEDULE_RULES)
+    path = leads_file(tmp_path / "ten-thousand.csv", range(1, 10_001))
+    env = cli_env(REDIS_URL=f"{redis_url}/1", RULES_FILE=str(rules), LOG_LEVEL="WARNING")
+    command = [sys.executable, "-m", "integration", "import", str(path), "--source", "csv:leads"]
+    before = dump_all(redis_db)
+    refused = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1, refused.stderr
+    figure = "10,000 emails from account connect_account_sandbox_email at 180–360 s apart: about 31 days"
+    assert figure in refused.stdout and "the import needs --yes" in refused.stdout
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"revor-bridge import: the longest schedule is {figure}, more than --max-days 7: pass --yes to import "
+        "anyway, or split the list")
+    assert dump_all(redis_db) == before  # nothing stored, no run begun
+    looked = subprocess.run([*command, "--dry-run", "--max-days", "40"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert looked.returncode == 0 and figure in looked.stdout and "needs --yes" not in looked.stdout

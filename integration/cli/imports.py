@@ -20,6 +20,7 @@ checkpoint is saved, and the command to continue is printed).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -76,8 +77,12 @@ class _ImportCommand(click.Command):
               help="At most this many of the import's events wait for a worker (0: no limit).")
 @click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the result CSV (default: <file stem>.result.csv next to FILE).")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the dry run as JSON, for scripts.")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), hidden=True,
+              help="Seconds between two progress lines (default 0.2 in a terminal, 10 elsewhere); for tests.")
 def import_command(file: Path, source: str, event_type: str | None, fmt: str | None, id_column: str | None,
-                   dry_run: bool, yes: bool, max_days: float, max_pending: int, result_path: Path | None) -> None:
+                   dry_run: bool, yes: bool, max_days: float, max_pending: int, result_path: Path | None,
+                   as_json: bool, progress_every: float | None) -> None:
     """Import FILE (CSV) as events of source csv:<name>; `import status RUN` shows a run's rows."""
     from integration.imports import reader, runner
     from schemas.events import EVENT_TYPE
@@ -107,7 +112,7 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         redis_unreachable(exc)
     resuming = found is not None and (found.checkpoint > 0 or found.status in ("stored", "done"))
     if dry_run or not resuming:
-        refusal = _look_first(settings, connection, prepared, max_days)
+        refusal = _look_first(settings, connection, prepared, max_days, as_json=as_json and dry_run)
         if dry_run:
             return
         if refusal and not yes:
@@ -119,7 +124,7 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         assert found is not None
         click.echo(f"continuing {prepared.run} of {file.name} after line {found.checkpoint:,} "
                    f"({found.counts['read']:,} rows read before)", err=True)
-    _run(settings, connection, prepared, result_path or _default_result(file))
+    _run(settings, connection, prepared, result_path or _default_result(file), progress_every)
 
 
 def runs_load(connection: redis.Redis, run: str) -> Any:
@@ -146,7 +151,8 @@ def _default_result(file: Path) -> Path:
     return result.default_path(file)
 
 
-def _look_first(settings: Any, connection: redis.Redis, prepared: Any, max_days: float) -> str | None:
+def _look_first(settings: Any, connection: redis.Redis, prepared: Any, max_days: float, *,
+                as_json: bool = False) -> str | None:
     """The dry run (dryrun.py) printed; returns why the import needs --yes, or None.
 
     The seam for the dry run: `dryrun.plan(prepared, ...)` reads the whole file as the import
@@ -160,11 +166,17 @@ def _look_first(settings: Any, connection: redis.Redis, prepared: Any, max_days:
         plan = dryrun.plan(prepared, ruleset=ruleset, connection=connection)
     except redis.RedisError as exc:
         redis_unreachable(exc)
-    click.echo(plan.render(max_days))
-    return plan.refusal(max_days)
+    refusal = plan.refusal(max_days)
+    if as_json:
+        click.echo(json.dumps({**plan.as_dict(), "max_days": max_days, "needs_yes": refusal is not None}, indent=2,
+                              ensure_ascii=False))
+    else:
+        click.echo(plan.render(max_days))
+    return refusal
 
 
-def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Path) -> None:
+def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Path,
+         progress_every: float | None = None) -> None:
     """The real import, with Ctrl-C finishing the batch in hand, and the end: result and summary."""
     from rq import Queue
 
@@ -188,7 +200,7 @@ def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Pat
     work = runner.Runner(connection, queue, prepared, stop=stop,
                          notify=lambda text: click.echo(f"\n{text}" if sys.stderr.isatty() else text, err=True))
     previous = signal.signal(signal.SIGINT, on_sigint)
-    display = progress.Progress(counters, total=progress.estimate_rows(prepared.options.path))
+    display = progress.Progress(counters, total=progress.estimate_rows(prepared.options.path), every=progress_every)
     try:
         with display:
             outcome = work.run()

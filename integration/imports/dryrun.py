@@ -36,6 +36,7 @@ from typing import Any
 
 from integration.dispatches import state
 from integration.imports.reader import DELIMITER_NAMES, ENCODING_NAMES
+from integration.imports.rows import default_type
 from integration.inbound.store import event_key
 from integration.rules.build import Plan, plan_event
 from integration.rules.guards import SUPPRESSION_KEY
@@ -516,7 +517,7 @@ def plan(prepared: Any, *, ruleset: RuleSet | None, connection: Any = None,
             "delimiter": prepared.table.delimiter,
             "delimiter_name": f"{DELIMITER_NAMES[prepared.table.delimiter]}-separated"
             if prepared.table.delimiter in DELIMITER_NAMES else "",
-            "type": options.event_type, "id_column": prepared.id_column}
+            "type": options.event_type or default_type(prepared.hmap), "id_column": prepared.id_column}
     return planner.finish(info)
 
 
