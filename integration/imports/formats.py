@@ -45,6 +45,7 @@ class IdColumn:
 @dataclass(frozen=True)
 class Format:
     name: str
+    crm: str
     title: str
     # Record-id columns, the first present wins.
     id_columns: tuple[IdColumn, ...]
@@ -72,6 +73,7 @@ class HeaderMap:
 FORMATS: dict[str, Format] = {
     "hubspot": Format(
         name="hubspot",
+        crm="HubSpot",
         title="HubSpot contacts or deals export",
         id_columns=(IdColumn("Record ID", None),),
         columns=(
@@ -84,11 +86,12 @@ FORMATS: dict[str, Format] = {
             ("Deal Stage", "deal.stage"),
             ("Amount", "deal.amount"),
         ),
-        basis="the column labels of an export from a contacts or deals view (Export, CSV); "
-              "owner columns hold the owner's name, not an address, and are kept under their own names",
+        basis="the column labels of an export from a contacts or deals view (Export, CSV); `Contact owner` "
+              "and `Deal owner` hold the owner's name, not an address, and keep their own names",
     ),
     "salesforce": Format(
         name="salesforce",
+        crm="Salesforce",
         title="Salesforce report (CSV, details only) or Data Export",
         id_columns=(
             IdColumn("Opportunity ID", "deal"),
@@ -111,10 +114,12 @@ FORMATS: dict[str, Format] = {
             ("Amount", "deal.amount"),
         ),
         basis="report column labels (contacts, leads and opportunities reports) and, for Data Export "
-              "and Data Loader files, the API names; \"Id\" is the record id only with --format salesforce",
+              "and Data Loader files, the API names; `Id` (Data Export) is the record id only with "
+              "`--format salesforce`: too plain a name to recognize the format by",
     ),
     "pipedrive": Format(
         name="pipedrive",
+        crm="Pipedrive",
         title="Pipedrive people or deals export",
         id_columns=(
             IdColumn("Deal - ID", "deal"),
@@ -123,19 +128,25 @@ FORMATS: dict[str, Format] = {
         columns=(
             ("Person - Email", "contact.email"),
             ("Person - Email - Work", "contact.email"),
+            ("Person - Email - Home", "contact.email"),
+            ("Person - Email - Other", "contact.email"),
             ("Person - First name", "contact.first_name"),
             ("Person - Last name", "contact.last_name"),
             ("Person - Phone", "contact.phone"),
             ("Person - Phone - Work", "contact.phone"),
             ("Person - Phone - Mobile", "contact.phone"),
+            ("Person - Phone - Home", "contact.phone"),
+            ("Person - Phone - Other", "contact.phone"),
+            ("Person - Organization", "company.name"),
             ("Organization - Name", "company.name"),
             ("Deal - Title", "deal.name"),
             ("Deal - Stage", "deal.stage"),
             ("Deal - Value", "deal.amount"),
         ),
-        basis="the `<Item> - <Field>` column names of an export from a list view; where a person has "
-              "several addresses or numbers the first non-empty of the columns listed wins; "
-              "\"Person - Name\" (the full name) is kept under its own name",
+        basis="the `<Item> - <Field>` column names of an export from a list view (a person's address "
+              "and number columns carry their label, `Person - Email - Work`, in people exports, and none "
+              "in deals exports); of several columns for one name the first non-empty one in this order "
+              "wins; `Person - Name` (the full name) and owners (names, not addresses) keep their own names",
     ),
 }
 
@@ -207,13 +218,22 @@ def _find_header(headers: list[str], wanted: str) -> str:
 
 
 def readme_table() -> str:
-    """The README's subsection on header maps, generated so that it cannot drift from FORMATS."""
-    out = []
-    for fmt in FORMATS.values():
-        ids = ", ".join(f"`{c.header}`" + (f" ({c.object_type})" if c.object_type else "")
-                        for c in fmt.id_columns)
-        out.append(f"**{fmt.title}** (`--format {fmt.name}`). Record id: {ids}. Based on {fmt.basis}.\n")
-        out.append("| Column | Common name |\n|---|---|")
-        out.extend(f"| `{column}` | `{name}` |" for column, name in fmt.columns)
-        out.append("")
-    return "\n".join(out)
+    """The README's table of header maps, generated so that it cannot drift from FORMATS: one row
+    per common name, one column per format, then what each format's map rests on."""
+    formats = list(FORMATS.values())
+    out = ["| Common name | " + " | ".join(f"{f.crm} (`--format {f.name}`)" for f in formats) + " |",
+           "|---" * (len(formats) + 1) + "|"]
+
+    def ids(fmt: Format) -> str:
+        return ", ".join(f"`{c.header}`" + (f" ({c.object_type})" if c.object_type else "") for c in fmt.id_columns)
+
+    out.append("| record id (the event id) | " + " | ".join(ids(f) for f in formats) + " |")
+    for obj in ("contact", "deal", "company", "owner"):
+        for name in (f"{obj}.{attr}" for attr in COMMON_NAMES[obj]):
+            cells = [", ".join(f"`{column}`" for column, mapped in f.columns if mapped == name) or "-"
+                     for f in formats]
+            if any(cell != "-" for cell in cells):
+                out.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    out.append("")
+    out.extend(f"- {f.title}: {f.basis}." for f in formats)
+    return "\n".join(out) + "\n"
