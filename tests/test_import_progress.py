@@ -3,10 +3,23 @@ periodic lines elsewhere, from the run's counters."""
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from integration.imports.progress import Progress, duration, estimate_rows
+from tests.test_import_run import STACK_RULES, leads_file, run_import
+from tests.test_pipeline import _stack
 
 
 class FakeClock:
@@ -91,3 +104,73 @@ def test_estimate_and_duration(tmp_path: Path) -> None:
     assert abs(estimate_rows(path, sample_bytes=64 * 1024) - 100_000) < 200
     assert estimate_rows(tmp_path / "missing.csv") is None
     assert [duration(s) for s in (5, 600, 3 * 3600 + 600, 3 * 86400)] == ["5 s", "10 min", "3 h 10 min", "3 d"]
+
+
+# ---- the real command: under a terminal (a pty) and without one ------------------------------------
+
+
+@pytest.fixture
+def leads_stack(tmp_path, make_bridge, redis_url, redis_db):
+    """The import run tests' stack (tests/test_import_run.py): worker processes, the sandbox; no write-backs."""
+    with _stack(tmp_path, make_bridge, redis_url, redis_db, STACK_RULES.replace("WRITEBACK\n", ""),
+                {"REVOR_MAX_RPS": "1000"}) as stack:
+        yield stack
+
+
+def run_in_pty(command: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, bytes, float]:
+    """Run `command` with stderr (and stdin, stdout) on a pseudo-terminal; return its code, all it
+    wrote and how long it ran."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns, as a terminal has
+    os.set_blocking(master, True)
+    started = time.monotonic()
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the last holder of the terminal closed it
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    code = proc.wait(timeout=timeout)
+    elapsed = time.monotonic() - started
+    reader.join(timeout=10)
+    os.close(master)
+    return code, b"".join(chunks), elapsed
+
+
+def test_the_import_redraws_one_line_in_a_terminal_and_writes_plain_lines_elsewhere(leads_stack) -> None:
+    stack = leads_stack
+    stack["start_worker"]()
+    # Each import waits for the worker to process what it stored (at most --max-pending ahead), so it
+    # runs for a few seconds: long enough for several redraws and several plain lines.
+    first = leads_file(stack["tmp"] / "first.csv", range(1, 601), vip_every=3)
+    command = [sys.executable, "-m", "integration", "import", str(first), "--source", "csv:leads",
+               "--max-pending", "50"]
+    code, written, elapsed = run_in_pty(command, stack["env"], stack["tmp"])
+    text = written.decode()
+    assert code == 0, text
+    progress = text[text.index("\r"):text.index("imported first.csv")]
+    redraws = progress.count("\r") - progress.count("\r\n")  # the terminal turns \n into \r\n
+    assert redraws >= 3, progress
+    assert redraws <= 5 * elapsed + 2  # at most 5 a second
+    last = progress.split("\r")[-2] if progress.endswith("\r\n") else progress.split("\r")[-1]
+    assert last.startswith("600 of 600 rows read · 200 dispatched · 0 invalid · 0 skipped · 0 bad"), repr(last)
+    assert "no rule matched" in last and last.rstrip("\x1b[K").endswith("done")
+
+    second = leads_file(stack["tmp"] / "second.csv", range(601, 1201), vip_every=3)
+    plain = run_import(stack, str(second), "--source", "csv:leads", "--max-pending", "50", "--progress-every", "0.5")
+    assert plain.returncode == 0, plain.stderr
+    assert "\r" not in plain.stderr and "\x1b" not in plain.stderr
+    lines = [line for line in plain.stderr.splitlines() if line.startswith("import: ")]
+    assert len(lines) >= 3, plain.stderr  # every 0.5 s (10 s by default), and one at the end
+    assert lines[-1].startswith("import: 600 of 600 rows read, 200 dispatched, 0 invalid, 0 skipped, 0 bad")
+    assert lines[-1].endswith("done") and "rows/s" in lines[-1]
