@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.imports.progress import Progress, duration, estimate_rows
+from integration.imports.progress import PlanProgress, Progress, duration, estimate_rows
 from tests.test_import_run import STACK_RULES, leads_file, run_import
 from tests.test_pipeline import _stack
 
@@ -96,6 +96,30 @@ def test_a_failing_read_is_skipped_and_the_last_figures_stay() -> None:
     clock.now += 1
     assert progress.tick() is True
     assert out.getvalue().splitlines()[-1].startswith("import: 3 rows read")
+
+
+def test_the_dry_run_line_shows_only_when_planning_is_slow() -> None:
+    planned = {"read": 0, "done": False}
+    clock, out = FakeClock(), io.StringIO()
+    quick = PlanProgress(lambda: planned, total=1000, stream=out, tty=True, clock=clock)
+    quick.started = clock.now
+    planned.update(read=1000, done=True)
+    clock.now += 1.5
+    assert quick.tick() is False  # under 2 s: nothing drawn, not even at the end
+    quick.finish()
+    assert out.getvalue() == ""
+    slow = PlanProgress(lambda: planned, total=1_000_000, stream=out, tty=True, clock=clock)
+    slow.started = clock.now
+    planned.update(read=0, done=False)
+    for second in range(1, 5):
+        clock.now += 1
+        planned["read"] = second * 5000
+        slow.tick()
+    assert out.getvalue().split("\r")[-1] == ("dry run: 20,000 of ~1,000,000 rows planned · 5,000 rows/s · "
+                                              "ETA 3 min\x1b[K")
+    planned.update(done=True)
+    slow.finish()
+    assert out.getvalue().endswith("20,000 rows planned · 5,000 rows/s · done\x1b[K\n")
 
 
 def test_estimate_and_duration(tmp_path: Path) -> None:

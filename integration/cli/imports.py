@@ -159,11 +159,18 @@ def _look_first(settings: Any, connection: redis.Redis, prepared: Any, max_days:
     will (runner.Prepared) without writing anything,
     `render(max_days)` is what people read, `refusal(max_days)` the one line that asks for --yes."""
     from integration.cli.rules import rules_or_exit
-    from integration.imports import dryrun
+    from integration.imports import dryrun, progress
 
     ruleset = rules_or_exit(settings) if settings.rules_file else None
+    planned: dict[str, Any] = {"read": 0, "done": False}  # a line on stderr when planning takes over 2 s
+
+    def on_row(count: int) -> None:
+        planned["read"] = count
+
     try:
-        plan = dryrun.plan(prepared, ruleset=ruleset, connection=connection)
+        with progress.PlanProgress(lambda: planned, total=progress.estimate_rows(prepared.options.path)):
+            plan = dryrun.plan(prepared, ruleset=ruleset, connection=connection, on_row=on_row)
+            planned["done"] = True
     except redis.RedisError as exc:
         redis_unreachable(exc)
     refusal = plan.refusal(max_days)

@@ -84,8 +84,10 @@ class Progress:
 
     def __init__(self, counters: Callable[[], Mapping[str, Any]], *, total: int | None = None,
                  stream: TextIO | None = None, tty: bool | None = None, every: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, label: str = "import") -> None:
+                 clock: Callable[[], float] = time.monotonic, label: str = "import", delay: float = 0.0) -> None:
         self.counters = counters
+        self.delay = delay  # no line at all for work that ends sooner (a small file's dry run)
+        self.started: float | None = None
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self._isatty(self.stream) if tty is None else tty
@@ -154,6 +156,8 @@ class Progress:
             now = self.clock()
             if not force and self.last_draw is not None and now - self.last_draw < self.every:
                 return False
+            if self.delay and not self.drawn and (self.started is None or now - self.started < self.delay):
+                return False
             try:
                 self.last = dict(self.counters())
             except Exception:  # Redis away for a moment: the next tick tries again, the import goes on
@@ -181,6 +185,8 @@ class Progress:
     def finish(self) -> None:
         """The last figures, drawn whatever the time since the previous line; a terminal gets its line break."""
         self.stop()
+        if self.delay and not self.drawn:
+            return
         self.tick(force=True)
         if self.tty:
             self.stream.write("\n")
@@ -189,6 +195,7 @@ class Progress:
     # ---- the drawing thread ------------------------------------------------------------------------
 
     def start(self) -> Progress:
+        self.started = self.clock()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="import-progress", daemon=True)
         self._thread.start()
@@ -201,7 +208,7 @@ class Progress:
         self._thread = None
 
     def _loop(self) -> None:
-        if self.tty:
+        if self.tty and not self.delay:
             self.tick(force=True)
         else:  # a log's first line comes after `every` seconds; the rate counts from now
             with self._lock:
@@ -222,3 +229,34 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.finish()
+
+
+class PlanProgress(Progress):
+    """The dry run's line: rows planned so far (`counters()` gives {"read": n}), rate and ETA; shown
+    only when planning takes longer than `delay` seconds (a million rows take a few minutes)."""
+
+    def __init__(self, counters: Callable[[], Mapping[str, Any]], **options: Any) -> None:
+        options.setdefault("label", "dry run")
+        options.setdefault("delay", 2.0)
+        super().__init__(counters, **options)
+
+    def figures(self, counts: Mapping[str, Any], now: float) -> dict[str, Any]:
+        planned = _number(counts.get("read"))
+        self.samples.append((now, planned))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - RATE_WINDOW:
+            self.samples.popleft()
+        then, before = self.samples[0]
+        rate = (planned - before) / (now - then) if now > then else 0.0
+        total = max(self.total, planned) if self.total is not None else None
+        eta = (total - planned) / rate if total is not None and rate > 0 else None
+        return {"read": planned, "total": total, "rate": rate, "eta": eta, "done": bool(counts.get("done"))}
+
+    def line(self, figures: Mapping[str, Any]) -> str:
+        total = figures["total"]
+        parts = [f"{figures['read']:,} rows planned" if total is None or figures["done"]
+                 else f"{figures['read']:,} of ~{total:,} rows planned", f"{figures['rate']:,.0f} rows/s"]
+        if figures["done"]:
+            parts.append("done")
+        elif figures["eta"] is not None:
+            parts.append(f"ETA {duration(figures['eta'])}")
+        return (" · " if self.tty else ", ").join(["dry run: " + parts[0] if self.tty else parts[0], *parts[1:]])
