@@ -8,9 +8,12 @@ subprocesses killed with SIGKILL and SIGINT, the Revor sandbox over HTTP, a writ
 from __future__ import annotations
 
 import csv
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,8 @@ from integration.scheduler import units
 from integration.scheduler.runner import Run
 from schemas.events import NormalizedEventSchema, split_event_ref
 from tests.conftest import bridge_settings, sandbox_tasks
-from tests.test_pipeline import WRITEBACK_SECRET, _stack, assert_writebacks_complete, settle
+from tests.test_pipeline import WRITEBACK_SECRET, _stack, assert_writebacks_complete, dispatches, settle
+from tests.test_resilience import RedisServer
 
 LEADS_RULES = """\
 version: 1
@@ -245,3 +249,204 @@ def test_a_small_import_end_to_end(leads_stack):
     assert status.returncode == 0, status.stderr
     assert "dispatches now: 6 succeeded, 1 invalid" in status.stdout, status.stdout
     assert len(result_rows(stack["tmp"] / "status.csv")) == 7
+
+
+def test_the_same_file_twice_and_an_overlapping_file_send_nothing_twice(quiet_stack):
+    stack = quiet_stack
+    stack["start_worker"]()
+    first = leads_file(stack["tmp"] / "week1.csv", range(1, 21), vip_every=2)
+    assert run_import(stack, str(first), "--source", "csv:leads").returncode == 0
+    again = run_import(stack, str(first), "--source", "csv:leads")
+    assert again.returncode == 0 and "was imported already" in again.stderr, again.stderr
+    overlap = leads_file(stack["tmp"] / "week2.csv", range(11, 31), vip_every=2)
+    done = run_import(stack, str(overlap), "--source", "csv:leads")
+    assert done.returncode == 0, done.stderr
+    counts = runs.load(stack["redis"], run_of(stack, overlap)).counts
+    assert (counts["read"], counts["stored"], counts["duplicate"], counts["dispatched"]) == (20, 10, 10, 5)
+    assert "10 already imported (sent before: not again)" in done.stdout
+    found = settle(stack, expected=15)
+    ids = revor_dispatch_ids(stack)
+    assert len(ids) == len(set(ids)) == 15 and set(ids) == set(found)  # one task per VIP of rows 1-30
+    rows = {int(r["line"]): r for r in result_rows(stack["tmp"] / "week2.result.csv")}
+    assert rows[2]["status"] == "duplicate" and rows[2]["reason"].startswith("already imported (run imp_")
+    assert rows[3]["status"] == "duplicate" and rows[3]["dispatch_id"] in found  # row 12: its earlier dispatch
+    assert rows[12]["status"] != "duplicate" and rows[13]["dispatch_id"] in found
+
+
+KILL_ROWS = 5000
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_every_row_once(stack, path: Path, rows: int, would_send: int, attempts: set[bytes] = frozenset({b"1"}),
+                          ) -> None:
+    """Every row processed exactly once, one Revor task per would-send row, counters adding up.
+    `attempts`: what an event's attempt count may be (a run that Redis left midway counts too)."""
+    redis_db = stack["redis"]
+    found = runs.load(redis_db, run_of(stack, path))
+    counts = found.counts
+    assert found.status == "done" and counts["read"] == rows, found
+    assert counts["stored"] + counts["duplicate"] + counts["bad"] == rows and counts["duplicate"] == 0, counts
+    assert counts["dispatched"] + counts["no_match"] == counts["stored"] == rows, counts
+    assert counts["dispatched"] == would_send
+    keys = redis_db.keys("rb:event:csv:leads:*")
+    assert len(keys) == rows
+    with redis_db.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hmget(key, "status", "attempts")
+        found = pipe.execute()
+    assert {status for status, _ in found} == {b"processed"} and {count for _, count in found} <= attempts
+    assert redis_db.hget("rb:metrics", event_field("csv:leads", "processed")) == str(rows).encode()
+    # Revor paces one account's tasks (60 s apart: 0.3 s in the sandbox's time): wait until each is
+    # accepted, not until each ran.
+    accepted = wait_for(lambda: (found := dispatches(redis_db)) and len(found) == would_send and
+                        all(d["status"] != "pending" for d in found.values()) and found, 120, "every dispatch accepted")
+    ids = revor_dispatch_ids(stack)
+    assert len(ids) == len(set(ids)) == would_send and set(ids) == set(accepted)
+    result = result_rows(path.with_name(path.stem + ".result.csv"))
+    assert [int(r["line"]) for r in result] == list(range(2, rows + 2))
+
+
+def test_sigkill_halfway_through_5000_rows_then_the_same_command_continues(quiet_stack):
+    """THE KILL TEST: the import process SIGKILLed for real once its checkpoint passed line 2,500."""
+    stack = quiet_stack
+    stack["start_worker"]()
+    path = leads_file(stack["tmp"] / "big.csv", range(1, KILL_ROWS + 1), vip_every=10)
+    run = run_of(stack, path)
+    args = (str(path), "--source", "csv:leads", "--max-pending", "1000")
+    started = time.monotonic()
+    first = start_import(stack, *args)
+    checkpoint = wait_for(lambda: int(stack["redis"].hget(runs.run_key(run), "checkpoint") or 0) > 2500 and
+                          int(stack["redis"].hget(runs.run_key(run), "checkpoint")), 60, "checkpoint past 2,500")
+    first.kill()
+    first.wait()
+    killed = runs.load(stack["redis"], run)
+    assert killed.status == "running" and killed.checkpoint < KILL_ROWS, killed  # it really died midway
+    second = run_import(stack, *args)
+    assert second.returncode == 0, second.stderr
+    assert f"continuing {run} of big.csv after line" in second.stderr
+    assert_every_row_once(stack, path, KILL_ROWS, KILL_ROWS // 10)
+    print(f"\nkilled at checkpoint {checkpoint} (line {killed.checkpoint} when it died); all {KILL_ROWS} rows "
+          f"done once {time.monotonic() - started:.1f} s after the first start")
+
+
+def test_ctrl_c_finishes_the_batch_saves_the_checkpoint_exits_130_and_says_how_to_continue(quiet_stack):
+    stack = quiet_stack
+    path = leads_file(stack["tmp"] / "big.csv", range(1, KILL_ROWS + 1), vip_every=10)
+    run = run_of(stack, path)
+    importing = start_import(stack, str(path), "--source", "csv:leads", "--max-pending", "0")  # no worker yet
+    wait_for(lambda: int(stack["redis"].hget(runs.run_key(run), "checkpoint") or 0) > 1000, 60, "a checkpoint")
+    importing.send_signal(signal.SIGINT)
+    out, err = importing.communicate(timeout=60)
+    assert importing.returncode == 130, err
+    stopped = runs.load(stack["redis"], run)
+    assert stopped.status == "interrupted" and stopped.checkpoint < KILL_ROWS + 1, stopped
+    # Every row up to the checkpoint is stored (one row per line after the header), none after it.
+    assert stopped.counts["read"] == stopped.counts["stored"] == stopped.checkpoint - 1
+    assert len(stack["redis"].keys("rb:event:csv:leads:*")) == stopped.checkpoint - 1
+    assert "Traceback" not in err
+    command = err.strip().splitlines()[-1]
+    assert command == f"continue with: revor-bridge import {path} --source csv:leads --max-pending 0", err
+    stack["start_worker"]()
+    again = subprocess.run([sys.executable, "-m", "integration", *shlex.split(command)[3:]], env=stack["env"],
+                           cwd=stack["tmp"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert_every_row_once(stack, path, KILL_ROWS, KILL_ROWS // 10)
+
+
+def test_a_file_that_is_not_csv_exits_2_with_one_line(quiet_stack):
+    stack = quiet_stack
+    workbook = stack["tmp"] / "contacts.xlsx"
+    workbook.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    done = run_import(stack, str(workbook), "--source", "csv:leads")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("revor-bridge import: ") and "contacts.xlsx" in done.stderr
+    missing = run_import(stack, str(stack["tmp"] / "nowhere.csv"), "--source", "csv:leads")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    source = leads_file(stack["tmp"] / "leads.csv", range(1, 3))
+    wrong = run_import(stack, str(source), "--source", "leads")
+    assert wrong.returncode == 1 and "expected csv:<name>" in wrong.stderr
+    no_column = run_import(stack, str(source), "--source", "csv:leads", "--id-column", "Record ID")
+    assert no_column.returncode == 1 and "Record ID" in no_column.stderr and "Traceback" not in no_column.stderr
+    assert not stack["redis"].keys("rb:import*")  # nothing started
+
+
+def test_a_redis_restart_during_an_import_is_waited_out_and_every_row_goes_once(tmp_path, make_bridge):
+    """Redis stopped (SIGTERM, as a managed restart) under a running import and a worker, then
+    started again: the import says so in one line each way, waits and goes on by itself."""
+    import redis as redis_client
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    base = server.url.rsplit("/", 1)[0]
+    client = redis_client.Redis.from_url(f"{base}/1")
+    try:
+        with _stack(tmp_path, make_bridge, base, client, STACK_RULES.replace("WRITEBACK\n", ""),
+                    {"REVOR_MAX_RPS": "1000"}) as stack:
+            stack["start_worker"]()
+            rows = 2000
+            path = leads_file(tmp_path / "leads.csv", range(1, rows + 1), vip_every=10)
+            run = run_of(stack, path)
+            importing = start_import(stack, str(path), "--source", "csv:leads", "--max-pending", "400")
+            wait_for(lambda: int(client.hget(runs.run_key(run), "checkpoint") or 0) > 600, 60, "a checkpoint")
+            server.stop()
+            time.sleep(3)
+            assert importing.poll() is None  # waiting, not gone
+            server.start()
+            out, err = importing.communicate(timeout=120)
+            assert importing.returncode == 0, err
+            assert err.count("import: Redis unreachable") == 1 and err.count("import: Redis is back") == 1, err
+            assert "Traceback" not in err
+            # A worker's run that Redis left midway keeps its attempt (it could not take it back).
+            assert_every_row_once(stack, path, rows, rows // 10, attempts={b"1", b"2"})
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_batch_stored_whose_checkpoint_was_lost_is_counted_once_when_stored_again(redis_db, tmp_path, monkeypatch):
+    """What a SIGKILL or a lost reply between a batch's store and its checkpoint leaves: the batch
+    is stored again, the store finds every event (nothing processed twice), and the runner counts
+    them as its own (`stored`), not as duplicates; a row repeated in the file is a duplicate."""
+    import threading
+
+    import redis as redis_client
+    from rq import Queue
+
+    from integration.imports import runner
+
+    path = leads_file(tmp_path / "leads.csv", range(1, 1001), extra="5,again@example.com,Again,vip\n")
+    prepared = runner.prepare(runner.ImportOptions(path, "csv:leads", max_pending=0))
+    checkpoints: list[int] = []
+    record_batch = runs.record_batch
+
+    def lost_once(pipe, run, **counts):
+        checkpoints.append(counts["checkpoint"])
+        if len(checkpoints) == 3:  # after the third batch's store, before its checkpoint
+            raise redis_client.ConnectionError("Connection closed by server.")
+        record_batch(pipe, run, **counts)
+
+    monkeypatch.setattr(runs, "record_batch", lost_once)
+    stop, notes = threading.Event(), []
+    work = runner.Runner(redis_db, Queue("default", connection=redis_db, serializer="json"), prepared, stop=stop,
+                         notify=notes.append)
+    watcher = threading.Thread(target=lambda: (wait_for(lambda: redis_db.hget(runs.run_key(prepared.run), "status")
+                                                        == b"stored", 30, "stored"), stop.set()))
+    watcher.start()
+    outcome = work.run()  # no worker: it waits for one once every row is stored, until stopped
+    watcher.join()
+    assert outcome.status == "interrupted"
+    assert checkpoints[2] == checkpoints[3] == 601  # the same batch, again
+    counts = runs.load(redis_db, prepared.run).counts
+    assert (counts["read"], counts["stored"], counts["duplicate"]) == (1001, 1000, 1)
+    assert [note.split(" (")[0].split(" after")[0] for note in notes] == [
+        "import: Redis unreachable", "import: Redis is back"], notes
+    assert len(redis_db.keys("rb:event:csv:leads:*")) == 1000
