@@ -15,6 +15,7 @@ generated from FORMATS (`readme_table`) and tests/test_import_formats.py checks 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,12 @@ class HeaderMap:
     id_column: str | None
     object_type: str
     format: str
+
+    @functools.cached_property
+    def mapped(self) -> tuple[tuple[str, str, str], ...]:
+        """(header, object, attribute) of each mapped column, in the file's order."""
+        return tuple((header, *name.split(".", 1)) for header, name in zip(self.headers, self.names, strict=True)
+                     if name)  # type: ignore[misc]
 
 
 FORMATS: dict[str, Format] = {

@@ -57,15 +57,15 @@ def row_event(source: str, event_type: str | None, row: Row, hmap: HeaderMap, *,
     event_type = event_type or default_type(hmap)
     if id_column is _FROM_MAP:
         id_column = hmap.id_column
-    properties = {header: row.fields.get(header, "").strip() for header in hmap.headers}
-    for header, value in row.fields.items():  # a row built by hand may have more than the map knows
-        properties.setdefault(header, value.strip())
+    properties = {header: value.strip() for header, value in row.fields.items()}
+    if len(properties) != len(hmap.headers):  # a row built by hand, not by the reader
+        for header in hmap.headers:
+            properties.setdefault(header, "")
     common: dict[str, dict[str, str]] = {name: {} for name in CONTEXT_OBJECTS}
-    for header, name in zip(hmap.headers, hmap.names, strict=True):
+    for header, obj, attr in hmap.mapped:
         value = properties[header]
-        if name and value:
-            obj, attr = name.split(".", 1)
-            common[obj].setdefault(attr, value)  # the first non-empty column of a name wins
+        if value and attr not in common[obj]:
+            common[obj][attr] = value  # the first non-empty column of a name wins
     record_id = None
     if id_column is not None:
         if id_column not in row.fields:
@@ -75,10 +75,11 @@ def row_event(source: str, event_type: str | None, row: Row, hmap: HeaderMap, *,
             raise RowError(f"id column {id_column} is empty")
         if len(record_id) > MAX_OBJECT_ID:
             raise RowError(f"id column {id_column}: {len(record_id)} characters, at most {MAX_OBJECT_ID}")
-    hashed = content_id(properties)
+    hashed = None if record_id else content_id(properties)
     object_type = event_type.split(".", 1)[0]
     own = common.get(object_type, {})
     object_id = record_id or own.get("id") or (own.get("email") if object_type == "contact" else None) or hashed
+    assert object_id is not None
     if len(object_id) > MAX_OBJECT_ID:
         raise RowError(f"column {object_type}.id: {len(object_id)} characters, at most {MAX_OBJECT_ID}")
     event: dict[str, Any] = {
