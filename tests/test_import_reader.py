@@ -313,3 +313,12 @@ def test_whatever_the_bytes_the_reader_answers_with_rows_bad_rows_or_one_line(tm
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def test_excel_sep_hint_names_the_delimiter(tmp_path):
+    """A first line `sep=;` (Excel reads it, some exports write it) says the delimiter; it is no header."""
+    path = tmp_path / "hinted.csv"
+    path.write_bytes(b"sep=;\r\nName;Note\r\nAnn;a,b,c\r\nBen;\"x;y\"\r\n")
+    table = open_table(path)
+    assert (table.delimiter, table.headers, table.first_data_line) == (";", ["Name", "Note"], 3)
+    assert list(table.rows()) == [Row(3, {"Name": "Ann", "Note": "a,b,c"}), Row(4, {"Name": "Ben", "Note": "x;y"})]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 SAMPLE_BYTES = 64 * 1024
 DELIMITERS = (",", ";", "\t")
-DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}  # a pipe only when `sep=|` says so
 # Records read to choose the delimiter: enough to see that the columns line up.
 SNIFF_RECORDS = 50
 
@@ -54,6 +54,9 @@ SIGNATURES = (
     (b"%PDF", "it is a PDF document"),
     (b"\x1f\x8b", "it is gzip-compressed: decompress it first"),
 )
+# Excel reads (and some exports write) a first line `sep=;` naming the delimiter.
+_SEP_HINT = re.compile(r"sep=([,;\t|])[ \t]*(?:\r\n|\r|\n)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # A lone column name: a few words, no sentence (for a file with one column and so no delimiter).
 _ONE_COLUMN_HEADER = re.compile(r"[^\W_][\w .()/#&'+:-]{0,63}")
@@ -152,8 +155,13 @@ def open_table(path: Path) -> Table:
         raise refuse(f"it is JSON (it starts with `{stripped[0]}`)")
     if stripped[0] == "<":
         raise refuse("it is XML or HTML (it starts with `<`)")
-    delimiter = _sniff_delimiter(text, refuse)
-    header_start, first_data_line, cells, problem = _header_record(path, encoding, delimiter, refuse)
+    hint = _SEP_HINT.match(stripped)
+    if hint:  # Excel's `sep=;` first line: the delimiter said, not guessed
+        preamble = len(_LINE_BREAK.findall(text, 0, len(text) - len(stripped) + hint.end()))
+        delimiter = hint.group(1)
+    else:
+        preamble, delimiter = 0, _sniff_delimiter(text, refuse)
+    header_start, first_data_line, cells, problem = _header_record(path, encoding, delimiter, preamble, refuse)
     if problem is not None:
         raise refuse(f"its header row (line {header_start}) cannot be read: {problem}")
     looks_like_data = next((cell.strip() for cell in cells if _EMAIL.fullmatch(cell.strip())), None)
@@ -253,9 +261,12 @@ def _sample_records(text: str, delimiter: str) -> Iterator[list[str]]:
         return
 
 
-def _header_record(path: Path, encoding: str, delimiter: str, refuse):  # type: ignore[no-untyped-def]
-    """(start line, first line after it, cells, problem) of the first record that is not blank."""
+def _header_record(path: Path, encoding: str, delimiter: str, preamble: int, refuse):  # type: ignore[no-untyped-def]
+    """(start line, first line after it, cells, problem) of the first record that is not blank
+    after the `preamble` lines."""
     for start, end, cells, problem in _records(path, encoding, delimiter):
+        if start <= preamble:
+            continue
         if problem is not None or any(cell.strip() for cell in cells):
             return start, end + 1, cells, problem
     raise refuse("it holds only blank lines, no header row")
