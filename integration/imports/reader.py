@@ -18,7 +18,7 @@ import csv
 import io
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # A lone column name: a few words, no sentence (for a file with one column and so no delimiter).
 _ONE_COLUMN_HEADER = re.compile(r"[^\W_][\w .()/#&'+:-]{0,63}")
+
+
+Refuse = Callable[[str], "NotCsv"]
 
 
 class NotCsv(Exception):  # noqa: N818 - the name says what the file is not
@@ -206,7 +209,7 @@ def _mark_undecodable(exc: UnicodeError) -> tuple[str, int]:
     return "".join(chr(0xDC00 + byte) for byte in exc.object[exc.start:exc.end]), exc.end
 
 
-def _sniff_encoding(sample: bytes, complete: bool, refuse) -> str:  # type: ignore[no-untyped-def]
+def _sniff_encoding(sample: bytes, complete: bool, refuse: Refuse) -> str:
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -227,7 +230,7 @@ def _sniff_encoding(sample: bytes, complete: bool, refuse) -> str:  # type: igno
     return "utf-8"
 
 
-def _sniff_delimiter(text: str, refuse) -> str:  # type: ignore[no-untyped-def]
+def _sniff_delimiter(text: str, refuse: Refuse) -> str:
     """The delimiter whose header has the most columns among those with which the first records
     line up; `,` for a file of one column, when its first line plausibly names that column."""
     best: tuple[float, int, str] | None = None
@@ -261,7 +264,8 @@ def _sample_records(text: str, delimiter: str) -> Iterator[list[str]]:
         return
 
 
-def _header_record(path: Path, encoding: str, delimiter: str, preamble: int, refuse):  # type: ignore[no-untyped-def]
+def _header_record(path: Path, encoding: str, delimiter: str, preamble: int,
+                   refuse: Refuse) -> tuple[int, int, list[str], str | None]:
     """(start line, first line after it, cells, problem) of the first record that is not blank
     after the `preamble` lines."""
     for start, end, cells, problem in _records(path, encoding, delimiter):
