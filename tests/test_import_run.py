@@ -32,6 +32,7 @@ from integration.scheduler import units
 from integration.scheduler.runner import Run
 from schemas.events import NormalizedEventSchema, split_event_ref
 from tests.conftest import bridge_settings, sandbox_tasks
+from tests.test_dashboard_auth import signed_in
 from tests.test_pipeline import WRITEBACK_SECRET, _stack, assert_writebacks_complete, dispatches, settle
 from tests.test_resilience import RedisServer
 
@@ -249,6 +250,12 @@ def test_a_small_import_end_to_end(leads_stack):
     assert status.returncode == 0, status.stderr
     assert "dispatches now: 6 succeeded, 1 invalid" in status.stdout, status.stdout
     assert len(result_rows(stack["tmp"] / "status.csv")) == 7
+    # The dashboard offers the import's source (named by the rules) and filters by it.
+    browser = signed_in(stack["bridge"].url)
+    page = browser.get(f"{stack['bridge'].url}/dashboard/dispatches", params={"source": "csv:leads"}, timeout=10)
+    assert page.status_code == 200 and all(dispatch_id in page.text for dispatch_id in found), page.text[:500]
+    events = browser.get(f"{stack['bridge'].url}/dashboard/events", params={"source": "csv:leads"}, timeout=10)
+    assert events.status_code == 200 and "csv:leads" in events.text
 
 
 def test_the_same_file_twice_and_an_overlapping_file_send_nothing_twice(quiet_stack):

@@ -212,7 +212,7 @@ def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Pat
         with display:
             outcome = work.run()
     except KeyboardInterrupt:
-        outcome = runner.RunResult("interrupted", work._last_state())
+        outcome = runner.RunResult("interrupted", work.last_state())
     except runs.Busy as error:
         _fail(str(error), EXIT_FINAL)
     except runner.OptionMismatch as error:

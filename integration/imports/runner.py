@@ -227,7 +227,7 @@ class Runner:
 
     def _interrupted(self) -> RunResult:
         """Stopped on request: the checkpoint is saved; a run still reading says `interrupted`."""
-        state = self._last_state()
+        state = self.last_state()
         if state.status == "running":
             try:
                 runs.set_status(self.connection, self.run_id, "interrupted")
@@ -236,7 +236,8 @@ class Runner:
                 pass  # the checkpoint is what counts, and it is saved
         return RunResult("interrupted", state)
 
-    def _last_state(self) -> runs.RunState:
+    def last_state(self) -> runs.RunState:
+        """The run as Redis has it now (a blank one when Redis cannot say): for the summary of a stop."""
         try:
             found = runs.load(self.connection, self.run_id)
         except REDIS_DOWN:

@@ -136,7 +136,6 @@ def begin(connection: redis.Redis, run: str, meta: dict[str, str], now: float | 
         pipe.hsetnx(key, "started_at", f"{now:.3f}")
         pipe.hsetnx(key, "status", "running")
         pipe.hset(key, mapping={**{k: v for k, v in meta.items() if k in META_FIELDS}, "updated_at": f"{now:.3f}"})
-        pipe.persist(key)  # a finished run taken up again (its expiry resumes when it is done again)
         pipe.zadd(RUNS_KEY, {run: now}, nx=True)
         pipe.hgetall(key)
         raw = pipe.execute()[-1]
