@@ -457,3 +457,25 @@ def test_a_batch_stored_whose_checkpoint_was_lost_is_counted_once_when_stored_ag
     assert [note.split(" (")[0].split(" after")[0] for note in notes] == [
         "import: Redis unreachable", "import: Redis is back"], notes
     assert len(redis_db.keys("rb:event:csv:leads:*")) == 1000
+
+
+def test_an_operator_retry_of_a_failed_imported_event_is_not_counted_twice(redis_url, redis_db, sandbox, tmp_path):
+    from rq import Queue
+
+    from integration.inbound import records
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(LEADS_RULES)
+    context = JobContext.build(bridge_settings(redis_url, revor_base_url=sandbox.api_url, rules_file=rules))
+    run = "imp_retry000000000000000"
+    event = lead_event(1, run, 2)
+    store(redis_db, Queue("default", connection=redis_db, serializer="json"), "csv:leads", [event], {})
+    key = event_key("csv:leads", "lead-1")
+    redis_db.hset(key, "attempts", records.MAX_ATTEMPTS)  # every earlier run died: this one gives up
+    _process(context, key)
+    assert redis_db.hget(key, "status") == b"failed" and runs.load(redis_db, run).counts["failed"] == 1
+    records.retry(redis_db, key)
+    assert runs.load(redis_db, run).counts["failed"] == 0 and runs.load(redis_db, run).pending == 0
+    _process(context, key)
+    counts = runs.load(redis_db, run).counts
+    assert (counts["failed"], counts["dispatched"]) == (0, 1)

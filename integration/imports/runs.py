@@ -215,6 +215,17 @@ def count_outcome(pipe: Any, event: dict[str, Any] | None, event_status: str,
         pipe.zadd(dispatches_key(run), dict.fromkeys(dispatches, line))
 
 
+def uncount_failed(pipe: Any, body: bytes | None) -> None:
+    """An operator's retry of a failed event (inbound/records.py `retry`), inside its transaction:
+    an imported one is pending in its run again, so its next outcome is not counted twice."""
+    try:
+        found = import_of(json.loads(body)) if body else None
+    except ValueError:
+        return
+    if found is not None:
+        pipe.hincrby(run_key(found[0]), "failed", -1)
+
+
 # ---- reading a run back ----------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from integration.imports import runs
 from integration.scheduler import units
 from integration.settings import Secret, Settings
 
@@ -152,12 +153,13 @@ def retry(connection: redis.Redis, key: str, now: float | None = None) -> None:
         while True:
             try:
                 pipe.watch(key)
-                status = pipe.hget(key, "status")
+                status, body = pipe.hmget(key, "status", "event")
                 if status is None:
                     raise LookupError(key)
                 if status != b"failed":
                     raise NotRetryable(f"the event is {status.decode()}; only a failed event can be retried")
                 pipe.multi()
+                runs.uncount_failed(pipe, body)  # an imported event is pending in its run again
                 pipe.hset(key, mapping={"status": "received", "attempts": 0, "retried_at": f"{moment:.3f}"})
                 pipe.hincrby(key, "retries", 1)
                 pipe.hdel(key, "reason", "error", "processed_at")
