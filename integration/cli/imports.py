@@ -21,6 +21,7 @@ checkpoint is saved, and the command to continue is printed).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -87,9 +88,9 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
     from integration.imports import reader, runner
     from schemas.events import EVENT_TYPE
 
-    if not SOURCE.match(source):
+    if not SOURCE.fullmatch(source):  # fullmatch: `$` lets a trailing line break through
         _fail(f"--source {source!r}: expected csv:<name>, the name of a-z, 0-9, _ and - (at most 64)", EXIT_FINAL)
-    if event_type is not None and not EVENT_TYPE.regex.match(event_type):
+    if event_type is not None and not EVENT_TYPE.regex.fullmatch(event_type):
         _fail(f"--type {event_type!r}: {EVENT_TYPE.error}", EXIT_FINAL)
     settings = load_settings()
     options = runner.ImportOptions(path=file, source=source, event_type=event_type, fmt=fmt, id_column=id_column,
@@ -103,6 +104,9 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         _fail(str(error), EXIT_FINAL)
     except OSError as error:
         _fail(f"cannot read {file}: {error.strerror or error}", EXIT_USAGE)
+    result_file = result_path or _default_result(file)
+    if not dry_run and (problem := _result_problem(result_file, file)):
+        _fail(problem, EXIT_USAGE)  # said before anything is stored, not after the whole import
     for warning in prepared.table.warnings:
         click.echo(f"(warning: {warning})", err=True)
     connection = _connection(settings)
@@ -124,7 +128,26 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         assert found is not None
         click.echo(f"continuing {prepared.run} of {file.name} after line {found.checkpoint:,} "
                    f"({found.counts['read']:,} rows read before)", err=True)
-    _run(settings, connection, prepared, result_path or _default_result(file), progress_every)
+    _run(settings, connection, prepared, result_file, progress_every)
+
+
+def _result_problem(result_file: Path, source: Path) -> str | None:
+    """Why the result CSV cannot be written to `result_file`, or None. Never over the file being
+    imported (it is the user's list, and a rerun reads it again to continue): `--result` naming
+    it, a link to it or the same file by another path is refused."""
+    try:
+        if result_file.exists() and result_file.samefile(source):
+            return f"--result {result_file} is the file being imported: choose another path for the result CSV"
+    except OSError:
+        pass
+    if result_file.is_dir():
+        return f"--result {result_file} is a folder: name a file"
+    folder = result_file.parent
+    if not folder.is_dir():
+        return f"cannot write the result CSV to {result_file}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (result_file.exists() and not os.access(result_file, os.W_OK)):
+        return f"cannot write the result CSV to {result_file}: permission denied (use --result PATH)"
+    return None
 
 
 def runs_load(connection: redis.Redis, run: str) -> Any:
@@ -243,6 +266,9 @@ def _finish(connection: redis.Redis, prepared: Any, state: Any, result_file: Pat
         bad = runs.bad_rows(connection, prepared.run, 0, 5)
     except redis.RedisError as exc:
         redis_unreachable(exc)
+    except OSError as error:  # the folder went away, a full disk: the import itself is done
+        _fail(f"cannot write the result CSV to {result_file}: {error.strerror or error}; every row is imported: "
+              f"run the same command with --result PATH to write it", EXIT_USAGE)
     counts = state.counts
     click.echo(f"imported {prepared.options.path.name} as {prepared.options.source} (run {prepared.run}): "
                f"{counts['read']:,} rows read")
@@ -271,7 +297,7 @@ def status_command(run: str, csv_path: Path | None) -> None:
     from collections import Counter
 
     from integration.dispatches import state
-    from integration.imports import runs
+    from integration.imports import result, runs
 
     connection = _connection(load_settings())
     try:
@@ -279,7 +305,10 @@ def status_command(run: str, csv_path: Path | None) -> None:
         if found is None:
             _fail(f"no import run {run!r} (it may have expired)", EXIT_FINAL)
         statuses: Counter[str] = Counter()
-        handle = csv_path.open("w", newline="", encoding="utf-8") if csv_path else None
+        try:
+            handle = csv_path.open("w", newline="", encoding="utf-8") if csv_path else None
+        except OSError as error:
+            _fail(f"cannot write {csv_path}: {error.strerror or error}", EXIT_USAGE)
         writer = csv.writer(handle) if handle else None
         if writer:
             writer.writerow(("line", "dispatch_id", "status", "reason"))
@@ -290,7 +319,7 @@ def status_command(run: str, csv_path: Path | None) -> None:
                 status = record["status"] if record else "expired"
                 statuses[status] += 1
                 if writer:
-                    writer.writerow((line, dispatch_id, status, (record or {}).get("reason") or ""))
+                    writer.writerow(result.safe_row((line, dispatch_id, status, (record or {}).get("reason") or "")))
             after = page[-1][1]
         if handle:
             handle.close()

@@ -17,6 +17,7 @@ import codecs
 import csv
 import io
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,13 @@ DELIMITERS = (",", ";", "\t")
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}  # a pipe only when `sep=|` says so
 # Records read to choose the delimiter: enough to see that the columns line up.
 SNIFF_RECORDS = 50
+# A physical line is read at most this many characters at a time: a file of one endless line
+# (no line break in 500 MB) is a bad row, not 500 MB in memory (nor millions of cells: a line
+# of `a,a,a,...` this long is a million of them, about 60 MB). A cell is capped by
+# csv.field_size_limit() (131,072 characters) already; a CRM export's row is a few KB.
+MAX_LINE_CHARS = 1 << 21
+# More columns than any CRM export has: a row of them would be an event of megabytes.
+MAX_COLUMNS = 5000
 
 # Undecodable bytes become lone surrogates U+DC00+byte (what `surrogateescape` does for UTF-8, but
 # for every codec, UTF-16 included), which no valid text decodes to: a line holding one is bad.
@@ -135,13 +143,18 @@ def open_table(path: Path) -> Table:
     Raises NotCsv (one line, naming the file) when the file is not CSV at all."""
     path = Path(path)
     _register_error_handler()
+
+    def refuse(why: str) -> NotCsv:
+        return NotCsv(f"{path.name} is not a CSV file: {why}")
+
+    # A pipe (`<(...)`, a FIFO) or a device can be read once: an import reads its file again (to
+    # hash it, to continue a run, for the result), and a second open of a FIFO waits forever.
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise refuse("it is not a regular file (a pipe, a device or a directory): save it to a file first")
     with path.open("rb") as raw:
         sample = raw.read(SAMPLE_BYTES + 1)
     complete = len(sample) <= SAMPLE_BYTES
     sample = sample[:SAMPLE_BYTES]
-
-    def refuse(why: str) -> NotCsv:
-        return NotCsv(f"{path.name} is not a CSV file: {why}")
 
     for signature, what in SIGNATURES:
         if sample.startswith(signature):
@@ -170,6 +183,8 @@ def open_table(path: Path) -> Table:
     looks_like_data = next((cell.strip() for cell in cells if _EMAIL.fullmatch(cell.strip())), None)
     if looks_like_data:
         raise refuse(f"its first row holds data ({looks_like_data!r}), not column names: add a header row")
+    if len(cells) > MAX_COLUMNS:
+        raise refuse(f"its header row has {len(cells):,} columns, at most {MAX_COLUMNS:,}: export fewer columns")
     headers, warnings = unique_headers(cells)
     return Table(path, headers, encoding, delimiter, first_data_line, warnings)
 
@@ -291,7 +306,8 @@ def _records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, i
     careful = False
     with path.open("rb") as raw:
         text = io.TextIOWrapper(raw, encoding=CODECS[encoding], errors=_ERRORS, newline="")
-        reader = csv.reader(text, delimiter=delimiter, strict=True)
+        cut: list[int] = []  # lines over MAX_LINE_CHARS, in order: each read as one line break
+        reader = csv.reader(_bounded_lines(text, cut), delimiter=delimiter, strict=True)
         end = 0
         while True:
             start = end + 1
@@ -303,6 +319,13 @@ def _records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, i
             except csv.Error as exc:
                 cells, problem = [], _csv_problem(str(exc), start, reader.line_num)
             end = reader.line_num
+            if cut and cut[0] <= end:
+                long = [line for line in cut if line <= end]
+                del cut[:len(long)]
+                if long[-1] >= start:
+                    yield start, end, [], (f"line {long[-1]} is over {MAX_LINE_CHARS:,} characters long "
+                                           "(not read)")
+                    continue
             if problem is None:
                 if not (cells and cells[0].strip()) and not any(cell.strip() for cell in cells):
                     continue
@@ -310,6 +333,22 @@ def _records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, i
                 if careful:
                     problem = _undecodable(cells, name)
             yield start, end, cells, problem
+
+
+def _bounded_lines(text: io.TextIOBase, cut: list[int]) -> Iterator[str]:
+    """The file's physical lines, each read at most MAX_LINE_CHARS characters at a time; a longer
+    one is skipped to its end (in pieces, never whole in memory), given as a bare line break and
+    its number added to `cut`, so the record holding it is reported bad and line numbers hold."""
+    readline = text.readline
+    number = 0
+    while line := readline(MAX_LINE_CHARS):
+        number += 1
+        if len(line) == MAX_LINE_CHARS and line[-1] not in "\r\n":
+            while (more := readline(MAX_LINE_CHARS)) and len(more) == MAX_LINE_CHARS and more[-1] not in "\r\n":
+                pass
+            cut.append(number)
+            line = "\n"
+        yield line
 
 
 def _marks() -> int:
@@ -328,6 +367,8 @@ def _undecodable(cells: list[str], encoding_name: str) -> str | None:
 
 def _csv_problem(message: str, start: int, end: int) -> str:
     span = f"lines {start}-{end}" if end > start else f"line {start}"
+    if "field larger than field limit" in message and end == start:  # no quoted line break: one long cell
+        return f"a cell on line {start} is over {csv.field_size_limit():,} characters"
     if "field larger than field limit" in message:
         return f"a quoted cell opened on line {start} is not closed ({span} read as one cell of over " \
                f"{csv.field_size_limit()} characters)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,24 @@ from integration.inbound.store import event_key
 
 COLUMNS = ("line", "event_id", "dispatch_id", "status", "reason")
 CHUNK = 500
+# A cell Excel, LibreOffice or Sheets would run as a formula (`=HYPERLINK(...)`, `+cmd|...`,
+# `@SUM(...)`): people open the result in a spreadsheet, and its event ids and reasons come from
+# the imported file, i.e. from whoever filled in the CRM. Such a cell is written with a leading
+# `'` (shown as text); a plain number (`-5`, `+33`) is left as it is.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?[0-9]+(?:[.,][0-9]+)?")
+
+
+def safe_cell(value: Any) -> Any:
+    """`value` as a spreadsheet shows it and never runs it (see _FORMULA_START)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def safe_row(row: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
+    """A line of a CSV file people open in a spreadsheet: every cell through safe_cell."""
+    return tuple(safe_cell(value) for value in row)
 
 
 def default_path(source_file: Path) -> Path:
@@ -42,13 +61,16 @@ def write(connection: redis.Redis, prepared: Any, out: Path) -> Counter[str]:
     end); returns how many lines of each status it wrote."""
     counts: Counter[str] = Counter()
     partial = out.with_name(out.name + ".part")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for row in lines(connection, prepared):
-            counts[row[3]] += 1
-            writer.writerow(row)
-    partial.replace(out)
+    try:
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            for row in lines(connection, prepared):
+                counts[row[3]] += 1
+                writer.writerow(safe_row(row))
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)  # a write that failed (disk full, Redis gone) leaves nothing half done
     return counts
 
 
