@@ -103,9 +103,9 @@ HUBSPOT_RULE = """\
 """
 
 
-def rules_text(receiver_url: str | None) -> str:
+def rules_text(receiver_url: str | None, extra_rules: str = "") -> str:
     text = ("version: 1\naccounts: {wa: connect_account_sandbox_whatsapp, mail: connect_account_sandbox_email}\n"
-            "rules:\n" + GENERIC_RULE + HUBSPOT_RULE + SALESFORCE_RULE)
+            "rules:\n" + GENERIC_RULE + HUBSPOT_RULE + SALESFORCE_RULE + extra_rules)
     if receiver_url:
         text = text.replace("      interval_seconds: 60\n", "      interval_seconds: 60\n    writeback: [crm]\n")
         text += f"destinations:\n  crm:\n    url: \"{receiver_url}\"\n    secret: \"{WRITEBACK_SECRET}\"\n"
@@ -411,14 +411,17 @@ def _serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
 
 
 @contextmanager
-def stack(time_scale: float, receiver: bool, hubspot_api: bool, logs: str | None = None) -> Iterator[Stack]:
+def stack(time_scale: float, receiver: bool, hubspot_api: bool, logs: str | None = None, extra_rules: str = "",
+          extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """The processes (see the module docstring); `extra_rules` (YAML list items) and `extra_env`
+    are for other benchmarks that reuse it (benchmarks/imports.py)."""
     folder = Path(tempfile.mkdtemp(prefix="rb-pipeline-"))
     ports = {name: free_port() for name in ("redis", "sandbox", "web", "hubspot", "receiver")}
     binary = shutil.which("redis-server") or redis_server_binary()
     procs = [subprocess.Popen([binary, "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--dir", str(folder),
                                "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)]
     receiver_url = f"http://127.0.0.1:{ports['receiver']}/status" if receiver else None
-    (folder / "rules.yaml").write_text(rules_text(receiver_url))
+    (folder / "rules.yaml").write_text(rules_text(receiver_url, extra_rules))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVOR_", "GENERIC_WEBHOOK_", "HUBSPOT_"))}
     env.update(REDIS_URL=f"redis://127.0.0.1:{ports['redis']}/0", RULES_FILE=str(folder / "rules.yaml"),
                GENERIC_WEBHOOK_SECRET_BENCH=TOKEN, REVOR_BASE_URL=f"http://127.0.0.1:{ports['sandbox']}/api/v1",
@@ -426,6 +429,7 @@ def stack(time_scale: float, receiver: bool, hubspot_api: bool, logs: str | None
                HUBSPOT_CLIENT_SECRET=HUBSPOT_SECRET, HUBSPOT_WEBHOOK_URL=HUBSPOT_URL,
                HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN, HUBSPOT_API_BASE_URL=f"http://127.0.0.1:{ports['hubspot']}",
                HUBSPOT_MAX_RPS="1000", SALESFORCE_ORG_IDS=SALESFORCE_ORG, SALESFORCE_WEBHOOK_TOKEN=SALESFORCE_TOKEN)
+    env.update(extra_env or {})
     rss = RssSampler()
     result = Stack(folder, env, redis.Redis(port=ports["redis"]), f"http://127.0.0.1:{ports['web']}",
                    f"http://127.0.0.1:{ports['sandbox']}", receiver_url, rss, procs)

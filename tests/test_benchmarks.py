@@ -125,3 +125,35 @@ def test_dashboard_benchmark_times_each_page_against_healthz():
     for line in figures.values():
         found = re.fullmatch(r".*: (\d+\.\d+) ms, ratio to /healthz: (\d+\.\d+)", line)
         assert found and float(found.group(1)) > 0 and float(found.group(2)) > 0, line
+
+
+def test_imports_benchmark_stores_rows_in_bounded_memory_and_times_webhooks_during_an_import():
+    """Both modes of benchmarks/imports.py on tiny sizes: the store-only import (a real
+    `revor-bridge import --no-wait` with no worker) prints rows/s, peak RSS and Redis bytes per row
+    against the reader alone; the latency mode prints webhook latency alone and during an import."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.imports", "--rows", "2000"], cwd=ROOT, env=cli_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("mode: rows; 2,000 rows of a HubSpot contacts export")
+    assert float(_field(lines, "reader alone").split()[0].replace(",", "")) > 0
+    stored = _field(lines, "import, store only")
+    assert "2,000 rows read, 2,000 stored, 0 bad" in stored, stored
+    assert 0 < float(_field(lines, "peak RSS importer").split()[0]) < 200
+    assert 0 < float(_field(lines, "dry run").split("peak RSS ")[1].split()[0]) < 200
+    assert 500 < float(_field(lines, "Redis used_memory grown").split("= ")[1].split()[0].replace(",", "")) < 10_000
+    assert lines[-1].startswith("ratio import/reader") and float(lines[-1].split(":")[1].split()[0]) > 0
+
+    result = subprocess.run([sys.executable, "-m", "benchmarks.imports", "--latency", "--rate", "5", "--duration", "3",
+                             "--import-rows", "2000", "--timeout", "120"], cwd=ROOT, env=cli_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("mode: latency;")
+    for phase in ("alone", "import"):
+        line = next(line for line in lines if line.startswith(f"webhook -> accepted {phase}"))
+        found = re.fullmatch(r"webhook -> accepted \w+ *: p50 (\d+\.\d) ms, p99 (\d+\.\d) ms "
+                             r"\((\d+) of (\d+) accepted\)", line)
+        assert found and float(found.group(1)) > 0 and found.group(3) == found.group(4) == "15", lines
+    assert "2,000 rows in" in _field(lines, "import meanwhile")
+    assert re.fullmatch(r"ratio during/alone *: p50 \d+\.\d\d, p99 \d+\.\d\d", lines[-1]), lines[-1]

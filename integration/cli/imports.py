@@ -1,7 +1,8 @@
 """`revor-bridge import`: a CSV file (a CRM export, a spreadsheet) as events, sent exactly once.
 
     revor-bridge import FILE --source csv:<name> [--type T] [--format F] [--id-column COL]
-                         [--dry-run] [--yes] [--max-days N] [--max-pending N] [--result PATH]
+                         [--dry-run] [--yes] [--max-days N] [--max-pending N] [--no-wait]
+                         [--result PATH]
     revor-bridge import status RUN [--csv PATH]
 
 `import` reads FILE, shows what it would do (the dry run: integration/imports/dryrun.py), and
@@ -76,14 +77,16 @@ class _ImportCommand(click.Command):
               help="A longer projected schedule (per Revor account and channel) needs --yes.")
 @click.option("--max-pending", type=click.IntRange(min=0), default=1000, show_default=True,
               help="At most this many of the import's events wait for a worker (0: no limit).")
+@click.option("--no-wait", is_flag=True, help="Return once every row is stored, without waiting for the workers "
+                                              "(the same command without it later waits and writes the result).")
 @click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the result CSV (default: <file stem>.result.csv next to FILE).")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the dry run as JSON, for scripts.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), hidden=True,
               help="Seconds between two progress lines (default 0.2 in a terminal, 10 elsewhere); for tests.")
 def import_command(file: Path, source: str, event_type: str | None, fmt: str | None, id_column: str | None,
-                   dry_run: bool, yes: bool, max_days: float, max_pending: int, result_path: Path | None,
-                   as_json: bool, progress_every: float | None) -> None:
+                   dry_run: bool, yes: bool, max_days: float, max_pending: int, no_wait: bool,
+                   result_path: Path | None, as_json: bool, progress_every: float | None) -> None:
     """Import FILE (CSV) as events of source csv:<name>; `import status RUN` shows a run's rows."""
     from integration.imports import reader, runner
     from schemas.events import EVENT_TYPE
@@ -95,7 +98,7 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
     settings = load_settings()
     options = runner.ImportOptions(path=file, source=source, event_type=event_type, fmt=fmt, id_column=id_column,
                                    max_pending=max_pending, max_stored_bytes=settings.inbound_max_stored_bytes,
-                                   retention_seconds=settings.dispatch_retention_seconds)
+                                   retention_seconds=settings.dispatch_retention_seconds, wait=not no_wait)
     try:
         prepared = runner.prepare(options)
     except reader.NotCsv as error:
@@ -248,6 +251,12 @@ def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Pat
         click.echo(f"interrupted: {_tally(outcome.state)}; every row up to line {outcome.state.checkpoint:,} is "
                    f"stored or reported, nothing is sent twice.\ncontinue with: {continue_command()}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    if outcome.status == "stored":  # --no-wait
+        waiting = [arg for arg in sys.argv[1:] if arg != "--no-wait"]
+        click.echo(f"stored: {_tally(outcome.state)}; {outcome.state.pending:,} wait for the workers.\n"
+                   f"meanwhile: revor-bridge import status {prepared.run}\n"
+                   f"the summary and the result CSV once they are done: {continue_command(waiting)}", err=True)
+        return
     _finish(connection, prepared, outcome.state, result_file)
 
 

@@ -67,6 +67,7 @@ class ImportOptions:
     batch_size: int = BATCH_SIZE
     max_stored_bytes: int = 0  # the source's ceiling (INBOUND_MAX_STORED_BYTES); 0: none
     retention_seconds: int = 30 * 86400  # a done run's keys expire with its dispatches
+    wait: bool = True  # False (--no-wait): return once every row is stored; the workers go on alone
 
 
 @dataclass
@@ -125,8 +126,9 @@ def prepare(options: ImportOptions) -> Prepared:
 
 @dataclass
 class RunResult:
-    """How a run call ended: `done` (every row stored and processed), `interrupted` (stopped on
-    request; the checkpoint is saved), or `full` (the source's stored-bytes ceiling: `message`)."""
+    """How a run call ended: `done` (every row stored and processed), `stored` (every row stored,
+    some still wait for the workers: only without `wait`), `interrupted` (stopped on request; the
+    checkpoint is saved), or `full` (the source's stored-bytes ceiling: `message`)."""
 
     status: str
     state: runs.RunState
@@ -167,6 +169,8 @@ class Runner:
                 if result is not None:
                     return result
                 state = self._redis(self._load)
+            if not self.prepared.options.wait and state.pending:
+                return RunResult("stored", state)
             return self._finish(state)
         except _Stopped:
             return self._interrupted()
