@@ -13,6 +13,7 @@ CI=true they fail instead, so CI can never pass without having run them.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import requests
 from integration.sandbox.core import Faults
 from integration.sandbox.server import SandboxServer
 from tests.conftest import ADMIN_TOKEN, bridge_settings, cli_env
-from tests.servers import ThreadServer, writeback_receiver
+from tests.servers import FIXTURES, ThreadServer, writeback_receiver
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -61,6 +62,16 @@ rules:
       recipient: {address: "{{ contact.email }}", name: "{{ contact.first_name }}"}
       content: {subject: "Welcome, {{ deal.name }}", text: "Hi {{ contact.first_name }}, thanks!"}
     writeback: [crm]
+  - name: import-welcome
+    when:
+      source: csv:hubspot
+      type: contact.imported
+      match: {contact.email: {exists: true}}
+    dispatch:
+      account: mail
+      channel: email
+      recipient: {address: "{{ contact.email }}", name: "{{ contact.first_name }}"}
+      content: {subject: "Hello {{ contact.first_name }}", text: "Nice to meet you at {{ company.name }}"}
 destinations:
   crm:
     url: "RECEIVER"
@@ -138,7 +149,8 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             ThreadServer(receiver_app) as receiving:
         rules = folder / "rules.yaml"
         rules.write_text(RULES.replace("RECEIVER", receiving.url + "/status"))
-        web = ThreadServer(create_app(bridge_settings(redis_url, redis_url=f"{redis_url}/{DB}", rules_file=rules)))
+        web = ThreadServer(create_app(bridge_settings(redis_url, redis_url=f"{redis_url}/{DB}", rules_file=rules,
+                                                      data_dir=folder / "data")))
         env = cli_env(REDIS_URL=f"{redis_url}/{DB}", REVOR_BASE_URL=sandbox.api_url, RULES_FILE=str(rules),
                       BRIDGE_LEASE_SECONDS="3", REVOR_MAX_RPS="200", WRITEBACK_RETRY_SCALE="0.00001",
                       LOG_LEVEL="WARNING")
@@ -406,6 +418,40 @@ def suppression_added_and_removed(browser: Browser, stack: Stack) -> None:
     assert "The list is empty." in page.locator("main").inner_text()
 
 
+def import_uploaded_previewed_confirmed_and_downloaded(browser: Browser, stack: Stack) -> None:
+    """A HubSpot export through the import page: the file input, the dry run, Confirm, the page
+    refreshing itself until the run is done, and the result CSV downloaded: a row per file row."""
+    export = FIXTURES / "imports" / "hubspot-contacts.csv"
+    page = operator(browser, stack)
+    page.get_by_role("link", name="Imports").click()
+    page.get_by_label("CSV file").set_input_files(str(export))
+    page.get_by_label("Source", exact=True).fill("csv:hubspot")
+    page.get_by_role("button", name="Upload and preview").click()
+    confirm = page.get_by_role("button", name="Confirm import")
+    confirm.wait_for(timeout=30_000)  # planned in the background: the page reloads itself until then
+    assert page.locator("#import-would-send").inner_text() == "5"
+    assert page.locator("#import-examples pre.payload").count() == 3
+    assert "5 emails from account connect_account_sandbox_email" in page.locator("#import-schedule").inner_text()
+    assert stack.redis.zcard("rb:dispatches:all") == len(PEOPLE)  # a dry run sends nothing
+    confirm.click()
+    assert "Import started" in page.get_by_role("status").inner_text()
+    page.locator("#import-status", has_text="done").wait_for(timeout=45_000)  # meta refresh, no script
+    assert page.locator("#import-counts [data-count=dispatched]").inner_text() == "5"
+    with page.expect_download() as downloaded:
+        page.get_by_role("link", name="Download result CSV").click()
+    assert downloaded.value.suggested_filename == "hubspot-contacts.result.csv"
+    with open(downloaded.value.path(), newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    file_rows = len(export.read_text(encoding="utf-8").splitlines()) - 1
+    assert [int(row["line"]) for row in rows] == list(range(2, 2 + file_rows))
+    assert all(row["dispatch_id"] and row["event_id"] for row in rows)
+    phone = operator(browser, stack, phone=True)
+    phone.goto(page.url)
+    assert no_horizontal_overflow(phone), phone.evaluate("document.documentElement.scrollWidth")
+    phone.goto(stack.url + "/dashboard/imports")
+    assert no_horizontal_overflow(phone), phone.evaluate("document.documentElement.scrollWidth")
+
+
 def sign_out_ends_the_session(browser: Browser, stack: Stack) -> None:
     page = operator(browser, stack)
     page.get_by_role("button", name="Sign out").click()
@@ -419,7 +465,8 @@ STEPS = [wrong_token_refused_then_signed_in, no_session_sends_to_sign_in_and_pos
          post_without_csrf_token_refused, overview_reads_on_a_phone, dispatch_found_by_email_and_opened,
          dispatch_list_reads_on_a_phone, lists_fit_a_laptop_and_lead_with_id_and_status_on_a_phone,
          event_previewed_with_its_payload, dead_letter_replayed_and_delivered,
-         suppression_added_and_removed, sign_out_ends_the_session]
+         suppression_added_and_removed, import_uploaded_previewed_confirmed_and_downloaded,
+         sign_out_ends_the_session]
 
 
 def test_an_operator_works_the_dashboard_in_chromium(browser, stack, subtests):

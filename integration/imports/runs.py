@@ -315,4 +315,14 @@ def _dead_here(holder: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _zombie(int(parts[1]))
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process not reaped yet (its parent died too, and PID 1 in a container may never
+    reap it) still answers kill(pid, 0); on Linux its state says it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from integration.web.dashboard import (
     dispatches,  # noqa: F401
     events,  # noqa: F401
+    imports,  # noqa: F401
     overview,  # noqa: F401  (each page module adds its routes)
     rules,  # noqa: F401
     suppression,  # noqa: F401

@@ -30,7 +30,7 @@ OPEN_ENDPOINTS = {"dashboard.sign_in", "dashboard.sign_in_submit", "dashboard.si
 
 NAV = [("dashboard.overview", "Overview"), ("dashboard.events", "Events"),
        ("dashboard.dispatches", "Dispatches"), ("dashboard.writeback", "Write-back"),
-       ("dashboard.rules", "Rules"), ("dashboard.suppression", "Suppression")]
+       ("dashboard.rules", "Rules"), ("dashboard.suppression", "Suppression"), ("dashboard.imports", "Imports")]
 
 # Inline scripts and styles are refused: the pages are plain HTML forms and one stylesheet.
 SECURITY_HEADERS = {

@@ -192,5 +192,9 @@ def _preview_stored(ruleset: RuleSet) -> ResponseReturnValue:
 @dashboard.errorhandler(RequestEntityTooLarge)
 def too_large(exc: RequestEntityTooLarge) -> ResponseReturnValue:
     """A form over the app's size limit (a pasted 2 MB event): say so in words, not a JSON error."""
+    if request.endpoint == "dashboard.imports_upload":  # a file over the upload limit: said on the import page
+        from integration.web.dashboard.imports import too_large_upload
+
+        return too_large_upload()
     return message_page("Too large", f"That form is too large to accept. An event to preview can be at most "
                         f"{MAX_PREVIEW_BYTES // 1024} KB: go back and paste a smaller one.", 413)
