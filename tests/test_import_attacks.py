@@ -168,3 +168,18 @@ def test_hostile_ids_and_options_through_the_real_command(stack):
     assert "expected csv:<name>" in newline.stderr
     typed = run_import(stack, str(source), "--source", "csv:leads", "--type", "contact.imported\n")
     assert typed.returncode == 1 and "--type" in typed.stderr, typed.stderr
+
+
+def test_two_exports_joined_into_one_file_give_the_same_ids_and_no_header_row(tmp_path):
+    """`cat week1.csv week2.csv > all.csv` of two exports saved with a byte-order mark: the second
+    header is a bad row (not an event named "Email"), and the second file's first id is `51`, not
+    `\\ufeff51` (another event id: that row would have been sent twice)."""
+    part = "Record ID,Email\n51,a@example.com\n"
+    path = tmp_path / "all.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + part.encode() + b"\xef\xbb\xbf" + part.replace("51", "52").encode())
+    rows = list(open_table(path).rows())
+    assert [(type(row).__name__, row.line) for row in rows] == [("Row", 2), ("BadRow", 3), ("Row", 4)]
+    assert rows[1].reason == "the header row again: not a row (two files joined into one?)"
+    assert [rows[0].fields["Record ID"], rows[2].fields["Record ID"]] == ["51", "52"]
+    path.write_text("\ufeffEmail,Name\r\n\ufeffa@example.com,A\r\n")
+    assert [row.fields for row in open_table(path).rows()] == [{"Email": "a@example.com", "Name": "A"}]

@@ -119,6 +119,12 @@ class Table:
         for start, _end, cells, problem in records:
             if start < self.first_data_line or start <= skip_to_line:
                 continue
+            if problem is None and cells[0][:1] == "\ufeff":
+                # Two exports joined (`cat a.csv b.csv`): the second one's byte-order mark starts a
+                # row; kept, it would make `\ufeff51` another id than `51` and send that row twice.
+                cells[0] = cells[0].lstrip("\ufeff")
+            if problem is None and cells[0].strip() == headers[0] and unique_headers(cells)[0] == headers:
+                problem = "the header row again: not a row (two files joined into one?)"
             if problem is not None:
                 yield BadRow(start, problem)
             elif len(cells) == width:
