@@ -43,6 +43,14 @@ rules:
       channel: email
       recipient: {address: "{{ contact.email }}", name: "{{ contact.first_name }}"}
       content: {subject: "Hello {{ contact.first_name }}", text: "Nice to meet you at {{ company.name }}"}
+  - name: slow-followup
+    when: {source: csv:slow, type: contact.imported}
+    dispatch:
+      account: mail
+      channel: email
+      interval_seconds: 86400
+      recipient: {address: "{{ contact.email }}"}
+      content: {subject: "Still there?", text: "One a day"}
 """
 # The HubSpot contacts export (5 rows, lines 2-6), a row with two cells too many (line 7, bad) and a
 # row whose address is no address (line 8: its dispatch is invalid).
@@ -215,6 +223,46 @@ def test_an_oversized_upload_is_refused_with_a_clear_message(imports_stack):
         assert "over the browser&#39;s limit of 50 MB" in answer.text and "revor-bridge import FILE" in answer.text
         assert leftovers(imports_stack["data"]) == []
         assert not list((imports_stack["data"] / "imports").glob("imp_*"))
+
+
+def test_a_schedule_over_7_days_needs_the_i_understand_box(imports_stack):
+    """Eight emails a day apart from one account: about 8 days. Confirm without the box (the
+    command's --yes) stores nothing; with it, the import starts."""
+    stack = imports_stack
+    url = stack["bridge"].url
+    stack["start_worker"]()
+    browser = signed_in(url)
+    data = hubspot_rows(8)
+    run_url = upload(browser, url, "slow.csv", data, source="csv:slow").url
+    page = wait_for_page(browser, run_url, "Confirm import")
+    assert "8 emails from account connect_account_sandbox_email at 86400 s apart: about 8 days" in page
+    assert "I understand it takes about 8 days" in page and 'name="understand"' in page
+    refused = confirm(browser, run_url)
+    assert "tick the box" in refused.text and not stack["redis"].keys("rb:import:*")
+    started = confirm(browser, run_url, understand="yes")
+    assert "Import started" in started.text
+    done = wait_for_page(browser, run_url, 'id="import-status">done<')
+    assert counts_on(done)["dispatched"] == 8
+
+
+def test_revor_bridge_web_takes_an_upload_over_512_kb_and_refuses_one_over_the_limit(tmp_path, redis_url, redis_db):
+    """Through gunicorn (`revor-bridge web`): a 2 MB file is more than the app's 512 KB for a
+    webhook and is taken; a body over the limit by its Content-Length gets the page's message."""
+    from integration.web.dashboard.imports import FORM_SLACK, UPLOAD_MAX_BYTES
+
+    row = b"1,Ann,Lee,ann@example.com,,Acme\n"
+    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "BRIDGE_DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "WARNING"}
+    with web_process(tmp_path, redis_url, **env) as web:
+        browser = signed_in(web.url)
+        medium = HEADER + b"".join(row.replace(b"1,", f"{n},".encode(), 1) for n in range(1, 70_000))
+        assert len(medium) > 2 * 1024 * 1024
+        taken = upload(browser, web.url, "medium.csv", medium, source="csv:medium")
+        assert taken.status_code == 200 and "/dashboard/imports/imp_" in taken.url, taken.text[:500]
+        assert "69,999 read" in wait_for_page(browser, taken.url, "Confirm import")
+        big = HEADER + row * ((UPLOAD_MAX_BYTES + FORM_SLACK) // len(row) + 10)
+        refused = upload(browser, web.url, "big.csv", big)
+        assert refused.status_code == 413 and "over the browser&#39;s limit of 50 MB" in refused.text
+    assert leftovers(tmp_path / "data") == []
 
 
 def hubspot_rows(count: int) -> bytes:
