@@ -9,8 +9,10 @@ memory, a header of a million columns, a trailing line break in `--source` endin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 
 import pytest
@@ -18,7 +20,17 @@ import pytest
 from integration.imports import reader, result, runs
 from integration.imports.reader import BadRow, NotCsv, Row, open_table
 from tests.conftest import cli_env
-from tests.test_import_run import HEADER, STACK_RULES, leads_file, result_rows, run_import, run_of
+from tests.test_import_run import (
+    HEADER,
+    STACK_RULES,
+    assert_every_row_once,
+    leads_file,
+    result_rows,
+    run_import,
+    run_of,
+    start_import,
+    wait_for,
+)
 from tests.test_pipeline import _stack
 
 
@@ -183,3 +195,28 @@ def test_two_exports_joined_into_one_file_give_the_same_ids_and_no_header_row(tm
     assert [rows[0].fields["Record ID"], rows[2].fields["Record ID"]] == ["51", "52"]
     path.write_text("\ufeffEmail,Name\r\n\ufeffa@example.com,A\r\n")
     assert [row.fields for row in open_table(path).rows()] == [{"Email": "a@example.com", "Name": "A"}]
+
+
+def test_ctrl_c_twice_stops_at_once_and_the_run_says_interrupted(stack):
+    """The second Ctrl-C stops the import wherever it is (here: its batch held by a Redis paused
+    for writes, as during a failover); the run is left `interrupted`, not `running` with nothing
+    running it, and the same command continues it: every row once."""
+    rows = 2000
+    path = leads_file(stack["tmp"] / "leads.csv", range(1, rows + 1), vip_every=50)
+    run = run_of(stack, path)
+    args = (str(path), "--source", "csv:leads", "--max-pending", "0")
+    importing = start_import(stack, *args)
+    wait_for(lambda: int(stack["redis"].hget(runs.run_key(run), "checkpoint") or 0) > 400, 60, "a few batches")
+    stack["redis"].execute_command("CLIENT", "PAUSE", "2500", "WRITE")  # the batch in hand waits on Redis
+    time.sleep(0.3)
+    importing.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    importing.send_signal(signal.SIGINT)
+    out, err = importing.communicate(timeout=60)
+    assert importing.returncode == 130 and "Traceback" not in err, err
+    found = runs.load(stack["redis"], run)
+    assert found.status == "interrupted" and found.checkpoint < rows + 1, found
+    stack["start_worker"]()
+    again = run_import(stack, *args)
+    assert again.returncode == 0, again.stderr
+    assert_every_row_once(stack, path, rows, rows // 50)

@@ -237,8 +237,15 @@ def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Pat
     try:
         with display:
             outcome = work.run()
-    except KeyboardInterrupt:
-        outcome = runner.RunResult("interrupted", work.last_state())
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, wherever it was
+        state = work.last_state()
+        if state.status == "running":  # nothing reads it any more: `import status` and the dashboard say so
+            try:
+                runs.set_status(connection, prepared.run, "interrupted")
+                state.status = "interrupted"
+            except redis.RedisError:
+                pass  # the checkpoint is what counts, and it is saved
+        outcome = runner.RunResult("interrupted", state)
     except runs.Busy as error:
         _fail(str(error), EXIT_FINAL)
     except runner.OptionMismatch as error:
