@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -298,12 +299,18 @@ def test_a_web_process_killed_mid_import_shows_it_interrupted_and_continue_sends
         web.proc.wait()
     found = runs.load(stack["redis"], run)
     assert found.status == "running" and found.checkpoint == 1001 and found.counts["stored"] == 1000
+    shutil.rmtree(stack["data"] / "imports" / run)  # a dyno restarts on a fresh disk: the upload is gone
     with web_process(stack["tmp"], redis_url, "web2", **env) as web:
         browser = signed_in(web.url)
         run_url = f"{web.url}/dashboard/imports/{run}"
         page = browser.get(run_url, timeout=10).text
         assert 'id="import-status">interrupted<' in page and "stopped after line 1,001" in page
-        assert '<meta http-equiv="refresh"' not in page and 'id="import-continue"' in page
+        assert '<meta http-equiv="refresh"' not in page and 'id="import-continue"' not in page
+        assert "This server does not have the file" in page
+        assert "upload the same file" in confirm(browser, run_url).text  # Continue without the file: said
+        assert upload(browser, web.url, "big-list.csv", data).url == run_url  # the same file again: the same run
+        page = browser.get(run_url, timeout=10).text
+        assert 'id="import-status">interrupted<' in page and 'id="import-continue"' in page
         listing = browser.get(f"{web.url}/dashboard/imports", timeout=10).text
         assert 's-interrupted">interrupted<' in listing
         stack["start_worker"]()

@@ -314,15 +314,17 @@ def imports_upload() -> ResponseReturnValue:
         text = str(error) if not isinstance(error, OSError) else f"cannot read the file: {error.strerror or error}"
         return _list_page(f"{upload.filename}: {text}", 400, form)
     found = runs.load(redis_connection(), run)
-    if found is not None:
-        mismatch = _option_mismatch(found, prepared)
-        if mismatch:
-            return _list_page(mismatch, 400, form)
-        return redirect(url_for("dashboard.imports_run", run=run))
+    mismatch = _option_mismatch(found, prepared) if found is not None else None
+    if mismatch:
+        if new:
+            shutil.rmtree(place, ignore_errors=True)
+        return _list_page(mismatch, 400, form)
     if _read_json(place / OPTIONS_FILE) != chosen:
         (place / PLAN_FILE).unlink(missing_ok=True)  # planned with other options
         _write_json(place / OPTIONS_FILE, chosen)
-    _start_plan(run, place)
+    if found is None:
+        _start_plan(run, place)
+    # A run already started (here, by the command, or on a server that lost the file) goes on from its page.
     return redirect(url_for("dashboard.imports_run", run=run))
 
 
