@@ -220,3 +220,22 @@ def test_ctrl_c_twice_stops_at_once_and_the_run_says_interrupted(stack):
     again = run_import(stack, *args)
     assert again.returncode == 0, again.stderr
     assert_every_row_once(stack, path, rows, rows // 50)
+
+
+def test_ctrl_c_during_the_dry_run_exits_130_with_one_line(stack):
+    path = stack["tmp"] / "long.csv"
+    with path.open("w") as out:
+        out.write(HEADER)
+        out.writelines(f"{n},lead{n}@example.com,Lead{n},vip\n" for n in range(1, 300_001))
+    planning = start_import(stack, str(path), "--source", "csv:leads", "--dry-run", "--progress-every", "0.2")
+    seen = []
+    while not any("rows planned" in line for line in seen):  # its progress line: planning, 2 s in
+        line = planning.stderr.readline()
+        assert line, seen
+        seen.append(line)
+    planning.send_signal(signal.SIGINT)
+    out, err = planning.communicate(timeout=60)
+    assert planning.returncode == 130, (planning.returncode, err[-500:])
+    last = err.strip().splitlines()[-1]
+    assert last == "revor-bridge import: interrupted during the dry run: nothing was stored or sent", err[-500:]
+    assert not stack["redis"].keys("rb:import*")

@@ -119,7 +119,10 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         redis_unreachable(exc)
     resuming = found is not None and (found.checkpoint > 0 or found.status in ("stored", "done"))
     if dry_run or not resuming:
-        refusal = _look_first(settings, connection, prepared, max_days, as_json=as_json and dry_run)
+        try:
+            refusal = _look_first(settings, connection, prepared, max_days, as_json=as_json and dry_run)
+        except KeyboardInterrupt:  # a dry run of a long file takes minutes: Ctrl-C stops it, nothing written
+            _fail("interrupted during the dry run: nothing was stored or sent", EXIT_INTERRUPTED)
         if dry_run:
             return
         if refusal and not yes:
