@@ -13,11 +13,14 @@ whose row is stored or reported) together (runs.py). So:
 - a row already stored by another import or a webhook (the same event id) is a `duplicate`: it
   is never processed again, and the dispatch ids derived from the event id never send twice.
 
-Backpressure: the importer keeps at most `max_pending` of its own events stored and not yet
-processed, read from the run's counters (`stored` less what the workers counted), so a big list
-queues behind at most that many of its own events and webhooks arriving meanwhile wait behind no
-more than that. The run's counters are this import's alone; the size of `rb:due` would also hold
-webhooks and every other unit, and would let another busy source stall the import.
+Webhooks first: the rows' events are due in the scheduler's bulk lane (`rb:due:bulk`,
+scheduler/units.py), which a worker claims from only with room left after everything due in
+`rb:due`, so a webhook arriving during an import waits for the units in hand, not behind the
+list (benchmarks/imports.py --latency measures it). Backpressure: the importer keeps at most
+`max_pending` of its own events stored and not yet processed, read from the run's counters
+(`stored` less what the workers counted), which bounds what the list holds in Redis at once. The
+run's counters are this import's alone; the size of a due set would also hold other units, and
+would let another busy source stall the import.
 
 Redis going away (a restart, a failover) makes the runner wait, probing with back-off, then go
 on with the same batch: storing it again is safe for the reasons above. Nothing is lost and
@@ -41,6 +44,7 @@ from rq import Queue
 from integration.imports import runs
 from integration.inbound.normalize import InboundEvent
 from integration.inbound.store import StorageFull, event_key, store
+from integration.scheduler import units
 from integration.scheduler.outage import REDIS_DOWN, Outage
 
 log = logging.getLogger(__name__)
@@ -279,7 +283,7 @@ class Runner:
             record = self._record(batch)
             try:
                 result = store(self.connection, self.queue, source, batch.events, record,
-                               max_stored_bytes=self.prepared.options.max_stored_bytes)
+                               max_stored_bytes=self.prepared.options.max_stored_bytes, due_key=units.BULK)
             except StorageFull as full:
                 return RunResult("full", self._interrupted().state, message=(
                     f"{source} reached its ceiling of stored bytes (INBOUND_MAX_STORED_BYTES): {full}; "

@@ -91,7 +91,7 @@ EVENT_KEY_COPIES = 3
 # 210 bytes per key for a 69-byte name and a 10-byte value.
 KEY_OVERHEAD_BYTES = 130
 
-# KEYS: the delivery, the source's stored-bytes hash, rb:due, rb:events:status:received,
+# KEYS: the delivery, the source's stored-bytes hash, rb:due (an import: rb:due:bulk), rb:events:status:received,
 #   rb:wake:pending, RQ's set of queues (rq:queues), this request's wake job hash and its queue
 #   (rq:queue:default); then per event: its key, its ordering key, and its tracked-field key when it
 #   has a tracked field; last, the metrics hash (integration/metrics.py).
@@ -435,7 +435,8 @@ def _plain(value: Any) -> Any:
 
 
 def store(connection: redis.Redis, queue: Queue, source: str, events: list[InboundEvent],
-          record: dict[str, Any], *, now: float | None = None, max_stored_bytes: int = 0) -> StoreResult:
+          record: dict[str, Any], *, now: float | None = None, max_stored_bytes: int = 0,
+          due_key: str = DUE_KEY) -> StoreResult:
     """Store and, unless one is pending, queue a wake job in one script; raises redis.RedisError
     when Redis cannot take it and StorageFull when the source has `max_stored_bytes` (0: no
     ceiling) stored in the last 7 days.
@@ -445,6 +446,8 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     needed; a request that stored nothing (refused, or every event a duplicate) queues nothing.
 
     `now` is the server clock that decides whether an event is future-dated (the web app's clock).
+    `due_key`: where the new events are due; an import's go to the bulk lane (scheduler/units.py
+    BULK), claimed only with room to spare after everything else that is due.
     """
     now = time.time() if now is None else now
     delivery_id = uuid.uuid4().hex
@@ -453,7 +456,7 @@ def store(connection: redis.Redis, queue: Queue, source: str, events: list[Inbou
     real_now = time.time()
     wake = _wake_template(queue)
     job_id = f"wake-{delivery_id}"
-    keys = [delivery_key, stored_bytes_key(source), DUE_KEY, RECEIVED_INDEX_KEY,
+    keys = [delivery_key, stored_bytes_key(source), due_key, RECEIVED_INDEX_KEY,
             WAKE_PENDING_KEY, wake.queues_key, wake.job_key_prefix + job_id, wake.queue_key]
     argv: list[Any] = [TTL_SECONDS, record_json, f"{real_now:.3f}", len(events), int(now * 1000),
                        FUTURE_TOLERANCE_MS, max_stored_bytes, _hour(real_now), BUCKET_SECONDS,

@@ -9,6 +9,10 @@
   count intact, so the schedule goes on where it was.
 - `rb:attempts` (hash): unit -> attempts started. Counted when the claim is made, before any
   work, so an attempt that never finished still counts.
+- `rb:due:bulk` (sorted set): like `rb:due`, for the events of an import (a CSV list stored by
+  `revor-bridge import`). A claim takes what is due in `rb:due` first and fills the room left
+  from here, so a webhook's event never waits behind a list's rows: a list of a million rows
+  goes at the pace the workers have spare. A retry or a recovered claim goes to `rb:due`.
 
 A unit id is `<kind>|<ref>`: `event|rb:event:<source>:<id>`, `submit|<dispatch id>`,
 `poll|<dispatch id>`, `deliver|<dispatch id>|<destination>`.
@@ -28,6 +32,7 @@ import redis
 from integration.storage import run_script
 
 DUE = "rb:due"
+BULK = "rb:due:bulk"
 CLAIMED = "rb:claimed"
 ATTEMPTS = "rb:attempts"
 RECOVERED = "rb:stats:recovered"  # how many claims ran out (a worker died or hung): for operators
@@ -46,28 +51,43 @@ KINDS = (EVENT, SUBMIT, POLL, DELIVER)
 SWEEP = "sweep"
 SWEEP_UNIT = f"{SWEEP}|retention"
 
-# KEYS: due, claimed, attempts. ARGV: now, claim deadline, limit, then any specific units.
+# KEYS: due, claimed, attempts, bulk. ARGV: now, claim deadline, limit, then any specific units.
 # With specific units only those are claimed (when due or not yet there at all is not claimed:
-# only units that are in `due`); without, the `limit` earliest due ones. A due unit that is
-# claimed already (a new message for an outbox being delivered) stays due, one second later.
+# only units that are in `due` or `bulk`); without, the `limit` earliest due ones of `due`, then
+# as many of `bulk` as there is room left. A due unit that is claimed already (a new message for
+# an outbox being delivered) stays due, one second later.
 CLAIM = """
 local now, deadline, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local candidates
+local candidates, lanes = {}, {}
 if #ARGV > 3 then
-  candidates = {}
   for i = 4, #ARGV do
-    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if score and tonumber(score) <= now then candidates[#candidates + 1] = ARGV[i] end
+    local lane = KEYS[1]
+    local score = redis.call('ZSCORE', lane, ARGV[i])
+    if not score then
+      lane = KEYS[4]
+      score = redis.call('ZSCORE', lane, ARGV[i])
+    end
+    if score and tonumber(score) <= now then
+      candidates[#candidates + 1] = ARGV[i]
+      lanes[#candidates] = lane
+    end
   end
 else
-  candidates = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+  for _, lane in ipairs({KEYS[1], KEYS[4]}) do
+    if #candidates < limit then
+      for _, unit in ipairs(redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'LIMIT', 0, limit - #candidates)) do
+        candidates[#candidates + 1] = unit
+        lanes[#candidates] = lane
+      end
+    end
+  end
 end
 local claimed = {}
-for _, unit in ipairs(candidates) do
+for i, unit in ipairs(candidates) do
   if redis.call('ZSCORE', KEYS[2], unit) then
-    redis.call('ZADD', KEYS[1], now + 1, unit)
+    redis.call('ZADD', lanes[i], now + 1, unit)
   else
-    redis.call('ZREM', KEYS[1], unit)
+    redis.call('ZREM', lanes[i], unit)
     redis.call('ZADD', KEYS[2], deadline, unit)
     claimed[#claimed + 1] = unit
     claimed[#claimed + 1] = redis.call('HINCRBY', KEYS[3], unit, 1)
@@ -192,7 +212,7 @@ def claim(connection: redis.Redis, limit: int, hold_seconds: float, units: list[
     """Claim up to `limit` due units (or just `units`, those of them that are due); each with the
     number of its attempt that starts now."""
     moment = time.time() if now is None else now
-    reply = run_script(connection, CLAIM, (DUE, CLAIMED, ATTEMPTS),
+    reply = run_script(connection, CLAIM, (DUE, CLAIMED, ATTEMPTS, BULK),
                        (moment, moment + hold_seconds, limit, *(units or [])))
     return [(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
@@ -232,9 +252,12 @@ def recover(connection: redis.Redis, now: float | None = None, limit: int = 1000
 
 
 def next_due(connection: redis.Redis) -> float | None:
-    """When the earliest unit is due (None: nothing waits)."""
-    first = connection.zrange(DUE, 0, 0, withscores=True)
-    return float(first[0][1]) if first else None
+    """When the earliest unit is due, an import's included (None: nothing waits)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zrange(DUE, 0, 0, withscores=True)
+        pipe.zrange(BULK, 0, 0, withscores=True)
+        firsts = [float(found[0][1]) for found in pipe.execute() if found]
+    return min(firsts, default=None)
 
 
 def attempts(connection: redis.Redis, unit: str) -> int:
@@ -246,8 +269,9 @@ def where(connection: redis.Redis, unit: str) -> dict[str, float | None]:
     with connection.pipeline(transaction=False) as pipe:
         pipe.zscore(DUE, unit)
         pipe.zscore(CLAIMED, unit)
-        due, claimed = pipe.execute()
-    return {"due": due, "claimed_until": claimed}
+        pipe.zscore(BULK, unit)
+        due, claimed, bulk = pipe.execute()
+    return {"due": due if due is not None else bulk, "claimed_until": claimed}
 
 
 COUNT_SAMPLE = 10_000  # units read per state at most: a scrape must not walk a 100,000-unit backlog
@@ -258,7 +282,8 @@ def counts(connection: redis.Redis, now: float | None = None, sample: int = COUN
 
     Bounded work, whatever the backlog: each state's total is exact (ZCOUNT/ZCARD); its split by
     kind is read from at most `sample` units (the earliest) and scaled to the total when the
-    state holds more, and then `estimated` is True.
+    state holds more, and then `estimated` is True. An import's events (`rb:due:bulk`) count as
+    event units; the oldest due unit is `rb:due`'s, what a webhook's event would wait behind.
     """
     moment = time.time() if now is None else now
     with connection.pipeline(transaction=False) as pipe:
@@ -270,7 +295,9 @@ def counts(connection: redis.Redis, now: float | None = None, sample: int = COUN
         pipe.zrange(CLAIMED, 0, sample - 1)
         pipe.zrange(DUE, 0, 0, withscores=True)
         pipe.get(RECOVERED)
-        due, waiting, claimed, due_some, waiting_some, claimed_some, first, recovered = pipe.execute()
+        pipe.zcount(BULK, "-inf", moment)
+        pipe.zcount(BULK, f"({moment}", "+inf")
+        due, waiting, claimed, due_some, waiting_some, claimed_some, first, recovered, *bulk = pipe.execute()
     result: dict[str, Any] = {kind: {"waiting": 0, "due": 0, "claimed": 0} for kind in KINDS}
     estimated = False
     for state, total, members in (("due", due, due_some), ("waiting", waiting, waiting_some),
@@ -284,7 +311,9 @@ def counts(connection: redis.Redis, now: float | None = None, sample: int = COUN
         estimated = estimated or scale != 1.0
         for kind, count in split.items():
             result[kind][state] = round(count * scale)
-    result["totals"] = {"due": due, "waiting": waiting, "claimed": claimed}
+    result[EVENT]["due"] += bulk[0]
+    result[EVENT]["waiting"] += bulk[1]
+    result["totals"] = {"due": due + bulk[0], "waiting": waiting + bulk[1], "claimed": claimed}
     result["estimated"] = estimated
     oldest = float(first[0][1]) if first else None
     result["oldest_due_seconds"] = round(moment - oldest, 3) if oldest is not None and oldest <= moment else 0.0
