@@ -12,14 +12,14 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 # `imported`: a row of a CSV import (integration/imports), `contact.imported` unless --type says otherwise.
 VERBS = ("created", "updated", "stage_changed", "deleted", "imported")
-EVENT_TYPE = validate.Regexp(rf"^[a-z][a-z0-9_]*\.({'|'.join(VERBS)})$",
+EVENT_TYPE = validate.Regexp(rf"^[a-z][a-z0-9_]*\.({'|'.join(VERBS)})\Z",
                              error=f"Expected <object>.{'|'.join(VERBS)}.")
 CONTEXT_OBJECTS = ("deal", "contact", "company", "owner")
 # Sources with a name after a colon: a generic webhook's hook (`generic:zapier`) and an import's
 # list (`csv:leads`, named on the command line). Every place that validates a source or reads one
 # back from an event key (rb:event:<source>:<event id>) uses these.
 NAMED_SOURCE_KINDS = ("generic", "csv")
-SOURCE_PATTERN = r"^(hubspot|salesforce|pipedrive|(generic|csv):[a-z0-9_-]{1,64})$"
+SOURCE_PATTERN = r"^(hubspot|salesforce|pipedrive|(generic|csv):[a-z0-9_-]{1,64})\Z"
 
 
 def split_event_ref(rest: str) -> tuple[str, str]:

@@ -81,7 +81,7 @@ class PipedriveMetaSchema(Schema):
     id = Id(required=True)
     action = fields.String(required=True, validate=validate.OneOf(["create", "change", "delete", "added",
                                                                     "updated", "deleted", "merged"]))
-    entity = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z_]{0,40}$"))
+    entity = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z_]{0,40}\Z"))
     entity_id = Id()
     company_id = Id()
     timestamp = fields.Raw()
@@ -105,8 +105,8 @@ class SalesforceNotificationSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9]{15,18}$"))
-    sobject_type = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]{0,80}$"))
+    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9]{15,18}\Z"))
+    sobject_type = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]{0,80}\Z"))
     fields_ = fields.Dict(keys=fields.String(), values=fields.String(allow_none=True), required=True,
                           data_key="fields")
 
@@ -115,7 +115,7 @@ class SalesforceMessageSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    organization_id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$"))
+    organization_id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?\Z"))
     action_id = fields.String(allow_none=True)
     notifications = fields.List(fields.Nested(SalesforceNotificationSchema), required=True,
                                 validate=validate.Length(min=1, max=100))

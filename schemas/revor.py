@@ -29,10 +29,10 @@ MIN_INTERVAL_SECONDS = 60
 MAX_INTERVAL_SECONDS = 86400
 TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
 # A person's own profile: linkedin.com/in/<slug>, optionally with a country subdomain.
-LINKEDIN_PROFILE = re.compile(r"^https://([a-z]{2,3}\.|www\.)?linkedin\.com/in/[^/?#\s]+/?$", re.IGNORECASE)
-EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+LINKEDIN_PROFILE = re.compile(r"^https://([a-z]{2,3}\.|www\.)?linkedin\.com/in/[^/?#\s]+/?\Z", re.IGNORECASE)
+EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+\Z")
 
 
 def clamp_interval(seconds: float) -> int:

@@ -16,10 +16,10 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from schemas.events import SOURCE_PATTERN, VERBS
 from schemas.revor import CHANNEL_RECIPIENT, CHANNELS, MAX_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS
 
-RULE_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+RULE_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z",
                             error="Use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
 SOURCE = re.compile(SOURCE_PATTERN)
-EVENT_TYPE = re.compile(rf"^([a-z][a-z0-9_]*|\*)\.({'|'.join(VERBS)}|\*)$")
+EVENT_TYPE = re.compile(rf"^([a-z][a-z0-9_]*|\*)\.({'|'.join(VERBS)}|\*)\Z")
 OPERATORS = {"exists", "eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "changed_from", "changed_to"}
 STATES = ("accepted", "scheduled", "running", "succeeded", "failed", "cancelled", "rejected", "invalid", "skipped")
 
@@ -90,7 +90,7 @@ class WhenSchema(Schema):
 
     source = Names(required=True)
     type = Names(load_default=["*.*"])
-    match = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$|^account$",
+    match = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+\Z|^account\Z",
                                                                     error="Use a dotted path like deal.dealstage.")),
                         values=Condition(), load_default=dict)
     if_ = fields.String(data_key="if", load_default=None)
@@ -255,13 +255,13 @@ class RulesFileSchema(Schema):
         unknown = RAISE
 
     version = fields.Integer(required=True, validate=validate.Equal(1, error="Only version 1 exists."))
-    accounts = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$")),
-                           values=fields.String(validate=validate.Regexp(r"^connect_account_[A-Za-z0-9_-]+$",
+    accounts = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}\Z")),
+                           values=fields.String(validate=validate.Regexp(r"^connect_account_[A-Za-z0-9_-]+\Z",
                                                                          error="Expected a connect_account_ id.")),
                            load_default=dict)
     defaults = fields.Nested(DefaultsSchema, load_default=lambda: DefaultsSchema().load({}))
     rules = fields.List(fields.Nested(RuleSchema), required=True)
-    destinations = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$")),
+    destinations = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}\Z")),
                                values=fields.Nested(DestinationSchema), load_default=dict)
 
     @validates_schema(skip_on_field_errors=True)

@@ -98,3 +98,27 @@ def test_the_plain_check_agrees_with_marshmallow_or_defers(changes):
         assert refused.value.status == 400
     else:
         assert normalize.validated(event) == expected
+
+
+def test_anchored_patterns_refuse_a_trailing_line_feed():
+    """Found by the importer's attack review: `$` also matches before a final "\\n", so
+    `csv:a\\n` passed as a source and `contact.imported\\n` as a type; every anchored pattern now
+    ends with `\\Z`."""
+    import re
+
+    from marshmallow import ValidationError
+
+    from integration.inbound import generic, salesforce
+    from integration.rules import guards
+    from schemas import events, revor
+
+    compiled = [(generic.HOOK_NAME, "zapier"), (salesforce.SESSION_HOST, "na1.salesforce.com"),
+                (salesforce.SESSION_ID, "00D!abc"), (revor.E164, "+14155550100"), (guards.E164, "+14155550100"),
+                (revor.EMAIL, "a@example.com"), (revor.LINKEDIN_PROFILE, "https://www.linkedin.com/in/x"),
+                (re.compile(events.SOURCE_PATTERN), "csv:leads")]
+    for pattern, good in compiled:
+        assert pattern.match(good), (pattern.pattern, good)
+        assert not pattern.match(good + "\n"), pattern.pattern
+    events.EVENT_TYPE("contact.imported")
+    with pytest.raises(ValidationError):
+        events.EVENT_TYPE("contact.imported\n")

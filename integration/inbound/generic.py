@@ -21,7 +21,7 @@ from integration.inbound.signatures import StandardWebhookVerifier, safe_equal
 from schemas.events import CONTEXT_OBJECTS, EVENT_TYPE
 
 TOKEN_HEADERS = ("X-Hook-Token", "X-Webhook-Token")
-HOOK_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+HOOK_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")
 
 
 def setting_name(hook: str) -> str:

@@ -52,10 +52,10 @@ OBJECT_TYPES = {"Opportunity": "deal", "Contact": "contact", "Lead": "contact", 
 
 TOKEN_PARAM = "token"
 # The identity service is asked only on these hosts, whatever URL the message names.
-SESSION_HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:salesforce|force)\.com$")
+SESSION_HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:salesforce|force)\.com\Z")
 USERINFO_PATH = "/services/oauth2/userinfo"
 SESSION_TIMEOUT = (3.05, 5.0)  # connect, read: Salesforce waits 60 s for the whole answer
-SESSION_ID = re.compile(r"^[\x21-\x7e]{1,2048}$")
+SESSION_ID = re.compile(r"^[\x21-\x7e]{1,2048}\Z")
 
 # (url, session id, timeout) -> (HTTP status, JSON body or None); tests pass a local stand-in.
 UserinfoFetch = Callable[[str, str, tuple[float, float]], tuple[int, Any]]

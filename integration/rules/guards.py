@@ -28,7 +28,7 @@ SUPPRESSION_SORTED = "rb:suppressed:sorted"
 SUPPRESSION_READY = "rb:suppressed:sorted:ready"  # set once the mirror holds the whole list
 MIRROR_BATCH = 1000
 ONCE_PREFIX = "rb:once:"
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
 
 
 def normalize_phone(value: str) -> str:
