@@ -118,9 +118,12 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
     except redis.RedisError as exc:
         redis_unreachable(exc)
     resuming = found is not None and (found.checkpoint > 0 or found.status in ("stored", "done"))
+    ruleset = _ruleset(settings)
+    if found is None or found.status not in ("stored", "done"):  # rows will be stored: by the workers' rules?
+        _same_rules(connection, ruleset, dry_run=dry_run)
     if dry_run or not resuming:
         try:
-            refusal = _look_first(settings, connection, prepared, max_days, as_json=as_json and dry_run)
+            refusal = _look_first(ruleset, connection, prepared, max_days, as_json=as_json and dry_run)
         except KeyboardInterrupt:  # a dry run of a long file takes minutes: Ctrl-C stops it, nothing written
             _fail("interrupted during the dry run: nothing was stored or sent", EXIT_INTERRUPTED)
         if dry_run:
@@ -180,17 +183,37 @@ def _default_result(file: Path) -> Path:
     return result.default_path(file)
 
 
-def _look_first(settings: Any, connection: redis.Redis, prepared: Any, max_days: float, *,
+def _ruleset(settings: Any) -> Any:
+    """The rules of RULES_FILE (exit 1 listing their problems when they do not load), or None."""
+    from integration.cli.rules import rules_or_exit
+
+    return rules_or_exit(settings) if settings.rules_file else None
+
+
+def _same_rules(connection: redis.Redis, ruleset: Any, *, dry_run: bool) -> None:
+    """Refuse (exit 1) to store rows planned with other rules than the live workers run, or with
+    none; with no worker running, say so and go on (the rows wait for one). A dry run only warns."""
+    from integration.rules import fingerprint
+
+    try:
+        verdict = fingerprint.check(connection, ruleset)
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    if verdict.refusal and not dry_run:
+        _fail(verdict.refusal, EXIT_FINAL)
+    if verdict.refusal or verdict.warning:
+        click.echo(f"(warning: {verdict.refusal or verdict.warning})", err=True)
+
+
+def _look_first(ruleset: Any, connection: redis.Redis, prepared: Any, max_days: float, *,
                 as_json: bool = False) -> str | None:
     """The dry run (dryrun.py) printed; returns why the import needs --yes, or None.
 
     The seam for the dry run: `dryrun.plan(prepared, ...)` reads the whole file as the import
     will (runner.Prepared) without writing anything,
     `render(max_days)` is what people read, `refusal(max_days)` the one line that asks for --yes."""
-    from integration.cli.rules import rules_or_exit
     from integration.imports import dryrun, progress
 
-    ruleset = rules_or_exit(settings) if settings.rules_file else None
     planned: dict[str, Any] = {"read": 0, "done": False}  # a line on stderr when planning takes over 2 s
 
     def on_row(count: int) -> None:

@@ -44,6 +44,23 @@ class BridgeWorker(SimpleWorker):
         super().bootstrap(*args, **kwargs)
         log.info("worker %s: started, listening on %s", self.name, ", ".join(self.queue_names()))
 
+    # ---- the rules it runs, for importers (rules/fingerprint.py) ----------------------------
+
+    def register_birth(self) -> None:
+        """RQ's registration, then the fingerprint of this worker's rules: an import refuses to
+        store rows planned with other rules than the workers send them with."""
+        super().register_birth()
+        from integration.context import job_context
+        from integration.rules import fingerprint
+
+        fingerprint.publish(self.connection, self.name, job_context().rules)
+
+    def register_death(self) -> None:
+        super().register_death()
+        from integration.rules import fingerprint
+
+        fingerprint.withdraw(self.connection, self.name)
+
     # ---- Redis outages --------------------------------------------------------------------
 
     def _ride_out(self, error: BaseException) -> None:

@@ -10,6 +10,7 @@ variables: they get placeholders and one warning instead of an error.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -92,6 +93,7 @@ class RuleSet:
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_bodies: dict[str, BodyTemplate] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # said once, e.g. by preview: placeholders in use
+    sha256: str = ""  # of the file's bytes as loaded: workers and importers compare it (rules/fingerprint.py)
 
     def destination_statuses(self) -> dict[str, list[str]]:
         """Destination name -> the dispatch states it wants messages for."""
@@ -232,6 +234,7 @@ def load_rules(path: Path | str, environ: Mapping[str, str] | None = None, *,
         _check_unvalidated(data, path.parent, report)
         raise RulesError(path, report.problems) from None
     ruleset = _compile(clean, path, report)  # also when a ${VAR} is missing: its template errors belong in this run
+    ruleset.sha256 = hashlib.sha256(raw).hexdigest()
     if report.problems:
         raise RulesError(path, report.problems)
     if report.placeholders:

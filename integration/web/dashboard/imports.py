@@ -43,6 +43,7 @@ from werkzeug.utils import secure_filename
 
 from integration.dispatches import state as dispatch_state
 from integration.imports import dryrun, formats, progress, reader, result, runner, runs
+from integration.rules import fingerprint
 from integration.web.dashboard.blueprint import dashboard, not_found, page, redis_connection
 from integration.web.dashboard.listing import iso
 from schemas.events import EVENT_TYPE, SOURCE_PATTERN
@@ -70,6 +71,8 @@ NOTICES = {
     "needs_ack": ("The schedule is longer than 7 days: tick the box saying you understand how long it takes, "
                   "then confirm again.", "error"),
     "not_planned": ("The dry run is not ready yet: wait for it, then confirm.", "error"),
+    "rules": ("Not started: the workers do not run the rules this page planned with (see the line above the "
+              "button).", "error"),
     "file_gone": ("The uploaded file is no longer on this server (the web process restarted on a fresh disk): "
                   "upload the same file with the same source again to continue this run.", "error"),
 }
@@ -496,7 +499,8 @@ def imports_run(run: str) -> ResponseReturnValue:
         if not isinstance(saved, dict) and not jobs.running(f"plan:{run}"):
             _start_plan(run, path.parent)
         return page("dashboard/import_run.html", run=run, found=None, file=path.name, chosen=chosen,
-                    planning=not isinstance(saved, dict), planned=jobs.planned.get(run),
+                    rules_check=_rules_check(connection), planning=not isinstance(saved, dict),
+                    planned=jobs.planned.get(run),
                     plan_error=jobs.errors.get(run), max_days=MAX_DAYS,
                     **(_plan_view(saved) if isinstance(saved, dict) else {}), **_notice())
     running_here = jobs.running(f"run:{run}")
@@ -511,6 +515,7 @@ def imports_run(run: str) -> ResponseReturnValue:
     records = dispatch_state.load_many(connection, [dispatch_id for dispatch_id, _ in listed]) if listed else []
     note = (upload[0].parent / NOTE_FILE) if upload else None
     return page("dashboard/import_run.html", run=run, found=found, status=status, active=active, figures=figures,
+                rules_check=_rules_check(connection) if status in ("running", "interrupted") else None,
                 line=meter.line(figures), file=found.meta["file"], has_file=upload is not None,
                 can_continue=upload is not None and not running_here and status in ("interrupted", "stored"),
                 stopped=note.read_text(encoding="utf-8") if note and note.exists() and status == "interrupted" else "",
@@ -540,6 +545,8 @@ def imports_start(run: str) -> ResponseReturnValue:
     if jobs.running(f"run:{run}") or (found is not None and found.status == "running"
                                       and _holder_alive(connection.get(runs.lock_key(run)))):
         return _back(run, "running")
+    if _rules_check(connection).refusal:
+        return _back(run, "rules")
     path, chosen = upload
     if found is None:
         saved = _read_json(path.parent / PLAN_FILE)
@@ -556,6 +563,11 @@ def imports_start(run: str) -> ResponseReturnValue:
 
     started = jobs.start(f"run:{run}", work)
     return _back(run, ("continued" if found is not None else "started") if started else "running")
+
+
+def _rules_check(connection: Any) -> fingerprint.Verdict:
+    """Do the live workers run the rules this web process plans with (rules/fingerprint.py)?"""
+    return fingerprint.check(connection, current_app.extensions.get("revor_bridge.rules"))
 
 
 def _back(run: str, notice: str) -> ResponseReturnValue:
