@@ -228,7 +228,7 @@ def test_a_small_import_end_to_end(leads_stack):
     run = run_of(stack, source)
     counts = runs.load(stack["redis"], run).counts
     assert counts == {"read": 11, "stored": 9, "duplicate": 0, "bad": 2, "dispatched": 6, "invalid": 1,
-                      "skipped": 0, "no_match": 2, "failed": 0}
+                      "skipped": 0, "no_match": 2, "failed": 0, "cancelled": 0}
     assert "6 dispatched, 1 invalid, 0 skipped, 2 no rule matched" in done.stdout
     assert "line 10: 5 cells where the header has 4 columns" in done.stdout
     assert "line 11: id column contact.id is empty" in done.stdout

@@ -53,12 +53,13 @@ def continue_command(argv: list[str] | None = None) -> str:
 
 
 class _ImportCommand(click.Command):
-    """`import FILE ...`, or `import status RUN` when the first word is `status`."""
+    """`import FILE ...`, or `import status|cancel|list ...` when the first word is one of those."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
-        if args[:1] == ["status"]:
-            return status_command.make_context(f"{info_name} status", args[1:], parent=parent, **extra)
+        sub = SUBCOMMANDS.get(args[0]) if args else None
+        if sub is not None:
+            return sub.make_context(f"{info_name} {args[0]}", args[1:], parent=parent, **extra)
         return super().make_context(info_name, args, parent=parent, **extra)
 
 
@@ -119,6 +120,11 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         redis_unreachable(exc)
     resuming = found is not None and (found.checkpoint > 0 or found.status in ("stored", "done"))
     ruleset = _ruleset(settings)
+    if found is not None and found.status == "cancelled":
+        click.echo(f"{file.name} was imported as {prepared.run}, which was cancelled: nothing more is stored or "
+                   "sent; its result follows", err=True)
+        _finish(connection, prepared, found, result_file)
+        sys.exit(EXIT_FINAL)
     if found is None or found.status not in ("stored", "done"):  # rows will be stored: by the workers' rules?
         _same_rules(connection, ruleset, dry_run=dry_run)
     if dry_run or not resuming:
@@ -281,9 +287,18 @@ def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Pat
     if outcome.status == "full":
         _fail(outcome.message, EXIT_FINAL)
     if outcome.status == "interrupted":
+        waiting = outcome.state.pending
         click.echo(f"interrupted: {_tally(outcome.state)}; every row up to line {outcome.state.checkpoint:,} is "
-                   f"stored or reported, nothing is sent twice.\ncontinue with: {continue_command()}", err=True)
+                   f"stored or reported, nothing is sent twice.\n"
+                   + (f"the workers still process the {waiting:,} stored rows not processed yet (and send what the "
+                      f"rules say); to stop them too: revor-bridge import cancel {prepared.run}\n" if waiting else "")
+                   + f"continue with: {continue_command()}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    if outcome.status == "cancelled":
+        click.echo(f"\ncancelled: run {prepared.run} was cancelled (revor-bridge import cancel), so nothing more "
+                   f"is stored; {_tally(outcome.state)}", err=True)
+        _finish(connection, prepared, outcome.state, result_file)
+        sys.exit(EXIT_FINAL)
     if outcome.status == "stored":  # --no-wait
         waiting = [arg for arg in sys.argv[1:] if arg != "--no-wait"]
         click.echo(f"stored: {_tally(outcome.state)}; {outcome.state.pending:,} wait for the workers.\n"
@@ -312,10 +327,15 @@ def _finish(connection: redis.Redis, prepared: Any, state: Any, result_file: Pat
         _fail(f"cannot write the result CSV to {result_file}: {error.strerror or error}; every row is imported: "
               f"run the same command with --result PATH to write it", EXIT_USAGE)
     counts = state.counts
-    click.echo(f"imported {prepared.options.path.name} as {prepared.options.source} (run {prepared.run}): "
+    done = "imported" if state.status != "cancelled" else "cancelled import of"
+    click.echo(f"{done} {prepared.options.path.name} as {prepared.options.source} (run {prepared.run}): "
                f"{counts['read']:,} rows read")
     click.echo(f"  {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, {counts['skipped']:,} skipped, "
-               f"{counts['no_match']:,} no rule matched, {counts['failed']:,} failed")
+               f"{counts['no_match']:,} no rule matched, {counts['failed']:,} failed"
+               + (f", {counts['cancelled']:,} cancelled (not sent: the import was cancelled)"
+                  if counts["cancelled"] else ""))
+    if state.status == "cancelled" and state.pending:
+        click.echo(f"  {state.pending:,} stored rows wait for a worker, which skips them (the import is cancelled)")
     click.echo(f"  {counts['duplicate']:,} already imported (sent before: not again), {counts['bad']:,} bad rows")
     for line, reason in bad:
         click.echo(f"    line {line}: {reason}")
@@ -372,7 +392,8 @@ def status_command(run: str, csv_path: Path | None) -> None:
     click.echo(f"  rows: {counts['read']:,} read, {counts['stored']:,} stored, {counts['duplicate']:,} already "
                f"imported, {counts['bad']:,} bad; {found.pending:,} waiting for a worker")
     click.echo(f"  events: {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, "
-               f"{counts['skipped']:,} skipped, {counts['no_match']:,} no rule matched, {counts['failed']:,} failed")
+               f"{counts['skipped']:,} skipped, {counts['no_match']:,} no rule matched, {counts['failed']:,} failed"
+               + (f", {counts['cancelled']:,} cancelled" if counts["cancelled"] else ""))
     click.echo("  dispatches now: " + (", ".join(f"{count:,} {status}" for status, count in
                                                   sorted(statuses.items(), key=lambda item: (-item[1], item[0])))
                                         or "none"))
@@ -380,4 +401,91 @@ def status_command(run: str, csv_path: Path | None) -> None:
         click.echo(f"  written to {csv_path}")
 
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_UNREACHABLE", "import_command", "status_command"]
+# ---- import cancel RUN ------------------------------------------------------------------------------
+
+
+@click.command("cancel")
+@click.argument("run")
+def cancel_command(run: str) -> None:
+    """Cancel a run: nothing more is stored, and nothing of it that Revor does not have yet is sent."""
+    from integration.dispatches import state
+    from integration.imports import runs
+
+    settings = load_settings()
+    connection = _connection(settings)
+    try:
+        before = runs.load(connection, run)
+        if before is None:
+            _fail(f"no import run {run!r} (it may have expired)", EXIT_FINAL)
+        found = runs.cancel(connection, run, retention_seconds=settings.dispatch_retention_seconds)
+        assert found is not None
+        by_status: dict[str, int] = {}
+        after = 0
+        while page := runs.dispatch_page(connection, run, after):
+            with connection.pipeline(transaction=False) as pipe:
+                for dispatch_id, _ in page:
+                    pipe.hget(state.key_for(dispatch_id), "status")
+                for status in pipe.execute():
+                    name = status.decode() if status else "expired"
+                    by_status[name] = by_status.get(name, 0) + 1
+            after = page[-1][1]
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    was = "was cancelled already" if before.status == "cancelled" else f"was {before.status}"
+    click.echo(f"cancelled {run} ({found.meta['file']} as {found.meta['source']}; it {was})")
+    if before.status in ("running", "interrupted"):
+        click.echo("  the importer stores no more rows: a running one stops at its next batch; running the "
+                   "import again stores nothing")
+    click.echo(f"  {found.pending:,} stored rows not processed yet: the workers skip them (reason: import cancelled)")
+    pending = by_status.get("pending", 0)
+    click.echo(f"  {pending:,} dispatches not submitted to Revor yet: they end cancelled when their submit runs")
+    accepted = sum(count for status, count in by_status.items() if status in ("accepted", "scheduled", "running"))
+    click.echo(f"  {accepted:,} dispatches Revor accepted already are left alone: Revor's API v1 has no way to "
+               "cancel a task, so they run as Revor scheduled them")
+    finished = sum(count for status, count in by_status.items() if status not in ("pending", "accepted", "scheduled",
+                                                                                   "running"))
+    if finished:
+        click.echo(f"  {finished:,} dispatches had ended already (sent, invalid, skipped, ...)")
+    click.echo(f"  follow it: revor-bridge import status {run}")
+
+
+# ---- import list -----------------------------------------------------------------------------------
+
+
+@click.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="How many runs, newest first.")
+def list_command(limit: int) -> None:
+    """Recent import runs: id, source, file, status and counters, newest first."""
+    from integration.imports import runs
+
+    connection = _connection(load_settings())
+    try:
+        recent = runs.recent(connection, limit)
+        with connection.pipeline(transaction=False) as pipe:
+            for found in recent:
+                pipe.get(runs.lock_key(found.run))
+            holders = pipe.execute()
+    except redis.RedisError as exc:
+        redis_unreachable(exc)
+    if not recent:
+        click.echo("no import runs (runs expire DISPATCH_RETENTION_DAYS after they end)")
+        return
+    for found, holder in zip(recent, holders, strict=True):
+        counts = found.counts
+        status = found.status
+        if status == "running" and (holder is None or runs._dead_here(holder.decode())):  # noqa: SLF001
+            status = "interrupted (its importer stopped: run the same command to continue)"
+        click.echo(f"{found.run}  {found.meta['source']}  {found.meta['file']}  {status}")
+        click.echo(f"    {counts['read']:,} read, {counts['stored']:,} stored, "
+                   f"{counts['duplicate']:,} already imported, "
+                   f"{counts['bad']:,} bad; {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, "
+                   f"{counts['skipped']:,} skipped, {counts['no_match']:,} no rule matched, {counts['failed']:,} failed"
+                   + (f", {counts['cancelled']:,} cancelled" if counts["cancelled"] else "")
+                   + (f"; {found.pending:,} waiting for a worker" if found.pending else ""))
+
+
+SUBCOMMANDS: dict[str, click.Command] = {"status": status_command, "cancel": cancel_command, "list": list_command}
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_UNREACHABLE", "cancel_command", "import_command", "list_command",
+           "status_command"]

@@ -36,6 +36,7 @@ from integration.scheduler.runner import HANDLED, Next, Run, again, backoff
 log = logging.getLogger(__name__)
 
 DONE_STATUSES = {"processed", "failed", "skipped"}
+IMPORTED_PREFIX = "rb:event:csv:"  # the events of `revor-bridge import` (source csv:<name>)
 # A CRM that answers "later" (5xx, 429 beyond a short wait): 5 s, 30 s, 1 min, 5 min, 15 min, then hourly.
 HYDRATION_BACKOFF = [5, 30, 60, 300, 900, 3600]
 
@@ -44,10 +45,13 @@ def process_event(ctx: JobContext, run: Run) -> Next:
     """No lock of its own: the scheduler hands the unit to one worker at a time, and should a claim
     lapse while its worker still runs (a frozen process), a second run creates nothing twice."""
     key = run.unit.ref
+    imported = key.startswith(IMPORTED_PREFIX)  # an import's source: is its run cancelled?
     with ctx.redis.pipeline(transaction=False) as pipe:  # one round trip: the event, and this run counted
         pipe.hgetall(key)
         pipe.hincrby(key, "attempts", 1)  # counted before any work: a run killed midway still counts
-        stored, attempts = pipe.execute()
+        if imported:
+            runs.read_cancelled(pipe)
+        stored, attempts, *cancelled = pipe.execute()
     attempts = int(attempts)
     if not stored or stored.get(b"status", b"").decode() in DONE_STATUSES:
         with ctx.redis.pipeline(transaction=False) as pipe:
@@ -67,7 +71,7 @@ def process_event(ctx: JobContext, run: Run) -> Next:
         return _finish(ctx, run, key, "failed", reason=f"gave up after {records.MAX_ATTEMPTS} attempts: {why}",
                        event=_stored_event(stored))
     try:
-        return _run(ctx, run, key, stored)
+        return _run(ctx, run, key, stored, runs.cancelled_runs(cancelled[0]) if cancelled else set())
     except Exception as exc:
         if _expected(exc):
             records.undo_attempt(ctx.redis, key)
@@ -103,8 +107,11 @@ def _expected(error: Exception) -> bool:
     return isinstance(error, redis.ConnectionError | redis.TimeoutError)
 
 
-def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Next:
+def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes], cancelled: set[str]) -> Next:
     event = json.loads(stored[b"event"])
+    imported = runs.import_of(event)
+    if imported is not None and imported[0] in cancelled:
+        return _finish(ctx, run, key, "skipped", reason=runs.CANCELLED_REASON, event=event, cancelled=True)
     if stored.get(b"stale") == b"1":
         return _finish(ctx, run, key, "skipped", reason="stale: a newer event for this object was already received",
                        event=event)
@@ -124,7 +131,7 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Nex
                 return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}", event=event)
     statuses: dict[str, str] = {}
     dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run,
-                                   statuses=statuses)
+                                   statuses=statuses, import_run=imported[0] if imported else None)
     if ctx.rules is None:
         reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
     return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches, event=event,
@@ -134,7 +141,7 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes]) -> Nex
 def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None = None,
             context: dict[str, Any] | None = None, dispatches: list[str] | None = None,
             error: dict[str, str] | None = None, event: dict[str, Any] | None = None,
-            statuses: dict[str, str] | None = None) -> Next:
+            statuses: dict[str, str] | None = None, cancelled: bool = False) -> Next:
     """The event's outcome, its index, its lookup entries (object id, emails: integration/lookup.py),
     an imported event's run counters (integration/imports/runs.py; `statuses`: dispatch id ->
     the status it was created in) and the end of its unit, in one transaction."""
@@ -156,7 +163,7 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
         if event is not None:
             lookup.add(pipe, lookup.event_entries(key, event, context), now)
         metrics.count(pipe, metrics.event_field(metrics.source_of(key), status))
-        runs.count_outcome(pipe, event, status, statuses)
+        runs.count_outcome(pipe, event, status, statuses, cancelled=cancelled)
         units.finish(pipe, run.unit.id, run.attempt)
         pipe.execute()
     return HANDLED
@@ -166,10 +173,13 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
 
 
 def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], context: dict[str, Any] | None,
-                      run: Run | None = None, statuses: dict[str, str] | None = None) -> list[str]:
+                      run: Run | None = None, statuses: dict[str, str] | None = None,
+                      import_run: str | None = None) -> list[str]:
     """The dispatch ids of every matched rule. With `run` (the engine's), the new dispatches'
     submits and status deliveries are claimed for that run's thread, which runs them next.
-    `statuses` collects each dispatch's status as created (pending, invalid or skipped)."""
+    `statuses` collects each dispatch's status as created (pending, invalid or skipped).
+    `import_run`: the import the event came from, kept on its dispatches (their submit ends them
+    `cancelled` once that import is cancelled: dispatches/submit.py)."""
     if ctx.rules is None:
         return []
     ids = []
@@ -177,13 +187,14 @@ def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], co
         if not plan.matched or plan.dispatch_id is None:
             continue
         ids.append(plan.dispatch_id)
-        status = _create(ctx, plan, event_key, event, run)
+        status = _create(ctx, plan, event_key, event, run, import_run)
         if statuses is not None:
             statuses[plan.dispatch_id] = status
     return ids
 
 
-def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], run: Run | None) -> str:
+def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], run: Run | None,
+            import_run: str | None = None) -> str:
     """Create the plan's dispatch; returns the status it was created in (or would have been, when
     it exists already: the event is processed again)."""
     status, reason = plan.status, plan.reason
@@ -204,6 +215,8 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
         "idempotency_key": plan.dispatch_id,
         "body": plan.body.decode("utf-8") if plan.body else "",
     }
+    if import_run:
+        create["import_run"] = import_run
     submit = units.submit_unit(plan.dispatch_id)
     # The engine's run claims the follow-up units for its thread; without one they are just due.
     claim: dict[str, Any] = {"claim_for": ctx.settings.lease_seconds, "claimed": run.claimed} if run else {}

@@ -5,6 +5,10 @@ bytes under the same key, so however often a submit runs (a retry, a worker kill
 replay), Revor creates one task. A retryable answer (5xx, timeout, 429) gives the unit its next
 attempt on SUBMIT_BACKOFF, measured from the failure and at least Retry-After; a final one (4xx)
 ends the dispatch `rejected`. Waiting for the shared limiter is not an attempt.
+
+A dispatch of an import (its `import_run`) whose import was cancelled before Revor had it ends
+`cancelled` ("import cancelled") instead of being sent; the cancelled imports are read in the
+round trip that reads the dispatch, so the check costs no round trip, imported or not.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from integration import logs
 from integration.context import JobContext
 from integration.dispatches import state
 from integration.dispatches.limits import Limiter
+from integration.imports import runs
 from integration.revor.errors import RevorError, RevorFinalError, RevorRetryableError
 from integration.revor.polling import next_poll
 from integration.rules import guards
@@ -66,7 +71,11 @@ def move(ctx: JobContext, run: Run, dispatch_id: str, status: str, **kwargs: Any
 def submit(ctx: JobContext, run: Run) -> Next:
     dispatch_id = run.unit.ref
     lock = Lock(ctx.redis, f"dispatch:{dispatch_id}", ctx.settings.lease_seconds)
-    snapshot = state.read(ctx.redis, dispatch_id, also=lock.acquire)  # one round trip: record and lock
+    def also(pipe: Any) -> None:
+        lock.acquire(pipe)
+        runs.read_cancelled(pipe)  # imports cancelled meanwhile (their pending dispatches end here)
+
+    snapshot = state.read(ctx.redis, dispatch_id, also=also)  # one round trip: record, lock, cancelled imports
     record, locked = snapshot.record(dispatch_id), bool(snapshot.replies[0])
     if record is not None:
         logs.add(**state.event_log_ids(record))  # a retry's line leads back to its event
@@ -93,6 +102,10 @@ def submit(ctx: JobContext, run: Run) -> Next:
 
 
 def _send(ctx: JobContext, run: Run, dispatch_id: str, record: dict[str, Any], snapshot: state.Snapshot) -> Next:
+    if record.get("import_run") and record["import_run"] in runs.cancelled_runs(snapshot.replies[1]):
+        # Its import was cancelled (`revor-bridge import cancel`) before Revor had it: it is not sent.
+        move(ctx, run, dispatch_id, "cancelled", reason=runs.CANCELLED_REASON, snapshot=snapshot)
+        return DONE
     if run.attempt > 1 or int(record.get("attempt") or 0):
         # Time has passed since `create` checked the suppression list (a back-off, an operator's
         # retry): someone who asked not to be contacted meanwhile is not sent to. The first

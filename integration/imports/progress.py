@@ -29,7 +29,7 @@ from typing import Any, TextIO
 TTY_EVERY = 0.2  # seconds between two redraws in a terminal: at most 5 a second
 PLAIN_EVERY = 10.0  # seconds between two plain lines
 RATE_WINDOW = 10.0  # seconds of history the rate is measured over
-WORKER_COUNTERS = ("dispatched", "invalid", "skipped", "no_match", "failed")
+WORKER_COUNTERS = ("dispatched", "invalid", "skipped", "no_match", "failed", "cancelled")
 CLEAR_TO_END = "\x1b[K"
 SAMPLE_BYTES = 1 << 20
 
@@ -138,7 +138,7 @@ class Progress:
             read = f"{figures['read']:,} of {'' if figures['exact'] else '~'}{total:,} rows read"
         parts = [read] + [f"{figures[name]:,} {name}" for name in ("dispatched", "invalid", "skipped", "bad")]
         for name, label in (("duplicate", "already imported"), ("no_match", "no rule matched"),
-                            ("failed", "failed")):
+                            ("failed", "failed"), ("cancelled", "cancelled")):
             if figures[name]:
                 parts.append(f"{figures[name]:,} {label}")
         parts.append(f"{figures['rate']:,.0f} rows/s")

@@ -4,7 +4,8 @@ Columns: line, event_id, dispatch_id, status, reason. One line per dispatch a ro
 that matched two rules has two), one for a row without any: `bad` (never stored, with the
 reader's or the row's reason), `no_match`, `duplicate` (the event was stored already: by an
 earlier import, a webhook, or an earlier line of this file; its dispatches are the earlier
-ones, listed with it), `stored` (not processed yet) or the event's own outcome (`skipped`,
+ones, listed with it), `stored` (not processed yet), `cancelled` (its import was cancelled
+before a worker took it, or before it was stored) or the event's own outcome (`skipped`,
 `failed`) with its reason. A dispatch line has the dispatch's current status and reason, as
 Revor reported it so far.
 
@@ -76,17 +77,20 @@ def write(connection: redis.Redis, prepared: Any, out: Path) -> Counter[str]:
 
 def lines(connection: redis.Redis, prepared: Any) -> Iterator[tuple[Any, ...]]:
     """The result's lines in file order (see the module docstring)."""
+    found = runs.load(connection, prepared.run)
+    cancelled = found is not None and found.status == "cancelled"
     chunk: list[tuple[int, Any, str | None]] = []
     for item in prepared.events(0):
         chunk.append(item)
         if len(chunk) >= CHUNK:
-            yield from _chunk(connection, prepared.run, chunk)
+            yield from _chunk(connection, prepared.run, chunk, cancelled)
             chunk = []
     if chunk:
-        yield from _chunk(connection, prepared.run, chunk)
+        yield from _chunk(connection, prepared.run, chunk, cancelled)
 
 
-def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | None]]) -> Iterator[tuple[Any, ...]]:
+def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | None]],
+           cancelled: bool = False) -> Iterator[tuple[Any, ...]]:
     with connection.pipeline(transaction=False) as pipe:
         for _, event, _ in chunk:
             if event is not None:
@@ -108,7 +112,10 @@ def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | 
             continue
         event_id = event.event["event_id"]
         if not stored or stored[0] is None:
-            yield line, event_id, "", "unknown", "not in Redis: not stored, or expired since"
+            if cancelled:
+                yield line, event_id, "", "cancelled", f"{runs.CANCELLED_REASON} before this row was stored"
+            else:
+                yield line, event_id, "", "unknown", "not in Redis: not stored, or expired since"
             continue
         status = stored[0].decode()
         dispatch_ids = json.loads(stored[1]) if stored[1] else []
@@ -121,8 +128,12 @@ def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | 
                 record = records.get(dispatch_id) or {}
                 yield line, event_id, dispatch_id, "duplicate", f"{why}: its dispatch is {record.get('status', 'gone')}"
             continue
-        if status == "received":
+        if status == "received" and cancelled:
+            yield line, event_id, "", "cancelled", f"{runs.CANCELLED_REASON}: a worker skips it"
+        elif status == "received":
             yield line, event_id, "", "stored", "not processed yet"
+        elif status == "skipped" and stored[3] == runs.CANCELLED_REASON.encode():
+            yield line, event_id, "", "cancelled", runs.CANCELLED_REASON
         elif status in ("skipped", "failed"):
             yield line, event_id, "", status, (stored[3] or b"").decode()
         elif not dispatch_ids:

@@ -132,7 +132,8 @@ def prepare(options: ImportOptions) -> Prepared:
 class RunResult:
     """How a run call ended: `done` (every row stored and processed), `stored` (every row stored,
     some still wait for the workers: only without `wait`), `interrupted` (stopped on request; the
-    checkpoint is saved), or `full` (the source's stored-bytes ceiling: `message`)."""
+    checkpoint is saved), `full` (the source's stored-bytes ceiling: `message`) or `cancelled` (the
+    run was cancelled: `revor-bridge import cancel`, noticed at the next batch)."""
 
     status: str
     state: runs.RunState
@@ -163,6 +164,8 @@ class Runner:
         try:
             state = self._redis(lambda: runs.begin(self.connection, self.run_id, self.prepared.meta))
             self._check_options(state)
+            if state.status == "cancelled":
+                return RunResult("cancelled", state)
             if state.status not in ("stored", "done"):
                 lock = runs.RunLock(self.connection, self.run_id)
                 self._redis(lock.acquire)
@@ -178,6 +181,8 @@ class Runner:
             return self._finish(state)
         except _Stopped:
             return self._interrupted()
+        except _Cancelled as cancelled:
+            return RunResult("cancelled", cancelled.state)
 
     def _check_options(self, state: runs.RunState) -> None:
         mine = self.prepared.meta
@@ -197,11 +202,14 @@ class Runner:
             outcome = self._redis(lambda batch=batch: self._store(batch, lock))
             if isinstance(outcome, RunResult):
                 return outcome
+            if outcome.status == "cancelled":
+                raise _Cancelled(outcome)
             pending = outcome.pending
             self.on_progress(outcome)
         if self.stop.is_set():
             raise _Stopped
-        self._redis(lambda: runs.set_status(self.connection, self.run_id, "stored"))
+        if not self._redis(lambda: runs.set_status(self.connection, self.run_id, "stored")):
+            raise _Cancelled(self._redis(self._load))
         return None
 
     def _finish(self, state: runs.RunState) -> RunResult:
@@ -214,15 +222,20 @@ class Runner:
             time.sleep(WAIT_POLL)
             state = self._redis(self._load)
             self.on_progress(state)
+            if state.status == "cancelled":
+                raise _Cancelled(state)
             if state.processed != last:
                 stalled_since, last = time.monotonic(), state.processed
             elif not said and time.monotonic() - stalled_since > STALL_NOTICE:
                 self.notify(f"import: {state.pending} stored rows wait for a worker (is `revor-bridge worker` "
                             "running?); waiting")
                 said = True
+        if state.status == "cancelled":
+            raise _Cancelled(state)
         if state.status != "done":
-            self._redis(lambda: runs.set_status(self.connection, self.run_id, "done",
-                                                retention_seconds=self.prepared.options.retention_seconds))
+            if not self._redis(lambda: runs.set_status(self.connection, self.run_id, "done",
+                                                       retention_seconds=self.prepared.options.retention_seconds)):
+                raise _Cancelled(self._redis(self._load))
             state.status = "done"
         self.on_progress(state)
         return RunResult("done", state)
@@ -265,6 +278,8 @@ class Runner:
             if self.stop.is_set():
                 raise _Stopped
             found = self._redis(self._load)
+            if found.status == "cancelled":
+                raise _Cancelled(found)
             if found.pending + count <= limit:
                 return
             self.on_progress(found)
@@ -355,6 +370,14 @@ class Runner:
 
 class _Stopped(Exception):
     """The stop event was set: end the run where it stands."""
+
+
+class _Cancelled(Exception):
+    """The run was cancelled (runs.cancel): nothing more is stored."""
+
+    def __init__(self, state: runs.RunState) -> None:
+        super().__init__(state.run)
+        self.state = state
 
 
 class _NotifyLogger(logging.Logger):

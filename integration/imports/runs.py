@@ -7,7 +7,7 @@ or a Redis outage never makes anyone start over, and nothing is sent twice.
 
 Keys:
 - `rb:import:<run>` (hash): source, file (its name only), sha256, format, encoding, delimiter,
-  type, id_column, status (`running` | `interrupted` | `stored` | `done`), started_at,
+  type, id_column, status (`running` | `interrupted` | `stored` | `done` | `cancelled`), started_at,
   updated_at, checkpoint (the last line of the file whose row is durably stored or reported),
   and the counters:
   importer side `read` (rows read), `stored` (new events), `duplicate` (an event already stored
@@ -15,8 +15,9 @@ Keys:
   never stored): read = stored + duplicate + bad;
   worker side, one per stored event when it is processed: `dispatched` (a dispatch created and
   sent on its way), `invalid` (its rules' dispatches all invalid), `skipped` (suppressed,
-  once_per, stale), `no_match` (no rule matched), `failed` (processing failed):
-  stored = dispatched + invalid + skipped + no_match + failed once every event is processed.
+  once_per, stale), `no_match` (no rule matched), `failed` (processing failed), `cancelled` (the run
+  was cancelled before a worker took the event: skipped, reason "import cancelled"):
+  stored = dispatched + invalid + skipped + no_match + failed + cancelled once every event is processed.
   An event that makes several dispatches counts once, by the best of them (dispatched before
   invalid before skipped); every dispatch id is listed in `:dispatches`.
 - `rb:import:<run>:bad` (zset): member JSON [line, reason], score the line.
@@ -25,6 +26,11 @@ Keys:
 - `rb:import:<run>:lock` (string): the importer holding the run (host, pid, token), so two
   terminals never feed one run at once; a holder that died on this host is taken over at once.
 - `rb:imports` (zset): run -> started time, for listings.
+- `rb:imports:cancelled` (zset): run -> cancel time, for the runs cancelled in the last
+  DISPATCH_RETENTION_DAYS (`revor-bridge import cancel`). The worker reads it in a round trip it
+  makes anyway (an imported event's first read, a submit's read of its dispatch), so neither an
+  imported event nor an imported dispatch pays a round trip of its own for the check, and a
+  webhook's event none at all. A cancelled run stays cancelled: nothing moves it to another status.
 
 Once a run is `done` its keys expire with DISPATCH_RETENTION_DAYS, like its dispatches.
 """
@@ -47,9 +53,11 @@ from integration.storage import run_script
 
 PREFIX = "rb:import:"
 RUNS_KEY = "rb:imports"
-STATUSES = ("running", "interrupted", "stored", "done")
+CANCELLED_KEY = "rb:imports:cancelled"
+CANCELLED_REASON = "import cancelled"
+STATUSES = ("running", "interrupted", "stored", "done", "cancelled")
 IMPORTER_COUNTERS = ("read", "stored", "duplicate", "bad")
-WORKER_COUNTERS = ("dispatched", "invalid", "skipped", "no_match", "failed")
+WORKER_COUNTERS = ("dispatched", "invalid", "skipped", "no_match", "failed", "cancelled")
 COUNTERS = IMPORTER_COUNTERS + WORKER_COUNTERS
 LOCK_SECONDS = 30  # a holder renews it with every batch; a dead one elsewhere is taken over after this
 META_FIELDS = ("source", "file", "sha256", "format", "encoding", "delimiter", "type", "id_column")
@@ -142,7 +150,7 @@ def begin(connection: redis.Redis, run: str, meta: dict[str, str], now: float | 
     found = state_of(run, raw)
     assert found is not None
     if found.status == "interrupted":
-        connection.hset(key, "status", "running")
+        set_status(connection, run, "running", now=now)
         found.status = "running"
     return found
 
@@ -161,18 +169,53 @@ def record_batch(pipe: Any, run: str, *, checkpoint: int, read: int, stored: int
     pipe.hset(key, mapping={"checkpoint": checkpoint, "updated_at": f"{now:.3f}"})
 
 
+# KEYS: the run hash, its bad rows, its dispatches; ARGV: status, now, expiry seconds or "".
+_SET_STATUS = """
+if redis.call('HGET', KEYS[1], 'status') == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+if ARGV[3] ~= '' then for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end end
+return 1
+"""
+
+
 def set_status(connection: redis.Redis, run: str, status: str, *, retention_seconds: int | None = None,
-               now: float | None = None) -> None:
-    """Move the run to `status`; a `done` run's keys expire after `retention_seconds`."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown run status {status!r}")
+               now: float | None = None) -> bool:
+    """Move the run to `status` (False: it is cancelled, and stays so); a `done` run's keys expire
+    after `retention_seconds`."""
+    if status not in STATUSES or status == "cancelled":
+        raise ValueError(f"unknown run status {status!r} (cancel() cancels)")
     now = time.time() if now is None else now
+    expiry = str(retention_seconds) if status == "done" and retention_seconds else ""
+    return bool(run_script(connection, _SET_STATUS, [run_key(run), bad_key(run), dispatches_key(run)],
+                           [status, f"{now:.3f}", expiry]))
+
+
+def cancel(connection: redis.Redis, run: str, *, retention_seconds: int, now: float | None = None,
+           ) -> RunState | None:
+    """Mark the run cancelled (None: no such run). The importer stops at its next batch, the workers
+    skip its events not processed yet and end its pending dispatches `cancelled` at their submit."""
+    now = time.time() if now is None else now
+    if not connection.exists(run_key(run)):
+        return None
     with connection.pipeline(transaction=True) as pipe:
-        pipe.hset(run_key(run), mapping={"status": status, "updated_at": f"{now:.3f}"})
-        if status == "done" and retention_seconds:
-            for key in (run_key(run), bad_key(run), dispatches_key(run)):
-                pipe.expire(key, retention_seconds)
-        pipe.execute()
+        pipe.hset(run_key(run), mapping={"status": "cancelled", "cancelled_at": f"{now:.3f}",
+                                         "updated_at": f"{now:.3f}"})
+        pipe.zadd(CANCELLED_KEY, {run: now})
+        pipe.zremrangebyscore(CANCELLED_KEY, "-inf", now - retention_seconds)  # their events and dispatches are gone
+        for key in (run_key(run), bad_key(run), dispatches_key(run)):
+            pipe.expire(key, retention_seconds)
+        pipe.hgetall(run_key(run))
+        raw = pipe.execute()[-1]
+    return state_of(run, raw)
+
+
+def read_cancelled(pipe: Any) -> None:
+    """Queue the read of the cancelled runs in a caller's pipeline (`cancelled_runs` parses it)."""
+    pipe.zrange(CANCELLED_KEY, 0, -1)
+
+
+def cancelled_runs(reply: Any) -> set[str]:
+    return {member.decode() if isinstance(member, bytes) else str(member) for member in reply or ()}
 
 
 # ---- the worker side -------------------------------------------------------------------------------
@@ -202,15 +245,17 @@ def outcome_of(event_status: str, dispatch_statuses: list[str]) -> str:
 
 
 def count_outcome(pipe: Any, event: dict[str, Any] | None, event_status: str,
-                  dispatches: dict[str, str] | None) -> None:
+                  dispatches: dict[str, str] | None, *, cancelled: bool = False) -> None:
     """Inside the event's outcome transaction (dispatches/create.py `_finish`): an imported event
-    adds one to its run's counter and lists its dispatch ids by line. No round trip of its own."""
+    adds one to its run's counter (`cancelled`: skipped because its run was cancelled) and lists
+    its dispatch ids by line. No round trip of its own."""
     found = import_of(event)
     if found is None:
         return
     run, line = found
     dispatches = dispatches or {}
-    pipe.hincrby(run_key(run), outcome_of(event_status, list(dispatches.values())), 1)
+    outcome = "cancelled" if cancelled else outcome_of(event_status, list(dispatches.values()))
+    pipe.hincrby(run_key(run), outcome, 1)
     if dispatches:
         pipe.zadd(dispatches_key(run), dict.fromkeys(dispatches, line))
 

@@ -71,6 +71,9 @@ NOTICES = {
     "needs_ack": ("The schedule is longer than 7 days: tick the box saying you understand how long it takes, "
                   "then confirm again.", "error"),
     "not_planned": ("The dry run is not ready yet: wait for it, then confirm.", "error"),
+    "cancelled": ("Import cancelled: no more rows are stored; the workers skip its rows not processed yet, and its "
+                  "dispatches Revor does not have yet end cancelled. Those Revor accepted already run as scheduled: "
+                  "Revor's API v1 cannot cancel a task.", "ok"),
     "rules": ("Not started: the workers do not run the rules this page planned with (see the line above the "
               "button).", "error"),
     "file_gone": ("The uploaded file is no longer on this server (the web process restarted on a fresh disk): "
@@ -114,6 +117,13 @@ class Jobs:
                 self._exit_hooked = True
             thread.start()
             return True
+
+    def stop(self, key: str) -> None:
+        """Ask the thread of `key` (if any) to stop after its batch."""
+        with self._lock:
+            stop = self._stops.get(key)
+        if stop is not None:
+            stop.set()
 
     def stop_all(self, timeout: float = 10.0) -> None:
         """The process is ending (a deploy, a restart): each import finishes its batch and saves its
@@ -563,6 +573,19 @@ def imports_start(run: str) -> ResponseReturnValue:
 
     started = jobs.start(f"run:{run}", work)
     return _back(run, ("continued" if found is not None else "started") if started else "running")
+
+
+@dashboard.post("/imports/<run>/cancel")
+def imports_cancel(run: str) -> ResponseReturnValue:
+    """Cancel (as `revor-bridge import cancel`): the run is marked cancelled in Redis, which every
+    importer (this process's thread, a command elsewhere) and every worker reads."""
+    if not RUN_ID.match(run):
+        not_found("Import run")
+    settings = current_app.extensions["revor_bridge.settings"]
+    if runs.cancel(redis_connection(), run, retention_seconds=settings.dispatch_retention_seconds) is None:
+        not_found("Import run")
+    _jobs().stop(f"run:{run}")
+    return _back(run, "cancelled")
 
 
 def _rules_check(connection: Any) -> fingerprint.Verdict:
