@@ -137,7 +137,7 @@ def test_upload_dry_run_confirm_watch_and_download_the_result(imports_stack):
     done = wait_for_page(browser, run_url, 'id="import-status">done<')
     assert '<meta http-equiv="refresh"' not in done
     assert counts_on(done) == {"read": 7, "stored": 6, "dispatched": 5, "invalid": 1, "skipped": 0, "no_match": 0,
-                               "failed": 0, "duplicate": 0, "bad": 1}
+                               "failed": 0, "repeated": 0, "duplicate": 0, "bad": 1}
     assert re.search(r"<td class=\"num\">7</td><td class=\"wrap\">12 cells where the header has 10 columns", done)
     found = settle(stack, expected=6)
     tasks = [t["body"]["metadata"]["dispatch_id"] for t in sandbox_tasks(stack["sandbox"])]
@@ -317,7 +317,7 @@ def test_a_web_process_killed_mid_import_shows_it_interrupted_and_continue_sends
         assert "Continuing from the checkpoint" in confirm(browser, run_url).text
         done = wait_for_page(browser, run_url, 'id="import-status">done<', timeout=120)
         assert counts_on(done) == {"read": 1200, "stored": 1200, "dispatched": 1200, "invalid": 0, "skipped": 0,
-                                   "no_match": 0, "failed": 0, "duplicate": 0, "bad": 0}
+                                   "no_match": 0, "failed": 0, "repeated": 0, "duplicate": 0, "bad": 0}
         rows = result_rows(browser.get(f"{run_url}/result.csv", timeout=60).text)
         assert [int(r["line"]) for r in rows] == list(range(2, 1202))
     # Each row's task reaches Revor once (their runs are spaced by the rule's interval: not waited for).

@@ -144,11 +144,10 @@ def test_hostile_ids_and_options_through_the_real_command(stack):
     rows = {int(row["line"]): row for row in result_rows(tmp / "evil.result.csv")}
     assert rows[2]["event_id"] == '\'=HYPERLINK("http://evil.example","open")'
     assert rows[3]["event_id"] == "'+cmd|x" and rows[6]["event_id"] == "'@SUM(1)"
-    assert all(row["status"] == "pending" or row["status"] == "accepted" or row["status"] == "duplicate"
-               for row in rows.values()), rows
+    assert all(row["status"] in ("pending", "accepted", "repeated") for row in rows.values()), rows
     # A second row with the same id is never sent, and the result says which row it repeats.
-    assert rows[5]["status"] == "duplicate" and rows[5]["dispatch_id"] == rows[4]["dispatch_id"]
-    assert rows[5]["reason"].startswith("the same event as line 4")
+    assert rows[5]["status"] == "repeated" and rows[5]["dispatch_id"] == rows[4]["dispatch_id"]
+    assert rows[5]["reason"].startswith("repeated in this file: imported once, as line 4")
 
     # --result naming the file being imported (or a link to it): refused before anything is stored.
     source = leads_file(tmp / "list.csv", range(100, 105))

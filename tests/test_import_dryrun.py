@@ -278,7 +278,8 @@ def test_the_dry_run_writes_nothing_and_its_examples_are_what_the_import_sends(l
                                                                "skipped_suppression": 1}
     assert rule["reasons"]["invalid"] == [{"reason": "recipient.address: Not a valid email address.", "count": 1,
                                            "lines": [4]}]
-    assert plan["no_rule_matched"] == {"count": 2, "lines": [3, 10]}
+    assert plan["no_rule_matched"] == {"count": 2, "lines": [3, 10], "why": {"vip-welcome": [
+        {"count": 2, "lines": [3, 10], "reason": "contact.segment is 'other', not 'vip'"}]}}
     assert plan["duplicates_in_file"]["reasons"] == [{"reason": "the same event id as line 6", "count": 1,
                                                       "lines": [7]}]
     assert plan["bad"]["reasons"] == [{"reason": "5 cells where the header has 4 columns", "count": 1,

@@ -228,7 +228,7 @@ def test_a_small_import_end_to_end(leads_stack):
     run = run_of(stack, source)
     counts = runs.load(stack["redis"], run).counts
     assert counts == {"read": 11, "stored": 9, "duplicate": 0, "bad": 2, "dispatched": 6, "invalid": 1,
-                      "skipped": 0, "no_match": 2, "failed": 0, "cancelled": 0}
+                      "skipped": 0, "no_match": 2, "failed": 0, "cancelled": 0, "repeated": 0}
     assert "6 dispatched, 1 invalid, 0 skipped, 2 no rule matched" in done.stdout
     assert "line 10: 5 cells where the header has 4 columns" in done.stdout
     assert "line 11: id column contact.id is empty" in done.stdout
@@ -270,12 +270,14 @@ def test_the_same_file_twice_and_an_overlapping_file_send_nothing_twice(quiet_st
     assert done.returncode == 0, done.stderr
     counts = runs.load(stack["redis"], run_of(stack, overlap)).counts
     assert (counts["read"], counts["stored"], counts["duplicate"], counts["dispatched"]) == (20, 10, 10, 5)
-    assert "10 already imported (sent before: not again)" in done.stdout
+    assert "0 repeated in this file (imported once), 10 already imported by an earlier run (not sent again)" \
+        in done.stdout
     found = settle(stack, expected=15)
     ids = revor_dispatch_ids(stack)
     assert len(ids) == len(set(ids)) == 15 and set(ids) == set(found)  # one task per VIP of rows 1-30
     rows = {int(r["line"]): r for r in result_rows(stack["tmp"] / "week2.result.csv")}
-    assert rows[2]["status"] == "duplicate" and rows[2]["reason"].startswith("already imported (run imp_")
+    assert rows[2]["status"] == "duplicate"
+    assert rows[2]["reason"].startswith("already imported by an earlier run (run imp_")
     assert rows[3]["status"] == "duplicate" and rows[3]["dispatch_id"] in found  # row 12: its earlier dispatch
     assert rows[12]["status"] != "duplicate" and rows[13]["dispatch_id"] in found
 
@@ -422,7 +424,7 @@ def test_a_redis_restart_during_an_import_is_waited_out_and_every_row_goes_once(
 def test_a_batch_stored_whose_checkpoint_was_lost_is_counted_once_when_stored_again(redis_db, tmp_path, monkeypatch):
     """What a SIGKILL or a lost reply between a batch's store and its checkpoint leaves: the batch
     is stored again, the store finds every event (nothing processed twice), and the runner counts
-    them as its own (`stored`), not as duplicates; a row repeated in the file is a duplicate."""
+    them as its own (`stored`), not as duplicates; a row repeated in the file is counted `repeated`."""
     import threading
 
     import redis as redis_client
@@ -453,7 +455,7 @@ def test_a_batch_stored_whose_checkpoint_was_lost_is_counted_once_when_stored_ag
     assert outcome.status == "interrupted"
     assert checkpoints[2] == checkpoints[3] == 601  # the same batch, again
     counts = runs.load(redis_db, prepared.run).counts
-    assert (counts["read"], counts["stored"], counts["duplicate"]) == (1001, 1000, 1)
+    assert (counts["read"], counts["stored"], counts["repeated"], counts["duplicate"]) == (1001, 1000, 1, 0)
     assert [note.split(" (")[0].split(" after")[0] for note in notes] == [
         "import: Redis unreachable", "import: Redis is back"], notes
     assert len(redis_db.keys("rb:event:csv:leads:*")) == 1000

@@ -129,7 +129,8 @@ def import_command(file: Path, source: str, event_type: str | None, fmt: str | N
         _same_rules(connection, ruleset, dry_run=dry_run)
     if dry_run or not resuming:
         try:
-            refusal = _look_first(ruleset, connection, prepared, max_days, as_json=as_json and dry_run)
+            refusal = _look_first(ruleset, connection, prepared, max_days, as_json=as_json and dry_run,
+                                  examples=dry_run)
         except KeyboardInterrupt:  # a dry run of a long file takes minutes: Ctrl-C stops it, nothing written
             _fail("interrupted during the dry run: nothing was stored or sent", EXIT_INTERRUPTED)
         if dry_run:
@@ -212,7 +213,7 @@ def _same_rules(connection: redis.Redis, ruleset: Any, *, dry_run: bool) -> None
 
 
 def _look_first(ruleset: Any, connection: redis.Redis, prepared: Any, max_days: float, *,
-                as_json: bool = False) -> str | None:
+                as_json: bool = False, examples: bool = True) -> str | None:
     """The dry run (dryrun.py) printed; returns why the import needs --yes, or None.
 
     The seam for the dry run: `dryrun.plan(prepared, ...)` reads the whole file as the import
@@ -236,7 +237,7 @@ def _look_first(ruleset: Any, connection: redis.Redis, prepared: Any, max_days: 
         click.echo(json.dumps({**plan.as_dict(), "max_days": max_days, "needs_yes": refusal is not None}, indent=2,
                               ensure_ascii=False))
     else:
-        click.echo(plan.render(max_days))
+        click.echo(plan.render(max_days, examples=examples))
     return refusal
 
 
@@ -310,8 +311,17 @@ def _run(settings: Any, connection: redis.Redis, prepared: Any, result_file: Pat
 
 def _tally(state: Any) -> str:
     counts = state.counts
-    return (f"{counts['read']:,} rows read, {counts['stored']:,} stored, {counts['duplicate']:,} already imported, "
+    return (f"{counts['read']:,} rows read, {counts['stored']:,} stored, {_repeats(counts)}, "
             f"{counts['bad']:,} bad")
+
+
+def _repeats(counts: dict[str, int], *, long: bool = False) -> str:
+    """Rows not stored again, in two kinds: the same row twice in this file (stored once), and a
+    row an earlier run (or a webhook) stored already (never sent again)."""
+    if long:
+        return (f"{counts['repeated']:,} repeated in this file (imported once), {counts['duplicate']:,} already "
+                "imported by an earlier run (not sent again)")
+    return f"{counts['repeated']:,} repeated in this file, {counts['duplicate']:,} already imported by an earlier run"
 
 
 def _finish(connection: redis.Redis, prepared: Any, state: Any, result_file: Path) -> None:
@@ -330,13 +340,17 @@ def _finish(connection: redis.Redis, prepared: Any, state: Any, result_file: Pat
     done = "imported" if state.status != "cancelled" else "cancelled import of"
     click.echo(f"{done} {prepared.options.path.name} as {prepared.options.source} (run {prepared.run}): "
                f"{counts['read']:,} rows read")
+    if prepared.type_note:
+        click.echo(f"  type {prepared.options.event_type}: {prepared.type_note}")
+    for note in prepared.notes:
+        click.echo(f"  ({note})")
     click.echo(f"  {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, {counts['skipped']:,} skipped, "
                f"{counts['no_match']:,} no rule matched, {counts['failed']:,} failed"
                + (f", {counts['cancelled']:,} cancelled (not sent: the import was cancelled)"
                   if counts["cancelled"] else ""))
     if state.status == "cancelled" and state.pending:
         click.echo(f"  {state.pending:,} stored rows wait for a worker, which skips them (the import is cancelled)")
-    click.echo(f"  {counts['duplicate']:,} already imported (sent before: not again), {counts['bad']:,} bad rows")
+    click.echo(f"  {_repeats(counts, long=True)}, {counts['bad']:,} bad rows")
     for line, reason in bad:
         click.echo(f"    line {line}: {reason}")
     if counts["bad"] > len(bad):
@@ -352,7 +366,8 @@ def _finish(connection: redis.Redis, prepared: Any, state: Any, result_file: Pat
 @click.command("status")
 @click.argument("run")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write every dispatch of the run (line, dispatch_id, status, reason) to this CSV file.")
+              help="Also write every dispatch of the run to this CSV file, in the result CSV's columns "
+                   "(line, event_id, dispatch_id, rule, recipient, status, reason).")
 def status_command(run: str, csv_path: Path | None) -> None:
     """A run's counters and its rows' dispatches by current status (as Revor reported them)."""
     import csv
@@ -373,7 +388,7 @@ def status_command(run: str, csv_path: Path | None) -> None:
             _fail(f"cannot write {csv_path}: {error.strerror or error}", EXIT_USAGE)
         writer = csv.writer(handle) if handle else None
         if writer:
-            writer.writerow(("line", "dispatch_id", "status", "reason"))
+            writer.writerow(result.COLUMNS)  # the result CSV's columns
         after = 0
         while page := runs.dispatch_page(connection, run, after):
             records = state.load_many(connection, [dispatch_id for dispatch_id, _ in page])
@@ -381,7 +396,10 @@ def status_command(run: str, csv_path: Path | None) -> None:
                 status = record["status"] if record else "expired"
                 statuses[status] += 1
                 if writer:
-                    writer.writerow(result.safe_row((line, dispatch_id, status, (record or {}).get("reason") or "")))
+                    crm = (record or {}).get("crm") or {}
+                    writer.writerow(result.safe_row((line, crm.get("event_id") or "", dispatch_id,
+                                                     (record or {}).get("rule") or "", result.recipient_of(record),
+                                                     status, (record or {}).get("reason") or "")))
             after = page[-1][1]
         if handle:
             handle.close()
@@ -389,8 +407,8 @@ def status_command(run: str, csv_path: Path | None) -> None:
         redis_unreachable(exc)
     meta, counts = found.meta, found.counts
     click.echo(f"{run}: {meta['file']} as {meta['source']}, {found.status}")
-    click.echo(f"  rows: {counts['read']:,} read, {counts['stored']:,} stored, {counts['duplicate']:,} already "
-               f"imported, {counts['bad']:,} bad; {found.pending:,} waiting for a worker")
+    click.echo(f"  rows: {counts['read']:,} read, {counts['stored']:,} stored, {_repeats(counts)}, "
+               f"{counts['bad']:,} bad; {found.pending:,} waiting for a worker")
     click.echo(f"  events: {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, "
                f"{counts['skipped']:,} skipped, {counts['no_match']:,} no rule matched, {counts['failed']:,} failed"
                + (f", {counts['cancelled']:,} cancelled" if counts["cancelled"] else ""))
@@ -478,7 +496,7 @@ def list_command(limit: int) -> None:
             status = "interrupted (its importer stopped: run the same command to continue)"
         click.echo(f"{found.run}  {found.meta['source']}  {found.meta['file']}  {status}")
         click.echo(f"    {counts['read']:,} read, {counts['stored']:,} stored, "
-                   f"{counts['duplicate']:,} already imported, "
+                   f"{_repeats(counts)}, "
                    f"{counts['bad']:,} bad; {counts['dispatched']:,} dispatched, {counts['invalid']:,} invalid, "
                    f"{counts['skipped']:,} skipped, {counts['no_match']:,} no rule matched, {counts['failed']:,} failed"
                    + (f", {counts['cancelled']:,} cancelled" if counts["cancelled"] else "")

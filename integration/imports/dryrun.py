@@ -246,6 +246,7 @@ class DryRun:
     duplicates: Reasons = field(default_factory=Reasons)  # the same event id as an earlier row of the file
     already_stored: Reasons = field(default_factory=Reasons)  # stored by an earlier import
     no_match: Reasons = field(default_factory=Reasons)  # rows no rule matched
+    no_match_why: dict[str, Reasons] = field(default_factory=dict)  # of those rows: why, per rule
     rules: dict[str, RuleTally] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     schedule: list[Bucket] = field(default_factory=list)
@@ -277,7 +278,8 @@ class DryRun:
             "duplicates_in_file": {"count": self.duplicates.total, "reasons": self.duplicates.top()},
             "already_stored": {"count": self.already_stored.total, "reasons": self.already_stored.top()},
             "no_rule_matched": {"count": self.no_match.total, "lines": self.no_match.top()[0]["lines"]
-                                if self.no_match.total else []},
+                                if self.no_match.total else [],
+                                "why": {rule: reasons.top(TOP_REASONS) for rule, reasons in self.no_match_why.items()}},
             "rules": [{"name": tally.name, "channel": tally.channel, "account_id": tally.account_id,
                        "counts": dict(tally.counts),
                        "reasons": {verdict: reasons.top() for verdict, reasons in tally.reasons.items()},
@@ -288,7 +290,9 @@ class DryRun:
             "checked_redis": self.checked_redis, "rules_loaded": self.rules_loaded, "notes": self.notes,
         }
 
-    def render(self, max_days: float | None = None) -> str:
+    def render(self, max_days: float | None = None, *, examples: bool = True) -> str:
+        """The report people read; `examples=False` (a real import, whose summary must stay on
+        screen) puts one line pointing at `--dry-run` in place of the example bodies."""
         out: list[str] = []
         info = self.file
         described = ", ".join(f"{name} {info[key]}" if name else str(info[key]) for key, name in
@@ -296,9 +300,11 @@ class DryRun:
                                ("type", "type"), ("id_column", "id column")) if info.get(key))
         out.append(f"Dry run: {info.get('name', '?')} as {self.source}" + (f" ({described})" if described else "")
                    + ". Nothing was sent or stored.")
+        if info.get("type_note"):
+            out.append(f"Type {info.get('type')}: {info['type_note']}.")
         out.append(f"Rows: {self.rows:,} read, {self.events:,} events, {self.bad.total:,} bad, "
-                   f"{self.duplicates.total:,} repeated in the file, {self.already_stored.total:,} stored by an "
-                   f"earlier import (never sent twice).")
+                   f"{self.duplicates.total:,} repeated in this file (imported once), {self.already_stored.total:,} "
+                   f"already imported by an earlier run (never sent twice).")
         out.append(f"Would send {self.would_send:,} Revor task{'s' if self.would_send != 1 else ''}.")
         if not self.rules_loaded:
             out.append("No rules are loaded (RULES_FILE is unset): nothing would be sent.")
@@ -317,13 +323,21 @@ class DryRun:
                 out.append(f"  {'no match:':<42}{tally.not_matched.total:>10,}")
                 out.extend(_reason_lines(tally.not_matched, "    ", limit=3))
         for title, reasons in (("No rule matched", self.no_match), ("Bad rows (not imported)", self.bad),
-                               ("Repeated in the file (imported once)", self.duplicates),
-                               ("Stored by an earlier import (not sent again)", self.already_stored)):
+                               ("Repeated in this file (imported once)", self.duplicates),
+                               ("Already imported by an earlier run (not sent again)", self.already_stored)):
             if reasons.total:
                 out.append("")
                 out.append(f"{title}: {reasons.total:,}")
                 out.extend(_reason_lines(reasons, "  "))
-        if self.examples:
+                if reasons is self.no_match:
+                    for rule, why in self.no_match_why.items():
+                        out.append(f"  rule {rule} did not match them:")
+                        out.extend(_reason_lines(why, "  ", limit=3))
+        if self.examples and not examples:
+            out.append("")
+            out.append(f"Example payloads: {len(self.examples)} exact Revor request bodies are shown by the same "
+                       "command with --dry-run.")
+        elif self.examples:
             out.append("")
             out.append(f"Example payloads: the Revor request {'bodies' if len(self.examples) > 1 else 'body'} "
                        f"(shown indented; min_channel_task_interval_seconds is drawn again for each real dispatch):")
@@ -479,6 +493,9 @@ class Planner:
                 self._would_send(line, plan)
         if not matched:
             self.result.no_match.add("no rule matched", line)
+            for plan in plans:  # why each rule passed the row by (what the JSON says per rule, for these rows)
+                if plan.reason:
+                    self.result.no_match_why.setdefault(plan.rule, Reasons()).add(plan.reason, line)
 
     def _would_send(self, line: int, plan: Plan) -> None:
         low, high = self._intervals[plan.rule]
@@ -517,8 +534,11 @@ def plan(prepared: Any, *, ruleset: RuleSet | None, connection: Any = None,
             "delimiter": prepared.table.delimiter,
             "delimiter_name": f"{DELIMITER_NAMES[prepared.table.delimiter]}-separated"
             if prepared.table.delimiter in DELIMITER_NAMES else "",
-            "type": options.event_type or default_type(prepared.hmap), "id_column": prepared.id_column}
-    return planner.finish(info)
+            "type": options.event_type or default_type(prepared.hmap), "id_column": prepared.id_column,
+            "type_note": getattr(prepared, "type_note", "")}
+    result = planner.finish(info)
+    result.notes.extend(getattr(prepared, "notes", []))
+    return result
 
 
 def plan_file(path: Path, *, source: str, ruleset: RuleSet | None, connection: Any = None,

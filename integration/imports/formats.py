@@ -69,6 +69,7 @@ class HeaderMap:
     id_column: str | None
     object_type: str
     format: str
+    decided_by: str | None = None  # the header whose common name decided `object_type`, when columns decided it
 
     @functools.cached_property
     def mapped(self) -> tuple[tuple[str, str, str], ...]:
@@ -202,16 +203,19 @@ def header_map(headers: Sequence[str], fmt: str | None, *, id_column: str | None
                 object_type = column.object_type
                 break
     objects = [n.split(".", 1)[0] for n in names if n]
+    decided_by = None
     if object_type is None:
         # A deals export also names the deal's contact and company; a plain list is of contacts
         # unless it says otherwise.
         order = ("deal", "contact", "company") if spec is not None else ("contact", "deal", "company")
         object_type = next((o for o in order if o in objects), "contact")
+        decided_by = next((h for h, n in zip(headers, names, strict=True) if n and n.startswith(f"{object_type}.")),
+                          None)
     if spec is None:
         record = next((h for h, n in zip(headers, names, strict=True) if n == f"{object_type}.id"), None)
     if id_column is not None:
         record = _find_header(headers, id_column)
-    return HeaderMap(headers, names, record, object_type, name)
+    return HeaderMap(headers, names, record, object_type, name, decided_by)
 
 
 def _find_header(headers: list[str], wanted: str) -> str:

@@ -8,6 +8,9 @@ In a terminal (stderr is a TTY) the line is redrawn in place with `\\r`, at most
 cut to the terminal's width (a wrapped line can no longer be redrawn in place). Elsewhere (a log
 file, CI, a pipe) one plain line every 10 seconds and one at the end, never a `\\r`.
 
+The line starts with rows read, the rate and the ETA, so a terminal of 80 columns (the line is cut
+to its width) always shows them; the outcomes follow.
+
 Rate and ETA: rows finished (processed by a worker, or reported bad, or a duplicate of an earlier
 import) per second over the last RATE_WINDOW seconds; the ETA is the rows left at that rate. Until
 the whole file is read the total is an estimate from the file's size (`estimate_rows`), said with
@@ -115,8 +118,9 @@ class Progress:
     def figures(self, counts: Mapping[str, Any], now: float) -> dict[str, Any]:
         """What the line shows: counters, finished rows, the total (exact once all is read), rate, ETA."""
         values = {name: _number(counts.get(name)) for name in
-                  ("read", "stored", "duplicate", "bad", *WORKER_COUNTERS)}
-        finished = values["duplicate"] + values["bad"] + sum(values[name] for name in WORKER_COUNTERS)
+                  ("read", "stored", "duplicate", "repeated", "bad", *WORKER_COUNTERS)}
+        finished = values["duplicate"] + values["repeated"] + values["bad"] + sum(values[name] for name in
+                                                                                  WORKER_COUNTERS)
         read_all = _text(counts.get("status")) in ("stored", "done")
         total = values["read"] if read_all else self.total
         if total is not None and not read_all:
@@ -131,21 +135,22 @@ class Progress:
                 "done": read_all and finished >= values["read"]}
 
     def line(self, figures: Mapping[str, Any]) -> str:
+        """Rows read, rate and ETA first (what a terminal of 80 columns must show), then the outcomes."""
         total = figures["total"]
         if total is None:
             read = f"{figures['read']:,} rows read"
         else:
-            read = f"{figures['read']:,} of {'' if figures['exact'] else '~'}{total:,} rows read"
-        parts = [read] + [f"{figures[name]:,} {name}" for name in ("dispatched", "invalid", "skipped", "bad")]
-        for name, label in (("duplicate", "already imported"), ("no_match", "no rule matched"),
-                            ("failed", "failed"), ("cancelled", "cancelled")):
-            if figures[name]:
-                parts.append(f"{figures[name]:,} {label}")
-        parts.append(f"{figures['rate']:,.0f} rows/s")
+            read = f"{figures['read']:,} of {'' if figures['exact'] else '~'}{total:,} read"
+        parts = [read, f"{figures['rate']:,.0f} rows/s"]
         if figures["done"]:
             parts.append("done")
         elif figures["eta"] is not None:
             parts.append(f"ETA {duration(figures['eta'])}")
+        parts += [f"{figures[name]:,} {name}" for name in ("dispatched", "invalid", "skipped", "bad")]
+        for name, label in (("repeated", "repeated in file"), ("duplicate", "imported before"),
+                            ("no_match", "no rule matched"), ("failed", "failed"), ("cancelled", "cancelled")):
+            if figures[name]:
+                parts.append(f"{figures[name]:,} {label}")
         return (" · " if self.tty else ", ").join(parts)
 
     # ---- drawing ---------------------------------------------------------------------------------

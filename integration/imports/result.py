@@ -1,13 +1,14 @@
 """The result CSV of an import: what became of every row, by the file's line numbers.
 
-Columns: line, event_id, dispatch_id, status, reason. One line per dispatch a row made (a row
-that matched two rules has two), one for a row without any: `bad` (never stored, with the
-reader's or the row's reason), `no_match`, `duplicate` (the event was stored already: by an
-earlier import, a webhook, or an earlier line of this file; its dispatches are the earlier
-ones, listed with it), `stored` (not processed yet), `cancelled` (its import was cancelled
-before a worker took it, or before it was stored) or the event's own outcome (`skipped`,
-`failed`) with its reason. A dispatch line has the dispatch's current status and reason, as
-Revor reported it so far.
+Columns: line, event_id, dispatch_id, rule, recipient (the dispatch's address, phone or profile
+URL, as the dispatch has it), status, reason. One line per dispatch a row made (a row that
+matched two rules has two), one for a row without any: `bad` (never stored, with the reader's or
+the row's reason), `no_match`, `duplicate` (the event was stored already: by an earlier import
+or a webhook; its dispatches are the earlier ones, listed with it), `repeated` (the same row as
+an earlier line of this file: imported once, as that line), `stored` (not processed yet),
+`cancelled` (its import was cancelled before a worker took it, or before it was stored) or the
+event's own outcome (`skipped`, `failed`) with its reason. A dispatch line has the dispatch's
+current status and reason, as Revor reported it so far.
 
 Made by reading the file again (rows are deterministic: the same row gives the same event id)
 and looking the events and dispatches up CHUNK rows at a time in one pipeline each, so a file of
@@ -30,7 +31,7 @@ from integration.dispatches import state
 from integration.imports import runs
 from integration.inbound.store import event_key
 
-COLUMNS = ("line", "event_id", "dispatch_id", "status", "reason")
+COLUMNS = ("line", "event_id", "dispatch_id", "rule", "recipient", "status", "reason")
 CHUNK = 500
 # A cell Excel, LibreOffice or Sheets would run as a formula (`=HYPERLINK(...)`, `+cmd|...`,
 # `@SUM(...)`): people open the result in a spreadsheet, and its event ids and reasons come from
@@ -67,7 +68,7 @@ def write(connection: redis.Redis, prepared: Any, out: Path) -> Counter[str]:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS)
             for row in lines(connection, prepared):
-                counts[row[3]] += 1
+                counts[row[COLUMNS.index("status")]] += 1
                 writer.writerow(safe_row(row))
         partial.replace(out)
     finally:
@@ -106,6 +107,14 @@ def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | 
             wanted += json.loads(stored[1])
     records = dict(zip(wanted, (record for record, _ in state.load_many(connection, wanted)), strict=True)) \
         if wanted else {}
+    for row in _outcomes(looked, records, run, cancelled):
+        record = records.get(row[2]) if row[2] else None
+        yield (*row[:3], (record or {}).get("rule") or "", recipient_of(record), *row[3:])
+
+
+def _outcomes(looked: list[tuple[int, Any, str | None, list[Any] | None]], records: dict[str, Any], run: str,
+              cancelled: bool) -> Iterator[tuple[Any, ...]]:
+    """(line, event_id, dispatch_id, status, reason) per result line of a chunk."""
     for line, event, reason, stored in looked:
         if event is None:
             yield line, "", "", "bad", reason or ""
@@ -122,11 +131,12 @@ def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | 
         own = _origin(stored[2])
         if own != (run, line):
             why = _earlier(own, run)
+            kind = "repeated" if own is not None and own[0] == run else "duplicate"
             if not dispatch_ids:
-                yield line, event_id, "", "duplicate", f"{why} (no dispatch)"
+                yield line, event_id, "", kind, f"{why} (no dispatch)"
             for dispatch_id in dispatch_ids:
                 record = records.get(dispatch_id) or {}
-                yield line, event_id, dispatch_id, "duplicate", f"{why}: its dispatch is {record.get('status', 'gone')}"
+                yield line, event_id, dispatch_id, kind, f"{why}: its dispatch is {record.get('status', 'gone')}"
             continue
         if status == "received" and cancelled:
             yield line, event_id, "", "cancelled", f"{runs.CANCELLED_REASON}: a worker skips it"
@@ -146,6 +156,14 @@ def _chunk(connection: redis.Redis, run: str, chunk: list[tuple[int, Any, str | 
                 yield line, event_id, dispatch_id, record["status"], record.get("reason") or ""
 
 
+def recipient_of(record: dict[str, Any] | None) -> str:
+    """The dispatch's recipient as it has it: its address, phone or profile URL."""
+    recipient = (record or {}).get("recipient") or {}
+    if not isinstance(recipient, dict):
+        return str(recipient)
+    return next((str(recipient[k]) for k in ("address", "phone", "profile_url") if recipient.get(k)), "")
+
+
 def _origin(body: bytes | None) -> tuple[str, int] | None:
     try:
         return runs.import_of(json.loads(body)) if body else None
@@ -157,5 +175,5 @@ def _earlier(origin: tuple[str, int] | None, run: str) -> str:
     if origin is None:
         return "already received from a webhook or another sender"
     if origin[0] == run:
-        return f"the same event as line {origin[1]}"
-    return f"already imported (run {origin[0]}, line {origin[1]})"
+        return f"repeated in this file: imported once, as line {origin[1]}"
+    return f"already imported by an earlier run (run {origin[0]}, line {origin[1]}), not sent again"

@@ -10,9 +10,10 @@ Keys:
   type, id_column, status (`running` | `interrupted` | `stored` | `done` | `cancelled`), started_at,
   updated_at, checkpoint (the last line of the file whose row is durably stored or reported),
   and the counters:
-  importer side `read` (rows read), `stored` (new events), `duplicate` (an event already stored
+  importer side `read` (rows read), `stored` (new events), `repeated` (the same event as an
+  earlier line of this file: imported once), `duplicate` (an event already stored
   by an earlier import or webhook, or the same row twice in this file), `bad` (rows reported,
-  never stored): read = stored + duplicate + bad;
+  never stored): read = stored + repeated + duplicate + bad;
   worker side, one per stored event when it is processed: `dispatched` (a dispatch created and
   sent on its way), `invalid` (its rules' dispatches all invalid), `skipped` (suppressed,
   once_per, stale), `no_match` (no rule matched), `failed` (processing failed), `cancelled` (the run
@@ -56,7 +57,7 @@ RUNS_KEY = "rb:imports"
 CANCELLED_KEY = "rb:imports:cancelled"
 CANCELLED_REASON = "import cancelled"
 STATUSES = ("running", "interrupted", "stored", "done", "cancelled")
-IMPORTER_COUNTERS = ("read", "stored", "duplicate", "bad")
+IMPORTER_COUNTERS = ("read", "stored", "duplicate", "repeated", "bad")
 WORKER_COUNTERS = ("dispatched", "invalid", "skipped", "no_match", "failed", "cancelled")
 COUNTERS = IMPORTER_COUNTERS + WORKER_COUNTERS
 LOCK_SECONDS = 30  # a holder renews it with every batch; a dead one elsewhere is taken over after this
@@ -156,12 +157,13 @@ def begin(connection: redis.Redis, run: str, meta: dict[str, str], now: float | 
 
 
 def record_batch(pipe: Any, run: str, *, checkpoint: int, read: int, stored: int, duplicate: int,
-                 bad: list[tuple[int, str]], now: float | None = None) -> None:
+                 bad: list[tuple[int, str]], now: float | None = None, repeated: int = 0) -> None:
     """One batch's outcome and the new checkpoint, inside the caller's transaction: the counters
     and the checkpoint move together, so a rerun from the checkpoint counts every row once."""
     now = time.time() if now is None else now
     key = run_key(run)
-    for name, amount in (("read", read), ("stored", stored), ("duplicate", duplicate), ("bad", len(bad))):
+    for name, amount in (("read", read), ("stored", stored), ("duplicate", duplicate), ("repeated", repeated),
+                         ("bad", len(bad))):
         if amount:
             pipe.hincrby(key, name, amount)
     if bad:

@@ -472,9 +472,9 @@ def _plan_view(saved: dict[str, Any]) -> dict[str, Any]:
             "needs_ack": bool(saved.get("refusal")), "planned_at": iso(saved.get("planned_at")),
             "days": round(longest["days"]) if longest else 0,
             "lists": [(title, plan[key]) for title, key in (("Bad rows (not imported)", "bad"),
-                                                            ("Repeated in the file (imported once)",
+                                                            ("Repeated in this file (imported once)",
                                                              "duplicates_in_file"),
-                                                            ("Stored by an earlier import (not sent again)",
+                                                            ("Already imported by an earlier run (not sent again)",
                                                              "already_stored")) if plan[key]["count"]]}
 
 
