@@ -4,17 +4,20 @@
                          [--dry-run] [--yes] [--max-days N] [--max-pending N] [--no-wait]
                          [--result PATH]
     revor-bridge import status RUN [--csv PATH]
+    revor-bridge import cancel RUN
+    revor-bridge import list [--limit N]
 
 `import` reads FILE, shows what it would do (the dry run: integration/imports/dryrun.py), and
 unless that is all it was asked for (`--dry-run`) or the schedule is longer than `--max-days`
 without `--yes`, stores every row as an event through the webhooks' store (runner.py), watches
 the workers turn them into dispatches (progress.py) and writes the result CSV (result.py).
 
-`status` is the first word after `import` when it is a subcommand: `import status RUN`. A file
-named `status` is imported as `import ./status`.
+`status`, `cancel` and `list` are subcommands when they are the first word after `import`
+(`import status RUN`); a file named like one is imported as `import ./status`.
 
-Exit codes: 0 done; 1 refused (a schedule longer than --max-days without --yes, an option that
-does not fit the file or the run, the source's storage ceiling); 2 not a CSV file or unreadable;
+Exit codes: 0 done; 1 refused or stopped (a schedule longer than --max-days without --yes, no
+rules loaded or other rules than the live workers run, an option that does not fit the file or
+the run, the source's storage ceiling, the run cancelled); 2 not a CSV file or unreadable;
 3 Redis unreachable at the start; 130 interrupted (Ctrl-C: the current batch finishes, the
 checkpoint is saved, and the command to continue is printed).
 """
