@@ -56,6 +56,7 @@ import redis
 from benchmarks.pipeline import ms, pct, stack
 from integration.dispatches import state
 from integration.imports import runs
+from integration.inbound.store import stored_bytes_key
 from integration.storage import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,10 +270,10 @@ def reader_rates(path: Path) -> tuple[int, float, float]:
 
 
 def where_it_goes(connection: redis.Redis, rows: int) -> str:
-    """MEMORY USAGE per stored row of the event hashes (a sample of 1,000), the due and received
-    sets and the batches' delivery records."""
+    """MEMORY USAGE per stored row of the event hashes (a sample of 1,000), the due (bulk lane)
+    and received sets and the batches' delivery records."""
     from integration.inbound.store import RECEIVED_INDEX_KEY
-    from integration.scheduler.units import DUE
+    from integration.scheduler.units import BULK
 
     keys = []
     for key in connection.scan_iter(match="rb:event:csv:bench:*", count=1000):
@@ -284,12 +285,12 @@ def where_it_goes(connection: redis.Redis, rows: int) -> str:
             pipe.memory_usage(key, samples=0)
         sizes = pipe.execute()
     event = statistics.mean(int(s or 0) for s in sizes) if sizes else 0.0
-    due = int(connection.memory_usage(DUE, samples=0) or 0) / rows
+    due = int(connection.memory_usage(BULK, samples=0) or 0) / rows
     received = int(connection.memory_usage(RECEIVED_INDEX_KEY, samples=0) or 0) / rows
     deliveries = 0
     for key in connection.scan_iter(match="rb:delivery:*", count=1000):
         deliveries += int(connection.memory_usage(key, samples=0) or 0)
-    return (f"event hash {event:,.0f} B (mean of {len(keys)}), rb:due {due:,.0f} B, received index "
+    return (f"event hash {event:,.0f} B (mean of {len(keys)}), rb:due:bulk {due:,.0f} B, received index "
             f"{received:,.0f} B, delivery records {deliveries / rows:,.0f} B")
 
 
@@ -346,6 +347,10 @@ def rows_mode(args: argparse.Namespace) -> None:
             print(f"Redis used_memory grown   : {grown:,} bytes = {grown / max(1, stored):,.0f} bytes per stored row "
                   f"({grown / max(1, stored) / (size / args.rows):.1f} x the row in the file)")
             print(f"  per stored row          : {where_it_goes(connection, max(1, stored))}")
+            charged = sum(int(v) for v in connection.hvals(stored_bytes_key(SOURCE)))
+            print(f"  charged to the ceiling  : {charged / max(1, stored):,.0f} bytes per stored row "
+                  f"(INBOUND_MAX_STORED_BYTES, 7 days; its default 256 MiB holds about "
+                  f"{256 * MB * max(1, stored) / max(1, charged):,.0f} such rows)")
         print(f"ratio import/reader       : {rate / read_rate:8.3f} (storing's rows/s against the reader alone)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
