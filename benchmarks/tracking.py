@@ -83,9 +83,15 @@ def main() -> None:
         while polls_left(connection) and time.monotonic() - started < 200:
             time.sleep(0.2)
         elapsed = time.monotonic() - started
-        # Jobs run, as each worker counts them (read before they stop and unregister).
-        poll_jobs = sum(worker.successful_job_count + worker.failed_job_count
-                        for worker in Worker.all(connection=connection))
+        # Jobs run, as each worker counts them (read before they stop and unregister). A job is
+        # counted when it ends: the one that ran the last polls may still be finishing.
+        settle = time.monotonic() + 15
+        while True:
+            found = Worker.all(connection=connection)
+            poll_jobs = sum(worker.successful_job_count + worker.failed_job_count for worker in found)
+            if (poll_jobs and not any(worker.get_state() == "busy" for worker in found)) or time.monotonic() > settle:
+                break
+            time.sleep(0.1)
         for worker in workers:
             os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:

@@ -61,7 +61,8 @@ def test_each_channel_reaches_succeeded(client, sandbox, payload):
     assert created.data["status"] == "queued"
     assert created.data["channel"] == payload["channel"]
     seen = follow(client, created.data["id"])
-    assert seen[0] == "queued" and seen[-1] == "succeeded"
+    # The sandbox's clock runs 50x: on a loaded machine the first poll may already see it running.
+    assert seen[-1] == "succeeded"
     order = ["queued", "scheduled", "running", "succeeded"]
     assert [order.index(s) for s in seen] == sorted(order.index(s) for s in seen)
     job = client.get_job(created.data["id"]).data
