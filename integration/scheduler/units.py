@@ -58,14 +58,14 @@ SWEEP_UNIT = f"{SWEEP}|retention"
 # an outbox being delivered) stays due, one second later.
 CLAIM = """
 local now, deadline, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local candidates, lanes = {}, {}
+local candidates, lanes = {}, {}  -- lanes[i]: the KEYS index (1 due, 4 bulk) candidate i is in
 if #ARGV > 3 then
   for i = 4, #ARGV do
-    local lane = KEYS[1]
-    local score = redis.call('ZSCORE', lane, ARGV[i])
+    local lane = 1
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
     if not score then
-      lane = KEYS[4]
-      score = redis.call('ZSCORE', lane, ARGV[i])
+      lane = 4
+      score = redis.call('ZSCORE', KEYS[4], ARGV[i])
     end
     if score and tonumber(score) <= now then
       candidates[#candidates + 1] = ARGV[i]
@@ -73,9 +73,9 @@ if #ARGV > 3 then
     end
   end
 else
-  for _, lane in ipairs({KEYS[1], KEYS[4]}) do
+  for _, lane in ipairs({1, 4}) do
     if #candidates < limit then
-      for _, unit in ipairs(redis.call('ZRANGEBYSCORE', lane, '-inf', now, 'LIMIT', 0, limit - #candidates)) do
+      for _, unit in ipairs(redis.call('ZRANGEBYSCORE', KEYS[lane], '-inf', now, 'LIMIT', 0, limit - #candidates)) do
         candidates[#candidates + 1] = unit
         lanes[#candidates] = lane
       end
@@ -84,10 +84,11 @@ else
 end
 local claimed = {}
 for i, unit in ipairs(candidates) do
+  local lane = lanes[i]
   if redis.call('ZSCORE', KEYS[2], unit) then
-    redis.call('ZADD', lanes[i], now + 1, unit)
+    redis.call('ZADD', KEYS[lane], now + 1, unit)
   else
-    redis.call('ZREM', lanes[i], unit)
+    redis.call('ZREM', KEYS[lane], unit)
     redis.call('ZADD', KEYS[2], deadline, unit)
     claimed[#claimed + 1] = unit
     claimed[#claimed + 1] = redis.call('HINCRBY', KEYS[3], unit, 1)
