@@ -481,3 +481,31 @@ def test_an_operator_retry_of_a_failed_imported_event_is_not_counted_twice(redis
     _process(context, key)
     counts = runs.load(redis_db, run).counts
     assert (counts["failed"], counts["dispatched"]) == (0, 1)
+
+
+def test_an_import_waiting_for_room_keeps_its_lock(tmp_path, redis_db, monkeypatch):
+    """Found by the dashboard helper: waiting for the workers (no batch to renew the lock with)
+    let the lock lapse after LOCK_SECONDS, so a live import looked abandoned: the dashboard
+    offered Continue and a second importer could feed the same run."""
+    import threading
+
+    from rq import Queue
+
+    from integration.imports import runner
+
+    monkeypatch.setattr(runs, "LOCK_SECONDS", 1)
+    path = leads_file(tmp_path / "leads.csv", range(1, 501))
+    prepared = runner.prepare(runner.ImportOptions(path, "csv:leads", max_pending=200, batch_size=200))
+    stop = threading.Event()
+    work = runner.Runner(redis_db, Queue("default", connection=redis_db, serializer="json"), prepared, stop=stop)
+    thread = threading.Thread(target=work.run)
+    thread.start()
+    try:
+        wait_for(lambda: int(redis_db.hget(runs.run_key(prepared.run), "checkpoint") or 0) > 1, 30, "a batch")
+        time.sleep(3)  # three lock lifetimes, no worker: the importer waits for room all along
+        assert redis_db.get(runs.lock_key(prepared.run)) is not None
+        with pytest.raises(runs.Busy):
+            runs.RunLock(redis_db, prepared.run).acquire()
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -245,7 +245,7 @@ class Runner:
         for batch in _batches(self.prepared.events(state.checkpoint), size):
             if self.stop.is_set():
                 raise _Stopped
-            self._wait_for_room(len(batch.events), pending)
+            self._wait_for_room(len(batch.events), pending, lock)
             outcome = self._redis(lambda batch=batch: self._store(batch, lock))
             if isinstance(outcome, RunResult):
                 return outcome
@@ -315,7 +315,7 @@ class Runner:
 
     # ---- one batch --------------------------------------------------------------------------
 
-    def _wait_for_room(self, count: int, pending: int) -> None:
+    def _wait_for_room(self, count: int, pending: int, lock: runs.RunLock | None = None) -> None:
         """Wait until this batch keeps the run within max_pending (raises _Stopped when stopped)."""
         limit = self.prepared.options.max_pending
         if not limit or pending + count <= limit:
@@ -329,6 +329,8 @@ class Runner:
                 raise _Cancelled(found)
             if found.pending + count <= limit:
                 return
+            if lock is not None:
+                self._redis(lock.keep)
             self.on_progress(found)
             if found.pending != last:
                 stalled_since, last = time.monotonic(), found.pending

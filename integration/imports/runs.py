@@ -318,6 +318,13 @@ return false
 """
 
 
+# KEYS: the lock. ARGV: this holder, seconds. Pushes the lock ahead only while it is still ours.
+_KEEP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
 class Busy(Exception):
     """Another importer holds this run."""
 
@@ -342,6 +349,12 @@ class RunLock:
 
     def renew(self, pipe: Any) -> None:
         pipe.set(self.key, self.value, ex=LOCK_SECONDS)
+
+    def keep(self) -> None:
+        """While the importer waits for the workers (no batch to renew it with): a wait longer
+        than LOCK_SECONDS must not make a live import look abandoned (the dashboard would offer
+        Continue, and a second importer would feed the same run)."""
+        run_script(self.connection, _KEEP, [self.key], [self.value, LOCK_SECONDS])
 
     def release(self) -> None:
         try:
