@@ -30,6 +30,8 @@ from typing import Any
 
 import redis
 
+from integration.storage import trim_gone
+
 BUCKETS = 1024
 DISPATCHES = "rb:find:d:"
 EVENTS = "rb:find:e:"
@@ -39,18 +41,6 @@ RECIPIENT, EVENT_ID, JOB_ID = "r", "v", "j"  # dispatch terms
 OBJECT_ID, EMAIL = "o", "e"  # event terms
 _CANONICAL = re.compile(r"dsp_[0-9a-f]{40}")
 MAX_EMAILS = 5  # per event: an event naming more addresses is found by its first five
-
-# KEYS: the index, then one record key per member. ARGV: the members. Removes the members whose
-# record is gone; returns how many.
-TRIM = """
-local removed = 0
-for i = 1, #ARGV do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
-    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return removed
-"""
 
 
 def normalize(term: str) -> str:
@@ -194,7 +184,7 @@ def sweep(connection: redis.Redis, prefix: str, older_than: float, batch: int = 
         key, offset = f"{prefix}{number}", 0
         while members:
             keys = [record_key(prefix, _ref_text(m[4:])) for m in members]
-            gone = int(connection.eval(TRIM, 1 + len(members), key, *keys, *members))
+            gone = trim_gone(connection, key, members, keys)
             removed += gone
             if len(members) < batch:
                 break

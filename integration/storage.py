@@ -208,3 +208,22 @@ def resolve_redis_url(redis_url: str | None, data_dir: Path) -> tuple[str, Embed
         return redis_url, None
     embedded = EmbeddedRedis(data_dir).start()
     return embedded.url, embedded
+
+
+# KEYS: the index, then one record key per member. ARGV: the members. Removes the members whose
+# record is gone; returns how many.
+TRIM_GONE = """
+local removed = 0
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
+
+def trim_gone(connection: Any, index: str, members: Sequence[str], record_keys: Sequence[str]) -> int:
+    """Drop the `members` of `index` whose record (the matching `record_keys` entry) has expired:
+    the one trim of every index the retention sweep and the search buckets keep."""
+    return int(run_script(connection, TRIM_GONE, [index, *record_keys], members))

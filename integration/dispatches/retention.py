@@ -47,6 +47,7 @@ from integration.inbound.store import TTL_SECONDS as EVENT_TTL_SECONDS
 from integration.rules import guards
 from integration.scheduler import units
 from integration.scheduler.runner import Next, Run, again
+from integration.storage import trim_gone
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,6 @@ BATCH = 500
 # Event index entries this much younger than the events' lifetime are checked too: an event
 # processed (or retried) up to a day after it arrived expires before its entry's score says.
 EVENT_SLACK = 86400.0
-
-# KEYS: the index, then one record key per member. ARGV: the members. Removes the members whose
-# record is gone; returns how many.
-TRIM = """
-local removed = 0
-for i = 1, #ARGV do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
-    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return removed
-"""
 
 # KEYS: due, attempts, the unit's record (dispatch or event), then keys to delete with the unit
 # (a delivery's outbox and its retry wait). ARGV: the unit. Drops a unit whose record is gone.
@@ -108,7 +97,7 @@ def trim_index(connection: redis.Redis, index: str, older_than: float, record_ke
         members = [_text(m) for m in connection.zrangebyscore(index, "-inf", older_than, start=offset, num=BATCH)]
         if not members:
             return removed
-        gone = int(connection.eval(TRIM, 1 + len(members), index, *[record_key(m) for m in members], *members))
+        gone = trim_gone(connection, index, members, [record_key(m) for m in members])
         removed += gone
         if len(members) < BATCH:
             return removed
