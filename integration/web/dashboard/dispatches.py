@@ -63,18 +63,11 @@ def _filters() -> dict[str, Any]:
     rule = (args.get("rule") or "").strip() or None
     if rule is not None and len(rule) > 200:
         raise listing.FilterError("Rule", "a rule name of at most 200 characters")
-    query = (args.get("q") or "").strip()
-    if len(query) > 500:
-        raise listing.FilterError("Search", "at most 500 characters")
-    found = {"status": listing.choice("Status", args.get("status"), list(state.RANK)), "rule": rule,
-             "channel": listing.choice("Channel", args.get("channel"), CHANNELS),
-             "source": listing.choice("Source", args.get("source"), known_sources()),
-             "since": listing.parse_time("From", args.get("since")),
-             "until": listing.parse_time("To", args.get("until")), "q": query,
-             "page": listing.parse_page(args.get("page")), "after": listing.decode_cursor(args.get("after"))}
-    if found["since"] is not None and found["until"] is not None and found["since"] > found["until"]:
-        raise listing.FilterError("From", "must be before To")
-    return found
+    query = listing.search_text(args)
+    return {"status": listing.choice("Status", args.get("status"), list(state.RANK)), "rule": rule,
+            "channel": listing.choice("Channel", args.get("channel"), CHANNELS),
+            "source": listing.choice("Source", args.get("source"), known_sources()), "q": query,
+            **listing.window(args)}
 
 
 def _matches(filters: dict[str, Any], fields: dict[str, Any]) -> bool:

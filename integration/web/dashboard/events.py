@@ -45,17 +45,10 @@ def _filters() -> dict[str, Any]:
     if kind is not None and not TYPE_PATTERN.match(kind):
         raise listing.FilterError("Type", "expected an event type like deal.stage_changed, or a pattern like "
                                   "deal.* or *.created (as in a rule's when.type)")
-    query = (args.get("q") or "").strip()
-    if len(query) > 500:
-        raise listing.FilterError("Search", "at most 500 characters")
-    found = {"source": listing.choice("Source", args.get("source"), known_sources()), "type": kind,
-             "status": listing.choice("Status", args.get("status"), list(records.LISTABLE)),
-             "since": listing.parse_time("From", args.get("since")),
-             "until": listing.parse_time("To", args.get("until")), "q": query,
-             "page": listing.parse_page(args.get("page")), "after": listing.decode_cursor(args.get("after"))}
-    if found["since"] is not None and found["until"] is not None and found["since"] > found["until"]:
-        raise listing.FilterError("From", "must be before To")
-    return found
+    query = listing.search_text(args)
+    return {"source": listing.choice("Source", args.get("source"), known_sources()), "type": kind,
+            "status": listing.choice("Status", args.get("status"), list(records.LISTABLE)), "q": query,
+            **listing.window(args)}
 
 
 def outcome(status: str, reason: str | None, dispatches: int) -> str:

@@ -96,6 +96,23 @@ def decode_cursor(text: str | None) -> tuple[float, str] | None:
     raise FilterError("Continue", "the link is damaged or out of date: start again from the first page")
 
 
+def search_text(args: Any) -> str:
+    """The search box (`q`), stripped; FilterError past 500 characters."""
+    query = (args.get("q") or "").strip()
+    if len(query) > 500:
+        raise FilterError("Search", "at most 500 characters")
+    return query
+
+
+def window(args: Any) -> dict[str, Any]:
+    """The filters every list shares: the time range (From before To), the page and the cursor."""
+    found = {"since": parse_time("From", args.get("since")), "until": parse_time("To", args.get("until")),
+             "page": parse_page(args.get("page")), "after": decode_cursor(args.get("after"))}
+    if found["since"] is not None and found["until"] is not None and found["since"] > found["until"]:
+        raise FilterError("From", "must be before To")
+    return found
+
+
 def iso(epoch: float | str | None) -> str:
     """Epoch seconds as `2026-01-31 14:00:05Z` (UTC, what operators compare with logs)."""
     if epoch in (None, ""):
