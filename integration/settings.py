@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 REVOR_DEFAULT_BASE_URL = "https://revor.ai/api/v1"
 HUBSPOT_DEFAULT_API_BASE_URL = "https://api.hubapi.com"
+PIPEDRIVE_DEFAULT_API_BASE_URL = "https://api.pipedrive.com"
+SALESFORCE_DEFAULT_API_VERSION = "62.0"
 # Used when REVOR_API_KEY is unset: the bridge talks to the local Revor sandbox, never to Revor.
 SANDBOX_API_KEY = "sk-revor-sandbox"
 SANDBOX_DEFAULT_BASE_URL = "http://127.0.0.1:8765/api/v1"
@@ -75,6 +77,17 @@ class Settings:
     salesforce_verify_session: bool = False
     pipedrive_webhook_user: str | None = None
     pipedrive_webhook_password: Secret | None = None
+    # CRM write-back destinations (kind: salesforce / pipedrive in the rules file).
+    # SALESFORCE_DOMAIN: the org's My Domain, as https://<name>.my.salesforce.com (a bare host
+    # gets https://); an http:// URL is accepted for a local stand-in.
+    salesforce_base_url: str | None = None
+    salesforce_client_id: Secret | None = None
+    salesforce_client_secret: Secret | None = None
+    salesforce_api_version: str = SALESFORCE_DEFAULT_API_VERSION
+    salesforce_max_rps: float = 5.0
+    pipedrive_api_token: Secret | None = None
+    pipedrive_api_base_url: str = PIPEDRIVE_DEFAULT_API_BASE_URL
+    pipedrive_max_rps: float = 5.0
     generic_webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
     generic_event_id_fields: Mapping[str, str] = field(default_factory=dict)
     admin_token: Secret | None = None
@@ -149,6 +162,16 @@ class Settings:
             salesforce_verify_session=env.flag("SALESFORCE_VERIFY_SESSION"),
             pipedrive_webhook_user=pd_user,
             pipedrive_webhook_password=pd_password,
+            salesforce_base_url=env.my_domain("SALESFORCE_DOMAIN"),
+            salesforce_client_id=env.secret("SALESFORCE_CLIENT_ID"),
+            salesforce_client_secret=env.secret("SALESFORCE_CLIENT_SECRET"),
+            salesforce_api_version=env.api_version("SALESFORCE_API_VERSION", SALESFORCE_DEFAULT_API_VERSION),
+            salesforce_max_rps=env.number("SALESFORCE_MAX_RPS", 5.0, low=0.1, high=1000),
+            pipedrive_api_token=env.secret("PIPEDRIVE_API_TOKEN"),
+            pipedrive_api_base_url=(
+                env.url("PIPEDRIVE_API_BASE_URL", schemes=("http", "https")) or PIPEDRIVE_DEFAULT_API_BASE_URL
+            ).rstrip("/"),
+            pipedrive_max_rps=env.number("PIPEDRIVE_MAX_RPS", 5.0, low=0.1, high=1000),
             generic_webhook_secrets=env.generic_secrets(),
             generic_event_id_fields=env.generic_event_id_fields(),
             admin_token=admin,
@@ -226,6 +249,33 @@ class _Env:
         if parts is None or parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
             starts = " or ".join(s + "://" for s in schemes)
             raise SettingsError(f"{name}: malformed, expected a URL starting with {starts}")
+        return value
+
+    def my_domain(self, name: str) -> str | None:
+        """A Salesforce My Domain: `acme.my.salesforce.com` or `https://acme.my.salesforce.com`, as a base URL."""
+        value = self.text(name)
+        if value is None:
+            return None
+        if "://" not in value:
+            value = "https://" + value
+        try:
+            parts = urlsplit(value)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") \
+                and not parts.query and not parts.username
+        except ValueError:
+            valid = False
+        if not valid:
+            raise SettingsError(f"{name}: malformed, expected the org's My Domain host, e.g. "
+                                "acme.my.salesforce.com (or https://acme.my.salesforce.com)")
+        return value.rstrip("/")
+
+    def api_version(self, name: str, default: str) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        value = value.removeprefix("v")
+        if not re.fullmatch(r"[1-9][0-9]\.0", value):
+            raise SettingsError(f"{name}: malformed, expected a Salesforce API version such as {default}")
         return value
 
     def number(self, name: str, default: float, low: float, high: float, integer: bool = False) -> float:
