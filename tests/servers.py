@@ -38,65 +38,18 @@ def signatures() -> dict[str, Any]:
 
 
 def hubspot_standin(token: str) -> tuple[Flask, dict[str, Any]]:
-    """A local stand-in for the HubSpot CRM API, serving the hydration fixture.
+    """A local stand-in for the HubSpot CRM API, serving the hydration fixture and taking
+    write-back (tests/standin_hubspot.py says what it enforces and every state knob).
 
     `state["fail_next"]` holds (status, headers) answers to give before the real ones, so tests
     can inject 429s; `state["delay"]` slows every answer (seconds); `state["calls"]` records
     every request.
     """
+    from tests.standin_hubspot import build
+
     data = json.loads(fixture_bytes("hubspot-crm-deal-with-contacts.json"))
-    deal = data["response"]
     contacts = {c["id"]: c for c in data["follow_up_response"]["results"]}
-    state: dict[str, Any] = {"calls": [], "fail_next": [], "deals": {deal["id"]: deal}, "delay": 0.0}
-    app = Flask("hubspot_standin")
-
-    @app.before_request
-    def check() -> Response | None:
-        state["calls"].append({"method": request.method, "path": request.path, "args": request.args.to_dict(),
-                               "auth": request.headers.get("Authorization")})
-        if state["delay"]:
-            time.sleep(state["delay"])
-        if request.headers.get("Authorization") != f"Bearer {token}":
-            return Response(json.dumps({"status": "error", "category": "INVALID_AUTHENTICATION"}), 401,
-                            mimetype="application/json")
-        if state["fail_next"]:
-            status, headers = state["fail_next"].pop(0)
-            return Response(json.dumps({"status": "error", "policyName": "TEN_SECONDLY_ROLLING"}), status,
-                            headers=headers, mimetype="application/json")
-        return None
-
-    @app.get("/crm/v3/objects/deals/<deal_id>")
-    def get_deal(deal_id: str) -> Response:
-        found = state["deals"].get(deal_id)
-        if found is None:
-            return Response(json.dumps({"status": "error", "category": "OBJECT_NOT_FOUND"}), 404,
-                            mimetype="application/json")
-        return Response(json.dumps(found), mimetype="application/json")
-
-    @app.post("/crm/v3/objects/contacts/batch/read")
-    def batch_read() -> Response:
-        ids = [i["id"] for i in request.get_json()["inputs"]]
-        results = [contacts[i] for i in ids if i in contacts]
-        return Response(json.dumps({"status": "COMPLETE", "results": results}), mimetype="application/json")
-
-    @app.get("/crm/v3/objects/contacts/<contact_id>")
-    def get_contact(contact_id: str) -> Response:
-        if contact_id not in contacts:
-            return Response("{}", 404, mimetype="application/json")
-        return Response(json.dumps(contacts[contact_id]), mimetype="application/json")
-
-    @app.get("/crm/v3/objects/companies/<company_id>")
-    def get_company(company_id: str) -> Response:
-        return Response(json.dumps({"id": company_id, "properties": {"name": "Northwind Traders",
-                                                                     "domain": "northwind.example.com"}}),
-                        mimetype="application/json")
-
-    @app.get("/crm/v3/owners/<owner_id>")
-    def get_owner(owner_id: str) -> Response:
-        return Response(json.dumps({"id": owner_id, "email": "rep.one@example.com", "firstName": "Rep",
-                                    "lastName": "One"}), mimetype="application/json")
-
-    return app, state
+    return build(token, data["response"], contacts)
 
 
 def writeback_receiver(secret: str) -> tuple[Flask, dict[str, Any]]:

@@ -138,6 +138,6 @@ def cli() -> None:
 
 
 def main() -> None:
-    from integration.cli import deliveries, demo, dev, events, imports, processes, revor, rules  # noqa: F401  (registers the commands)
+    from integration.cli import deliveries, demo, dev, events, hubspot, imports, processes, revor, rules  # noqa: F401  (registers the commands)
 
     cli(prog_name="revor-bridge")

@@ -1,0 +1,246 @@
+"""HubSpot write-back against the local HubSpot stand-in over real HTTP, with a real Redis limiter."""
+
+from __future__ import annotations
+
+import pytest
+
+from integration.dispatches.limits import Limiter
+from integration.settings import Settings
+from integration.writeback.crm.base import DEAD, OK, RETRY, THROTTLED, Activity, NotConfigured, Write
+from integration.writeback.crm.hubspot import HubSpotWriter
+from integration.writeback.crm.hubspot_setup import revor_properties
+from tests.conftest import cli_env, revor_bridge
+from tests.servers import ThreadServer, hubspot_standin
+
+TOKEN = "pat-na1-writeback-token"
+DEAL = "18273645501"
+DANA, SAM = "98765432101", "98765432102"
+PORTAL = "2718281"
+
+
+@pytest.fixture
+def hub():
+    app, state = hubspot_standin(TOKEN)
+    with ThreadServer(app) as server:
+        yield server, state
+
+
+def revor_fields(state, *types: str) -> None:
+    """What `hubspot setup` creates, put straight into the stand-in."""
+    for object_type in types:
+        state["groups"][object_type]["revor"] = {"name": "revor", "label": "Revor"}
+        for definition in revor_properties():
+            state["properties"][object_type][definition["name"]] = {**definition, "modificationMetadata": {}}
+
+
+def writer(server, redis_db, token: str = TOKEN) -> HubSpotWriter:
+    return HubSpotWriter(server.url, token, redis_db, max_rps=50)
+
+
+def status_write(object_id: str, status: str, obj: str = "deal", key: str = "rb:msg:1", **extra) -> Write:
+    return Write(key=key, object=obj, object_id=object_id, account=PORTAL,
+                 properties={"revor_status": status, "revor_last_job_id": "job_123", **extra})
+
+
+def test_one_write_is_one_patch_with_properties_only(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals")
+    results = writer(server, redis_db).update([status_write(DEAL, "succeeded", revor_last_error=None)])
+    assert [r.outcome for r in results] == [OK]
+    assert state["records"]["deals"][DEAL]["revor_status"] == "succeeded"
+    assert state["records"]["deals"][DEAL]["revor_last_error"] == ""  # None clears it
+    call = state["calls"][-1]
+    assert (call["method"], call["path"]) == ("PATCH", f"/crm/v3/objects/deals/{DEAL}")
+    assert call["json"] == {"properties": {"revor_status": "succeeded", "revor_last_job_id": "job_123",
+                                           "revor_last_error": ""}}
+    assert call["auth"] == f"Bearer {TOKEN}" and TOKEN not in str(call["headers"]) and not call["args"]
+    # hydration's GET sees what write-back set: one record, one truth
+    assert state["deals"][DEAL]["properties"]["revor_status"] == "succeeded"
+
+
+def test_several_writes_of_one_type_go_in_one_batch(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "contacts")
+    writes = [status_write(DANA, "scheduled", "contact", "rb:msg:1"),
+              status_write(SAM, "failed", "contact", "rb:msg:2")]
+    results = writer(server, redis_db).update(writes)
+    assert [r.outcome for r in results] == [OK, OK]
+    posts = [c for c in state["calls"] if c["method"] == "POST"]
+    assert [c["path"] for c in posts] == ["/crm/v3/objects/contacts/batch/update"]
+    assert posts[0]["json"]["inputs"][1] == {"id": SAM, "properties": {"revor_status": "failed",
+                                                                        "revor_last_job_id": "job_123"}}
+    assert state["records"]["contacts"][DANA]["revor_status"] == "scheduled"
+    assert state["records"]["contacts"][SAM]["revor_status"] == "failed"
+
+
+def test_a_deleted_record_refuses_the_batch_and_only_its_write_goes_dead(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "contacts")
+    state["delete"]("contacts", SAM)
+    writes = [status_write(DANA, "succeeded", "contact", "rb:msg:1"),
+              status_write(SAM, "succeeded", "contact", "rb:msg:2")]
+    results = writer(server, redis_db).update(writes)
+    assert [r.outcome for r in results] == [OK, DEAD]
+    assert results[1].status == 404
+    assert "OBJECT_NOT_FOUND" in results[1].reason and "Object not found" in results[1].reason  # HubSpot's words
+    assert state["records"]["contacts"][DANA]["revor_status"] == "succeeded"
+    assert [c["method"] for c in state["calls"]] == ["POST", "PATCH", "PATCH"]  # batch refused, then one by one
+
+
+def test_a_property_that_does_not_exist_is_dead_naming_it(hub, redis_db):
+    server, state = hub  # no `hubspot setup`: the Revor properties are missing
+    results = writer(server, redis_db).update([status_write(DEAL, "succeeded")])
+    assert results[0].outcome == DEAD and results[0].status == 400
+    assert results[0].reason.startswith("properties revor_status, revor_last_job_id do not exist on HubSpot deals")
+    assert "PROPERTY_DOESNT_EXIST" in results[0].reason
+    revor_fields(state, "deals")
+    wrong = writer(server, redis_db).update([status_write(DEAL, "succeeded", revor_colour="blue")])
+    assert wrong[0].reason.startswith("property revor_colour does not exist on HubSpot deals")
+    assert "revor_status" not in state["records"]["deals"][DEAL]  # nothing half-written
+
+
+def test_429_is_throttled_and_pauses_the_portal_limiter_hydration_shares(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals")
+    state["fail_next"] = [(429, {"Retry-After": "7"})]
+    results = writer(server, redis_db).update([status_write(DEAL, "succeeded")])
+    assert results[0].outcome == THROTTLED and results[0].wait == 7
+    # the very bucket create.py's hydration takes from: Limiter(redis, f"hubspot:{account}", ...)
+    hydration = Limiter(redis_db, f"hubspot:{PORTAL}", 8.0)
+    assert 5 < hydration.paused_for() <= 7
+    assert Limiter(redis_db, "hubspot:default", 8.0).paused_for() == 0  # another portal is not paused
+    # while paused, nothing is sent: the next write waits for the limiter instead of calling
+    calls = len(state["calls"])
+    again = HubSpotWriter(server.url, TOKEN, redis_db, max_rps=50).update([status_write(DEAL, "succeeded")])
+    assert again[0].outcome == THROTTLED and len(state["calls"]) == calls
+
+
+def test_429_without_retry_after_uses_hubspots_interval_header_and_daily_an_hour(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals")
+    state["fail_next"] = [(429, {"X-HubSpot-RateLimit-Interval-Milliseconds": "10000"})]
+    assert writer(server, redis_db).update([status_write(DEAL, "x")])[0].wait == 10
+    redis_db.flushdb()
+    state["fail_next"] = [(429, {}, {"status": "error", "message": "You have reached your daily limit.",
+                                     "errorType": "RATE_LIMIT", "policyName": "DAILY"})]
+    result = writer(server, redis_db).update([status_write(DEAL, "x")])[0]
+    assert result.outcome == THROTTLED and result.wait == 3600  # the daily allocation: an hour, not 10 s
+    assert Limiter(redis_db, f"hubspot:{PORTAL}", 8.0).paused_for() > 3500
+
+
+def test_a_wrong_token_is_retry_and_check_names_the_token(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals", "contacts")
+    bad = writer(server, redis_db, token="pat-na1-wrong")
+    writes = [status_write(DEAL, "succeeded"), status_write(DANA, "succeeded", "contact", "rb:msg:2")]
+    results = bad.update(writes)
+    assert [r.outcome for r in results] == [RETRY, RETRY]
+    assert results[0].reason == "HubSpot refused HUBSPOT_ACCESS_TOKEN (401 INVALID_AUTHENTICATION)"
+    assert len(state["calls"]) == 1  # a refused token is not tried again for every write
+    assert bad.check({"deal": ["revor_status"]}) == [
+        "HubSpot refused HUBSPOT_ACCESS_TOKEN (401 INVALID_AUTHENTICATION)"]
+    assert all("pat-na1-wrong" not in r.reason for r in results)
+
+
+def test_check_names_each_missing_property_and_a_missing_scope(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals")
+    good = writer(server, redis_db)
+    assert good.check({"deal": ["revor_status", "revor_last_error"]}) == []
+    assert good.check({"deal": ["revor_status", "revor_colour"], "contact": ["revor_status"]}) == [
+        "property revor_colour does not exist on HubSpot deals",
+        "property revor_status does not exist on HubSpot contacts"]
+    assert all(c["method"] == "GET" for c in state["calls"])  # check never changes anything
+    state["scopes"] = {"crm.objects.deals.write"}
+    assert good.check({"deal": ["revor_status"]}) == [
+        "HubSpot refused HUBSPOT_ACCESS_TOKEN for deals properties (403 MISSING_SCOPES: needs scope "
+        "crm.schemas.deals.read)"]
+    down = HubSpotWriter("http://127.0.0.1:9", TOKEN, None)
+    assert down.check({"deal": ["revor_status"]})[0].startswith("HubSpot API unreachable at http://127.0.0.1:9")
+
+
+def test_the_note_is_logged_on_the_deal_with_the_deal_association(hub, redis_db):
+    server, state = hub
+    write = Write(key="rb:msg:9", object="deal", object_id=DEAL, account=PORTAL,
+                  activity=Activity("Revor sms <succeeded>", "To +14155550123\nRevor job job_123",
+                                    "2026-01-01T12:00:08.000Z"))
+    result = writer(server, redis_db).log_activity(write)
+    assert result.outcome == OK and result.status == 201
+    [note] = state["notes"]
+    assert note["properties"] == {"hs_timestamp": "2026-01-01T12:00:08.000Z",
+                                  "hs_note_body": "<strong>Revor sms &lt;succeeded&gt;</strong><br>To +14155550123"
+                                                  "<br>Revor job job_123"}
+    assert note["associations"] == [{"to": {"id": DEAL}, "types": [{"associationCategory": "HUBSPOT_DEFINED",
+                                                                    "associationTypeId": 214}]}]
+    contact = writer(server, redis_db).log_activity(Write(key="k", object="contact", object_id=DANA,
+                                                           activity=Activity("s", "", "2026-01-01T12:00:08Z")))
+    assert contact.outcome == OK and state["notes"][1]["associations"][0]["types"][0]["associationTypeId"] == 202
+    state["delete"]("deals", DEAL)
+    gone = writer(server, redis_db).log_activity(write)
+    assert gone.outcome == DEAD and "does not exist" in gone.reason
+
+
+def test_ids_and_objects_hubspot_cannot_have_are_dead_without_a_call(hub, redis_db):
+    server, state = hub
+    results = writer(server, redis_db).update([status_write("../owners/1", "x"),
+                                               Write(key="k", object="ticket", object_id="1", properties={"a": 1}),
+                                               Write(key="k2", object="deal", object_id=DEAL)])
+    assert [r.outcome for r in results] == [DEAD, DEAD, OK]
+    assert results[0].reason.startswith("not a HubSpot id") and state["calls"] == []
+
+
+def test_5xx_and_no_answer_are_retry(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals")
+    state["fail_next"] = [(502, {})]
+    assert writer(server, redis_db).update([status_write(DEAL, "x")])[0].outcome == RETRY
+    down = HubSpotWriter("http://127.0.0.1:9", TOKEN, redis_db).update([status_write(DEAL, "x")])
+    assert down[0].outcome == RETRY and down[0].reason.startswith("no answer")
+
+
+def test_from_settings_needs_the_token():
+    with pytest.raises(NotConfigured, match="HUBSPOT_ACCESS_TOKEN is not set"):
+        HubSpotWriter.from_settings(Settings(), None)
+
+
+def test_hubspot_setup_creates_the_revor_group_and_properties_once(hub, tmp_path):
+    server, state = hub
+    env = cli_env(HUBSPOT_ACCESS_TOKEN=TOKEN, HUBSPOT_API_BASE_URL=server.url)
+    first = revor_bridge("hubspot", "setup", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "deals: created group revor, revor_status, revor_last_job_id, revor_last_sent_at, revor_last_error",
+        "contacts: created group revor, revor_status, revor_last_job_id, revor_last_sent_at, revor_last_error"]
+    status = state["properties"]["deals"]["revor_status"]
+    assert (status["type"], status["fieldType"], status["groupName"]) == ("enumeration", "select", "revor")
+    assert [o["value"] for o in status["options"]] == ["pending", "accepted", "scheduled", "running", "succeeded",
+                                                       "failed", "cancelled", "rejected", "invalid", "skipped"]
+    assert state["properties"]["contacts"]["revor_last_sent_at"]["type"] == "datetime"
+    assert state["properties"]["contacts"]["revor_last_error"]["fieldType"] == "textarea"
+    assert state["groups"]["deals"]["revor"]["label"] == "Revor" and "revor" not in state["groups"]["companies"]
+    posts = sum(c["method"] == "POST" for c in state["calls"])
+    second = revor_bridge("hubspot", "setup", "--object", "deals", "--object", "contacts", env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == ["deals: already there (group revor and 4 properties)",
+                                          "contacts: already there (group revor and 4 properties)"]
+    assert sum(c["method"] == "POST" for c in state["calls"]) == posts  # nothing changed the second time
+    # and write-back now works on what setup made
+    revor = HubSpotWriter(server.url, TOKEN, None).update([status_write(DEAL, "succeeded",
+                                                                        revor_last_sent_at="2026-01-01T12:00:08Z")])
+    assert revor[0].outcome == OK
+
+
+def test_hubspot_setup_without_or_with_a_refused_token_exits_2(hub, tmp_path):
+    server, state = hub
+    unset = revor_bridge("hubspot", "setup", env=cli_env(HUBSPOT_API_BASE_URL=server.url), cwd=tmp_path)
+    assert unset.returncode == 2 and "HUBSPOT_ACCESS_TOKEN is not set" in unset.stderr
+    wrong = revor_bridge("hubspot", "setup", env=cli_env(HUBSPOT_ACCESS_TOKEN="pat-wrong",
+                                                         HUBSPOT_API_BASE_URL=server.url), cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert "HubSpot refused HUBSPOT_ACCESS_TOKEN (401 INVALID_AUTHENTICATION)" in wrong.stderr
+    assert "pat-wrong" not in wrong.stderr + wrong.stdout
+    state["scopes"] = {"crm.schemas.deals.read", "crm.schemas.contacts.read"}
+    scoped = revor_bridge("hubspot", "setup", "--object", "deals",
+                          env=cli_env(HUBSPOT_ACCESS_TOKEN=TOKEN, HUBSPOT_API_BASE_URL=server.url), cwd=tmp_path)
+    assert scoped.returncode == 2 and "needs scope crm.schemas.deals.write" in scoped.stderr, scoped.stderr
+    assert "revor" not in state["groups"]["deals"]
