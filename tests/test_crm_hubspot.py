@@ -140,6 +140,10 @@ def test_a_wrong_token_is_retry_and_check_names_the_token(hub, redis_db):
     assert bad.check({"deal": ["revor_status"]}) == [
         "HubSpot refused HUBSPOT_ACCESS_TOKEN (401 INVALID_AUTHENTICATION)"]
     assert all("pat-na1-wrong" not in r.reason for r in results)
+    state["scopes"] = {"crm.objects.contacts.write"}  # a token without the deals scope
+    scoped = writer(server, redis_db).update([status_write(DEAL, "succeeded")])
+    assert scoped[0].outcome == RETRY and scoped[0].reason == (
+        "HubSpot refused HUBSPOT_ACCESS_TOKEN (403 MISSING_SCOPES: needs scope crm.objects.deals.write)")
 
 
 def test_check_names_each_missing_property_and_a_missing_scope(hub, redis_db):
