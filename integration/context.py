@@ -21,6 +21,8 @@ from integration.revor.client import RevorClient
 from integration.rules.loader import RuleSet, load_rules
 from integration.settings import Settings
 from integration.storage import connect
+from integration.writeback.crm.base import CrmWriter
+from integration.writeback.crm.writers import build as build_writer
 
 
 @dataclass
@@ -55,6 +57,15 @@ class JobContext:
             client = self._local.hubspot = HubSpotClient(self.settings.hubspot_api_base_url,
                                                          self.settings.hubspot_access_token.get())
         return client
+
+    def crm_writer(self, kind: str) -> CrmWriter:
+        """This thread's writer for a CRM destination kind (NotConfigured: its settings are missing)."""
+        writers = getattr(self._local, "crm", None)
+        if writers is None:
+            writers = self._local.crm = {}
+        if kind not in writers:
+            writers[kind] = build_writer(kind, self.settings, self.redis)
+        return writers[kind]
 
     @classmethod
     def build(cls, settings: Settings) -> JobContext:

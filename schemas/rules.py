@@ -229,14 +229,104 @@ def whsec_secret(value: str) -> None:
         raise ValidationError(f"The whsec_ secret decodes to {size} bytes; it needs at least {MIN_SECRET_BYTES}{how}")
 
 
-class DestinationSchema(Schema):
+DESTINATION_KINDS = ("webhook", "hubspot", "salesforce", "pipedrive")
+CRM_KINDS = DESTINATION_KINDS[1:]
+RECORDS = ("event", "contact", "deal")
+MAX_PROPERTIES = 50
+# HubSpot internal names, Salesforce API names (Field__c), Pipedrive keys (40 hex characters).
+PROPERTY_NAME = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]{0,99}\Z",
+                                error="Use the property's internal name or the field's API name / key "
+                                      "(letters, digits and _, starting with a letter).")
+# Only for one kind or the other: named when a destination mixes them up.
+WEBHOOK_ONLY = ("url", "secret", "body")
+CRM_ONLY = ("record", "properties", "activity")
+
+
+class Properties(fields.Field):
+    """A CRM destination's `properties`: property / field name -> a template (or a fixed value)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not value:
+            raise ValidationError("Expected a mapping of property names to templates, for example "
+                                  "revor_status: \"{{ data.status }}\".")
+        errors: list[str] = []
+        if len(value) > MAX_PROPERTIES:
+            errors.append(f"At most {MAX_PROPERTIES} properties.")
+        for name, item in value.items():
+            if not isinstance(name, str):
+                errors.append(f"Key {name!r} must be text (quote it).")
+                continue
+            try:
+                PROPERTY_NAME(name)
+            except ValidationError as exc:
+                errors.append(f"{name!r}: {exc.messages[0]}")
+            if isinstance(item, float) and not math.isfinite(item):
+                errors.append(f"{name}: {item} is not a number a CRM accepts.")
+            elif not (item is None or isinstance(item, str | bool | int | float)):
+                errors.append(f"{name}: expected a template (text), a number, true, false or null, not "
+                              f"{type(item).__name__}.")
+        if errors:
+            raise ValidationError(errors)
+        return value
+
+
+class ActivitySchema(Schema):
+    """A note (HubSpot, Pipedrive) or a Task (Salesforce) logged on the record for chosen statuses."""
+
     class Meta:
         unknown = RAISE
 
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
-    secret = fields.String(required=True, validate=whsec_secret)
+    on = fields.List(fields.String(validate=validate.OneOf(STATES)), load_default=lambda: ["succeeded", "failed"],
+                     validate=validate.Length(min=1))
+    subject = fields.String(load_default="Revor {{ data.channel }} {{ data.status }}",
+                            validate=validate.Length(min=1, max=2000))
+    body = fields.String(load_default="Revor {{ data.channel }} dispatch {{ data.dispatch_id }}: {{ data.status }}"
+                                      "{% if data.revor_job_id %}, Revor job {{ data.revor_job_id }}{% endif %}"
+                                      "{% if data.reason %}. {{ data.reason }}{% endif %}",
+                         validate=validate.Length(min=1, max=20_000))
+
+
+class DestinationSchema(Schema):
+    """A write-back destination: a signed webhook (the default kind) or a CRM's own API.
+
+    The CRM kinds update a record through the API whose credentials are in the environment
+    (HUBSPOT_ACCESS_TOKEN, SALESFORCE_*, PIPEDRIVE_API_TOKEN); they have no URL or secret here.
+    """
+
+    class Meta:
+        unknown = RAISE
+
+    kind = fields.String(load_default="webhook", validate=validate.OneOf(DESTINATION_KINDS))
+    url = fields.Url(schemes={"http", "https"}, require_tld=False)
+    secret = fields.String(validate=whsec_secret)
     on = fields.List(fields.String(validate=validate.OneOf(STATES)), load_default=lambda: list(STATES))
     body = Body(load_default=None, allow_none=True)
+    record = fields.String(validate=validate.OneOf(RECORDS))
+    properties = Properties()
+    activity = fields.Nested(ActivitySchema, allow_none=True)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _by_kind(self, data: dict[str, Any], **_: Any) -> None:
+        kind = data.get("kind", "webhook")
+        errors: dict[str, list[str]] = {}
+        if kind == "webhook":
+            for name in ("url", "secret"):
+                if name not in data:
+                    errors[name] = ["Missing data for required field."]
+            for name in CRM_ONLY:
+                if name in data:
+                    errors[name] = ["Only for kind hubspot, salesforce or pipedrive (this destination is a "
+                                    "webhook: add kind: hubspot, salesforce or pipedrive)."]
+        else:
+            for name in WEBHOOK_ONLY:
+                if data.get(name) is not None:
+                    errors[name] = [f"Not for kind {kind}: it writes through the {kind} API, whose credentials "
+                                    f"come from the environment."]
+            if not data.get("properties") and not data.get("activity"):
+                errors["properties"] = [f"A {kind} destination sets properties (a mapping of names to templates), "
+                                        f"logs an activity, or both."]
+        if errors:
+            raise ValidationError(errors)
 
 
 class DefaultsSchema(Schema):
@@ -279,7 +369,23 @@ class RulesFileSchema(Schema):
             missing = [d for d in rule["writeback"] if d not in data["destinations"]]
             if missing:
                 problems["writeback"] = [f"Unknown destination(s) {missing}."]
+            crossed = _crossed_crm(rule, data["destinations"])
+            if crossed:
+                problems["writeback"] = crossed
             if problems:
                 errors[index] = problems
         if errors:
             raise ValidationError({"rules": errors})
+
+
+def _crossed_crm(rule: dict[str, Any], destinations: dict[str, Any]) -> list[str]:
+    """A rule whose events all come from one CRM cannot update records in another CRM."""
+    sources = set(rule["when"]["source"])
+    problems = []
+    for name in rule["writeback"]:
+        kind = (destinations.get(name) or {}).get("kind", "webhook")
+        others = sorted(s for s in sources if s in CRM_KINDS and s != kind)
+        if kind in CRM_KINDS and others and not (sources - set(CRM_KINDS)) and kind not in sources:
+            problems.append(f"Destination {name!r} updates {kind} records, but this rule's events come from "
+                            f"{', '.join(others)}: their record ids are not {kind} ids.")
+    return problems

@@ -131,7 +131,8 @@ def _run(ctx: JobContext, run: Run, key: str, stored: dict[bytes, bytes], cancel
                 return _finish(ctx, run, key, "failed", reason=f"hydration failed: {error}", event=event)
     statuses: dict[str, str] = {}
     dispatches = create_dispatches(ctx, key, {k: v for k, v in event.items() if k != "_extra"}, context, run,
-                                   statuses=statuses, import_run=imported[0] if imported else None)
+                                   statuses=statuses, import_run=imported[0] if imported else None,
+                                   sobject=(event.get("_extra") or {}).get("sobject_type"))
     if ctx.rules is None:
         reason = (reason + "; " if reason else "") + "no rules loaded (RULES_FILE is unset)"
     return _finish(ctx, run, key, "processed", reason=reason, context=context, dispatches=dispatches, event=event,
@@ -174,7 +175,7 @@ def _finish(ctx: JobContext, run: Run, key: str, status: str, reason: str | None
 
 def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], context: dict[str, Any] | None,
                       run: Run | None = None, statuses: dict[str, str] | None = None,
-                      import_run: str | None = None) -> list[str]:
+                      import_run: str | None = None, sobject: str | None = None) -> list[str]:
     """The dispatch ids of every matched rule. With `run` (the engine's), the new dispatches'
     submits and status deliveries are claimed for that run's thread, which runs them next.
     `statuses` collects each dispatch's status as created (pending, invalid or skipped).
@@ -183,18 +184,33 @@ def create_dispatches(ctx: JobContext, event_key: str, event: dict[str, Any], co
     if ctx.rules is None:
         return []
     ids = []
+    links = record_links(event, context, sobject) if ctx.rules.crm_destinations else None
     for plan in plan_event(ctx.rules, event, context):
         if not plan.matched or plan.dispatch_id is None:
             continue
         ids.append(plan.dispatch_id)
-        status = _create(ctx, plan, event_key, event, run, import_run)
+        status = _create(ctx, plan, event_key, event, run, import_run, links)
         if statuses is not None:
             statuses[plan.dispatch_id] = status
     return ids
 
 
+def record_links(event: dict[str, Any], context: dict[str, Any] | None, sobject: str | None) -> dict[str, str]:
+    """The records around the event that a CRM destination may update instead of the event's own
+    (`record: contact` or `deal`), and Salesforce's sObject name: kept on the dispatch, because the
+    status messages that need them are written long after the event's context is gone."""
+    links = {}
+    for name in ("contact", "deal"):
+        found = (context or {}).get(name) or event.get(name)
+        if isinstance(found, dict) and found.get("id") not in (None, ""):
+            links[name] = str(found["id"])
+    if sobject:
+        links["sobject"] = str(sobject)
+    return links
+
+
 def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], run: Run | None,
-            import_run: str | None = None) -> str:
+            import_run: str | None = None, links: dict[str, str] | None = None) -> str:
     """Create the plan's dispatch; returns the status it was created in (or would have been, when
     it exists already: the event is processed again)."""
     status, reason = plan.status, plan.reason
@@ -217,6 +233,8 @@ def _create(ctx: JobContext, plan: Plan, event_key: str, event: dict[str, Any], 
     }
     if import_run:
         create["import_run"] = import_run
+    if links and any(name in ctx.rules.crm_destinations for name in plan.writeback or ()):
+        create["links"] = links
     submit = units.submit_unit(plan.dispatch_id)
     # The engine's run claims the follow-up units for its thread; without one they are just due.
     claim: dict[str, Any] = {"claim_for": ctx.settings.lease_seconds, "claimed": run.claimed} if run else {}

@@ -75,7 +75,7 @@ DEFAULT_RETENTION_SECONDS = 30 * 86400  # DISPATCH_RETENTION_DAYS' default
 RETRYABLE_END = {"failed", "rejected", "cancelled"}
 
 LISTPACK_VALUE = 64  # longest value a hash keeps in its compact encoding (hash-max-listpack-value)
-JSON_FIELDS = ("recipient", "crm", "result", "error", "writeback")
+JSON_FIELDS = ("recipient", "crm", "result", "error", "writeback", "links")
 TIMELINE = "timeline"  # the document's member holding the timeline
 
 # KEYS: dispatch hash, its document, its timeline list of the former layout (deleted: the
@@ -462,6 +462,8 @@ def transition(connection: redis.Redis, dispatch_id: str, status: str, fields: d
             message_id = f"msg_{dispatch_id}_{sequence}_{name}"
             message = {"id": message_id, "destination": name, "dispatch_id": dispatch_id, "sequence": sequence,
                        "body": status_body(record, moment), "created_at": moment}
+            if record.get("links"):  # the records a CRM destination may update (dispatches/create.py)
+                message["links"] = record["links"]
             keys += [outbox_key(dispatch_id, name), message_key(dispatch_id, sequence, name)]
             argv += [json.dumps(message), deliver_unit(dispatch_id, name)]
             delivery_units.append(deliver_unit(dispatch_id, name))

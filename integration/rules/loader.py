@@ -27,6 +27,7 @@ from schemas.rules import RulesFileSchema
 
 if TYPE_CHECKING:
     from integration.writeback.body import BodyTemplate
+    from integration.writeback.crm.config import CrmDestination
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_FILE_BYTES = 1024 * 1024
@@ -92,12 +93,15 @@ class RuleSet:
     defaults: dict[str, Any]
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination_bodies: dict[str, BodyTemplate] = field(default_factory=dict)
+    crm_destinations: dict[str, CrmDestination] = field(default_factory=dict)  # kind hubspot/salesforce/pipedrive
     warnings: list[str] = field(default_factory=list)  # said once, e.g. by preview: placeholders in use
     sha256: str = ""  # of the file's bytes as loaded: workers and importers compare it (rules/fingerprint.py)
 
     def destination_statuses(self) -> dict[str, list[str]]:
-        """Destination name -> the dispatch states it wants messages for."""
-        return {name: list(d["on"]) for name, d in self.destinations.items()}
+        """Destination name -> the dispatch states it wants messages for (a CRM destination's
+        activity statuses too: a note on `failed` needs a message even if `failed` sets no property)."""
+        return {name: list(dict.fromkeys([*d["on"], *((d.get("activity") or {}).get("on") or [])]))
+                for name, d in self.destinations.items()}
 
 
 def _line_map(text: str) -> dict[tuple[Any, ...], int]:
@@ -302,6 +306,11 @@ def _check_unvalidated(data: dict[str, Any], folder: Path, report: _Reporter) ->
     for name, destination in (destinations.items() if isinstance(destinations, dict) else ()):
         if isinstance(destination, dict):
             _syntax(destination.get("body"), ("destinations", name, "body"), report)
+            _syntax(destination.get("properties"), ("destinations", name, "properties"), report)
+            activity = destination.get("activity")
+            for part in ("subject", "body"):
+                if isinstance(activity, dict):
+                    _syntax(activity.get(part), ("destinations", name, "activity", part), report)
 
 
 def _syntax(value: Any, where: tuple[Any, ...], report: _Reporter, html: bool = False) -> None:
@@ -368,7 +377,27 @@ def _compile(clean: dict[str, Any], path: Path, report: _Reporter) -> RuleSet:
         if problem:
             report.add((*where, *problem.path), problem.reason)
         bodies[name] = body
-    return RuleSet(str(path), rules, clean["accounts"], defaults, clean["destinations"], bodies)
+    from integration.writeback.crm.config import compile_destination, sample_problem
+
+    crm = {}
+    for name, destination in clean["destinations"].items():
+        if destination["kind"] == "webhook":
+            continue
+        where = ("destinations", name)
+        properties = None
+        if destination.get("properties"):
+            properties = _body_leaves(destination["properties"], (*where, "properties"), report)
+            if properties is None:
+                continue
+        activity = destination.get("activity") or {}
+        subject = _template(activity.get("subject"), (*where, "activity", "subject"), report)
+        text = _template(activity.get("body"), (*where, "activity", "body"), report)
+        compiled = compile_destination(name, destination, properties, subject, text)
+        problem = sample_problem(compiled)
+        if problem:
+            report.add((*where, *problem[0]), problem[1])
+        crm[name] = compiled
+    return RuleSet(str(path), rules, clean["accounts"], defaults, clean["destinations"], bodies, crm)
 
 
 def _body_leaves(spec: Any, where: tuple[Any, ...], report: _Reporter) -> Any:

@@ -359,15 +359,18 @@ def _drop_and_next(connection: Any, outbox: str, message_key: str) -> bytes | No
 
 def _failed(connection: Any, outbox: str, destination: str, unit: str, message: dict[str, Any],
             message_key: str, attempts: int, status: int | None, retry_after: float | None, outcome: str,
-            retry_scale: float, claim: int | None = None) -> str:
-    """A failed attempt (an error status, no answer, a timeout): circuit, then retry or dead letter."""
+            retry_scale: float, claim: int | None = None, honour_wait: bool = False) -> str:
+    """A failed attempt (an error status, no answer, a timeout): circuit, then retry or dead letter.
+
+    `retry_after` is honoured on a 429 or 503, or always with `honour_wait` (a CRM API's own
+    word on when to come back, e.g. Salesforce's used-up daily allocation)."""
     open_until = destinations.record_failure(connection, destination, outcome, retry_scale)
     if attempts > len(RETRY_SCHEDULE):
         _give_up(connection, outbox, destination, message_key, f"no 2xx after {attempts} attempts; last: {outcome}")
         units.again(connection, unit, max(time.time(), open_until), counted=False, attempt=claim)
         return "dead_letter"
     wait = RETRY_SCHEDULE[attempts - 1] * retry_scale
-    if retry_after is not None and status in (429, 503):
+    if retry_after is not None and (status in (429, 503) or honour_wait):
         wait = max(wait, retry_after)
     wait = max(wait, open_until - time.time())
     connection.set(f"{outbox}:not_before", f"{time.time() + wait:.3f}", ex=int(wait) + 86400)
@@ -395,6 +398,12 @@ def deliver(ctx: JobContext, run: Run) -> Next:
     by deliver_outbox itself: the retry wait, the circuit, the yield)."""
     dispatch_id, _, destination = run.unit.ref.partition("|")
     rules = ctx.rules
+    crm = rules.crm_destinations.get(destination) if rules else None
+    if crm is not None:
+        from integration.writeback.crm.deliver import deliver_crm
+
+        deliver_crm(ctx, run, crm)
+        return HANDLED
     deliver_outbox(ctx.redis, dispatch_id, destination, rules.destinations.get(destination) if rules else None,
                    ctx.settings.lease_seconds, retry_scale=ctx.settings.writeback_retry_scale,
                    body_template=rules.destination_bodies.get(destination) if rules else None,

@@ -1,0 +1,126 @@
+"""A CRM destination from the rules file, compiled: which record, which properties, which activity.
+
+`plan` turns one status message into a `Write`, or says why it cannot (a dead letter's reason):
+the record comes from the message (`data.crm`, and the event's associated records the dispatch
+kept in `links`), the property values are the destination's templates rendered over the message
+in the rule sandbox, each leaf on its own (body.py), so a CRM value is always one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from integration.rules.templates import RenderError, Template
+from integration.writeback.body import SAMPLE, BodyError, BodyTemplate, _records
+from integration.writeback.crm.base import Activity, Write
+
+CRM_SOURCES = ("hubspot", "salesforce", "pipedrive")
+
+
+class NotWritable(Exception):
+    """This message cannot become a write (no such associated record, a template failed)."""
+
+
+@dataclass(frozen=True)
+class CrmDestination:
+    name: str
+    kind: str  # hubspot | salesforce | pipedrive
+    record: str  # event | contact | deal
+    on: tuple[str, ...]
+    properties: BodyTemplate | None
+    activity_on: tuple[str, ...] = ()
+    subject: Template | None = None
+    body: Template | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """For the dashboard and `check`: what it writes, in the rules file's words."""
+        return {"kind": self.kind, "record": self.record,
+                "properties": sorted(self.properties.leaves) if self.properties else [],
+                "activity_on": list(self.activity_on)}
+
+
+def compile_destination(name: str, spec: dict[str, Any], properties: dict[str, Any] | None,
+                        subject: Template | None, body: Template | None) -> CrmDestination:
+    activity = spec.get("activity") or {}
+    return CrmDestination(name, spec["kind"], spec.get("record") or "event", tuple(spec["on"]),
+                          BodyTemplate(properties) if properties else None,
+                          tuple(activity.get("on") or ()) if activity else (), subject, body)
+
+
+def sample_problem(destination: CrmDestination) -> tuple[tuple[Any, ...], str] | None:
+    """(where, why) when a template fails on a sample message; the loader refuses the file then."""
+    try:
+        if destination.properties:
+            destination.properties.render(_context(SAMPLE))
+        context = _context(SAMPLE)
+        for part, template in (("subject", destination.subject), ("body", destination.body)):
+            if template is not None:
+                try:
+                    template.render(context)
+                except RenderError as exc:
+                    return ("activity", part), str(exc)
+    except BodyError as exc:
+        return ("properties", *exc.path), exc.reason
+    except RenderError as exc:
+        return ("properties",), str(exc)
+    return None
+
+
+def _context(message_body: dict[str, Any]) -> dict[str, Any]:
+    return {"type": message_body.get("type"), "timestamp": message_body.get("timestamp"),
+            "data": _records("data", message_body.get("data") or {})}
+
+
+def target(destination: CrmDestination, message: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(object, id, sobject) of the record this message updates; NotWritable when there is none."""
+    crm = (message["body"].get("data") or {}).get("crm") or {}
+    links = message.get("links") or {}
+    source = str(crm.get("source") or "")
+    if source in CRM_SOURCES and source != destination.kind:
+        raise NotWritable(f"the event came from {source}: its records are not {destination.kind} records")
+    if destination.record == "event":
+        object_type, object_id = crm.get("object_type"), crm.get("object_id")
+        sobject = links.get("sobject")
+    else:
+        object_type, object_id, sobject = destination.record, links.get(destination.record), None
+        if object_type == crm.get("object_type"):
+            object_id, sobject = crm.get("object_id"), links.get("sobject")
+    if not object_id:
+        raise NotWritable(f"the event has no associated {destination.record} to update")
+    if object_type not in ("deal", "contact", "company"):
+        raise NotWritable(f"the event's record is a {object_type}: only deals, contacts and companies are updated")
+    return str(object_type), str(object_id), sobject
+
+
+def plan(destination: CrmDestination, message: dict[str, Any]) -> Write:
+    """The write for one status message (NotWritable with the reason when there is none)."""
+    data = message["body"].get("data") or {}
+    object_type, object_id, sobject = target(destination, message)
+    context = _context(message["body"])
+    try:
+        properties = destination.properties.render(context) if destination.properties else {}
+    except BodyError as exc:
+        raise NotWritable(f"properties.{'.'.join(str(p) for p in exc.path)}: {exc.reason}") from None
+    except RenderError as exc:
+        raise NotWritable(f"properties: {exc}") from None
+    for name, value in properties.items():
+        if isinstance(value, dict | list):
+            raise NotWritable(f"properties.{name}: a CRM property takes text, a number or true/false, "
+                              f"not a {'mapping' if isinstance(value, dict) else 'list'}")
+    activity = None
+    if data.get("status") in destination.activity_on and destination.body is not None:
+        try:
+            activity = Activity((destination.subject.render(context) if destination.subject else "").strip(),
+                                destination.body.render(context), str(message["body"].get("timestamp") or ""))
+        except RenderError as exc:
+            raise NotWritable(f"activity: {exc}") from None
+    if data.get("status") not in destination.on:
+        properties = {}
+    return Write(key=f"rb:msg:{message['id']}", object=object_type, object_id=object_id, properties=properties,
+                 activity=activity, account=str(crm_account(data)) if crm_account(data) else None, sobject=sobject)
+
+
+def crm_account(data: dict[str, Any]) -> Any:
+    return (data.get("crm") or {}).get("account")
+
