@@ -147,7 +147,8 @@ def reachable_or_exit(connection: redis.Redis, url: str) -> None:
 
 @cli.command()
 def check() -> None:
-    """Validate settings and rules, reach Redis and Revor, check each rule's account; the release phase.
+    """Validate settings and rules, reach Redis and Revor, check each rule's account and each CRM
+    destination's credentials and properties (creating nothing); the release phase.
 
     Its report is its log on a dyno (JSON lines): a failure is a line at ERROR, a warning at WARNING."""
     from integration.cli.rules import rules_or_exit
@@ -206,6 +207,7 @@ def check() -> None:
         sys.exit(EXIT_FINAL if isinstance(error, RevorFinalError) else EXIT_UNREACHABLE)
     if ruleset is not None:
         failed = _check_rule_accounts(ruleset, accounts) or failed
+        failed = _check_crm_destinations(ruleset, settings, None if unreachable else connection) or failed
     sys.exit(EXIT_UNREACHABLE if unreachable else EXIT_FINAL if failed else 0)
 
 
@@ -282,4 +284,41 @@ def _check_rule_accounts(ruleset: object, accounts: list[dict]) -> bool:
         else:
             warning = f" (warning: status {account['status']})" if account.get("status") not in ("ok", None) else ""
             report(f"rule {rule.name!r}: account ok{warning}", logging.WARNING if warning else logging.INFO)
+    return failed
+
+
+CRM_NAMES = {"hubspot": "HubSpot", "salesforce": "Salesforce", "pipedrive": "Pipedrive"}
+
+
+def _check_crm_destinations(ruleset: object, settings: Settings, connection: redis.Redis | None) -> bool:
+    """Each CRM destination's credentials work and every property it maps exists; one line per problem.
+
+    Read-only: it asks each CRM for a token and its property / field lists and never creates or changes
+    anything (`revor-bridge hubspot setup` creates HubSpot's). The calls take from the same rate limiters
+    the workers use, when Redis answers.
+    """
+    from integration.writeback.crm import writers
+    from integration.writeback.crm.base import NotConfigured
+    from integration.writeback.crm.config import needs
+
+    failed = False
+    for name, destination in ruleset.crm_destinations.items():  # type: ignore[attr-defined]
+        wanted = needs(ruleset, name)
+        try:
+            writer = writers.build(destination.kind, settings, connection)
+        except NotConfigured as exc:
+            report(f"destination {name}: {exc}", logging.ERROR)
+            failed = True
+            continue
+        try:
+            problems = writer.check(wanted)
+        finally:
+            writer.close()
+        for problem in problems:
+            report(f"destination {name}: {problem}", logging.ERROR)
+        if problems:
+            failed = True
+            continue
+        written = "; ".join(f"{obj}: {', '.join(props) if props else 'no properties'}" for obj, props in wanted.items())
+        report(f"destination {name}: ok ({CRM_NAMES[destination.kind]}, {written})")
     return failed

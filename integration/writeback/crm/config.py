@@ -124,3 +124,29 @@ def plan(destination: CrmDestination, message: dict[str, Any]) -> Write:
 def crm_account(data: dict[str, Any]) -> Any:
     return (data.get("crm") or {}).get("account")
 
+
+
+OBJECTS = ("deal", "contact", "company")
+# When the rules do not say which records an `event` destination meets (`*.*`, another object): the usual two.
+UNCLEAR_OBJECTS = ("deal", "contact")
+
+
+def needs(ruleset: Any, name: str) -> dict[str, list[str]]:
+    """Which bridge objects CRM destination `name` writes, and which property names on each (for `check`).
+
+    `record: contact` / `deal` writes only that object. `record: event` writes the record each event came
+    from: the object of the event types of the rules that write back to it (`deal.*` is a deal); a wildcard
+    or another object cannot be told apart, so deals and contacts are both checked then.
+    """
+    destination: CrmDestination = ruleset.crm_destinations[name]
+    properties = list(destination.properties.leaves) if destination.properties else []
+    if destination.record != "event":
+        return {destination.record: properties}
+    objects: list[str] = []
+    for rule in ruleset.rules:
+        if name not in rule.writeback:
+            continue
+        for kind in rule.when.get("type") or ["*.*"]:
+            found = kind.split(".", 1)[0]
+            objects.extend([found] if found in OBJECTS else UNCLEAR_OBJECTS)
+    return {obj: list(properties) for obj in dict.fromkeys(objects or UNCLEAR_OBJECTS)}

@@ -1,0 +1,206 @@
+"""`revor-bridge check` on CRM destinations (issue 13 item 7): the real command, in its own process,
+against the local HubSpot, Salesforce and Pipedrive stand-ins. It must catch a wrong credential and a
+missing property per CRM, naming them, pass when all is well, name an unset credential, and change
+nothing in any CRM."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from integration.rules.loader import load_rules
+from integration.writeback.crm.config import needs
+from tests.conftest import cli_env, revor_bridge
+from tests.servers import ThreadServer, hubspot_standin
+from tests.standin_pipedrive import _key, pipedrive_standin
+from tests.standin_salesforce import salesforce_standin
+
+HUBSPOT_TOKEN = "pat-na1-check-token-0123"
+SF_CLIENT_ID = "3MVG9check.client.id"
+SF_CLIENT_SECRET = "check-consumer-secret-0123456789ABCDEF"
+PIPEDRIVE_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+STATUS_KEY = _key("deal", "Revor status")  # c4a5…: the stand-in's key for a custom deal field named so
+JOB_KEY = _key("deal", "Revor job id")  # b453…: the rules file takes keys starting with a letter
+
+DISPATCH = ("{account: connect_account_sandbox_email, channel: email, recipient: {address: x@example.com}, "
+            "content: {subject: s, text: t}}")
+RULES = textwrap.dedent(f"""\
+    version: 1
+    rules:
+      - name: hubspot-won
+        when: {{source: hubspot, type: [deal.stage_changed]}}
+        dispatch: {DISPATCH}
+        writeback: [hubspot-deals, hubspot-contacts]
+      - name: salesforce-won
+        when: {{source: salesforce, type: ["deal.*"]}}
+        dispatch: {DISPATCH}
+        writeback: [salesforce-opps]
+      - name: pipedrive-won
+        when: {{source: pipedrive, type: ["deal.*"]}}
+        dispatch: {DISPATCH}
+        writeback: [pipedrive-deals]
+    destinations:
+      hubspot-deals:
+        kind: hubspot
+        properties: {{revor_status: "{{{{ data.status }}}}", revor_last_job_id: "{{{{ data.revor_job_id }}}}"}}
+      hubspot-contacts:
+        kind: hubspot
+        record: contact
+        properties: {{revor_status: "{{{{ data.status }}}}"}}
+      salesforce-opps:
+        kind: salesforce
+        properties: {{Revor_Status__c: "{{{{ data.status }}}}", Revor_Last_Job_Id__c: "{{{{ data.revor_job_id }}}}"}}
+        activity: {{on: [failed]}}
+      pipedrive-deals:
+        kind: pipedrive
+        properties: {{{STATUS_KEY}: "{{{{ data.status }}}}", {JOB_KEY}: "{{{{ data.revor_job_id }}}}"}}
+    """)
+
+
+def hubspot_properties(state: dict[str, Any], *names: str, types: tuple[str, ...] = ("deals", "contacts")) -> None:
+    """Custom properties as `hubspot setup` (or a HubSpot admin) would have made them."""
+    for object_type in types:
+        for name in names:
+            state["properties"][object_type][name] = {
+                "name": name, "label": name, "type": "string", "fieldType": "text", "groupName": "revor",
+                "options": [], "hubspotDefined": False, "hidden": False}
+
+
+@pytest.fixture
+def crms() -> Iterator[dict[str, Any]]:
+    """The three stand-ins, each with every property the rules map (tests take some away)."""
+    hub_app, hub = hubspot_standin(HUBSPOT_TOKEN)
+    sf_app, sf = salesforce_standin(SF_CLIENT_ID, SF_CLIENT_SECRET)
+    pd_app, pd = pipedrive_standin(PIPEDRIVE_TOKEN)
+    hubspot_properties(hub, "revor_status", "revor_last_job_id")
+    assert pd["add_field"]("deal", "Revor status") == STATUS_KEY
+    pd["add_field"]("deal", "Revor job id")
+    with ThreadServer(hub_app) as hub_server, ThreadServer(sf_app) as sf_server, ThreadServer(pd_app) as pd_server:
+        yield {"hub": hub, "sf": sf, "pd": pd,
+               "env": {"HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN, "HUBSPOT_API_BASE_URL": hub_server.url,
+                       "SALESFORCE_DOMAIN": sf_server.url, "SALESFORCE_CLIENT_ID": SF_CLIENT_ID,
+                       "SALESFORCE_CLIENT_SECRET": SF_CLIENT_SECRET,
+                       "PIPEDRIVE_API_TOKEN": PIPEDRIVE_TOKEN, "PIPEDRIVE_API_BASE_URL": pd_server.url}}
+
+
+def run_check(crms: dict[str, Any], sandbox, redis_url: str, tmp_path, **changes: str | None):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    env = {**crms["env"], **changes}
+    env = cli_env(REVOR_BASE_URL=sandbox.api_url, REDIS_URL=f"{redis_url}/2", RULES_FILE=str(rules), LOG_FORMAT="text",
+                  **{k: v for k, v in env.items() if v is not None})
+    result = revor_bridge("check", env=env, cwd=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("destination ")]
+    return result, lines
+
+
+def assert_nothing_changed(crms: dict[str, Any]) -> None:
+    """check reads: no write of any kind reached a CRM (a Salesforce token request is a read)."""
+    for crm in ("hub", "sf", "pd"):
+        writes = [(c["method"], c["path"]) for c in crms[crm]["calls"]
+                  if c["method"] != "GET" and c["path"] != "/services/oauth2/token"]
+        assert writes == [], (crm, writes)
+
+
+def test_check_passes_when_every_destination_can_write(crms, sandbox, redis_url, tmp_path):
+    result, lines = run_check(crms, sandbox, redis_url, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines == [
+        "destination hubspot-deals: ok (HubSpot, deal: revor_status, revor_last_job_id)",
+        "destination hubspot-contacts: ok (HubSpot, contact: revor_status)",
+        "destination salesforce-opps: ok (Salesforce, deal: Revor_Status__c, Revor_Last_Job_Id__c)",
+        f"destination pipedrive-deals: ok (Pipedrive, deal: {STATUS_KEY}, {JOB_KEY})",
+    ]
+    assert_nothing_changed(crms)
+    # It looked: the property lists of each object it writes, the Opportunity's describe, the deal fields.
+    assert {c["path"] for c in crms["hub"]["calls"]} >= {"/crm/v3/properties/deals", "/crm/v3/properties/contacts"}
+    assert any(c["path"].endswith("/sobjects/Opportunity/describe") for c in crms["sf"]["calls"])
+    assert any(c["path"] == "/api/v2/dealFields" for c in crms["pd"]["calls"])
+
+
+def test_check_catches_a_wrong_credential_of_each_crm(crms, sandbox, redis_url, tmp_path):
+    result, lines = run_check(crms, sandbox, redis_url, tmp_path, HUBSPOT_ACCESS_TOKEN="pat-na1-wrong",
+                              SALESFORCE_CLIENT_SECRET="wrong-consumer-secret-0000000000",
+                              PIPEDRIVE_API_TOKEN="ffffffffffffffffffffffffffffffffffffffff")
+    assert result.returncode == 1, result.stdout + result.stderr
+    by_destination = {line.split(":", 1)[0]: line for line in lines}
+    assert "HubSpot refused HUBSPOT_ACCESS_TOKEN (401" in by_destination["destination hubspot-deals"]
+    assert "HubSpot refused HUBSPOT_ACCESS_TOKEN (401" in by_destination["destination hubspot-contacts"]
+    assert ("Salesforce refused SALESFORCE_CLIENT_ID / SALESFORCE_CLIENT_SECRET (400 invalid_client"
+            in by_destination["destination salesforce-opps"])
+    assert "Pipedrive refused PIPEDRIVE_API_TOKEN (401" in by_destination["destination pipedrive-deals"]
+    assert not any(": ok (" in line for line in lines)
+    output = result.stdout + result.stderr
+    for secret in ("pat-na1-wrong", "wrong-consumer-secret", "ffffffffffffffffffff"):
+        assert secret not in output
+    assert "Traceback" not in output
+    assert_nothing_changed(crms)
+
+
+def test_check_names_each_missing_property_or_field(crms, sandbox, redis_url, tmp_path):
+    del crms["hub"]["properties"]["contacts"]["revor_status"]
+    crms["sf"]["fields"]["Opportunity"].discard("Revor_Last_Job_Id__c")
+    crms["pd"]["fields"]["deal"] = [f for f in crms["pd"]["fields"]["deal"] if f["key"] != JOB_KEY]
+    result, lines = run_check(crms, sandbox, redis_url, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert lines == [
+        "destination hubspot-deals: ok (HubSpot, deal: revor_status, revor_last_job_id)",
+        "destination hubspot-contacts: property revor_status does not exist on HubSpot contacts",
+        "destination salesforce-opps: field Revor_Last_Job_Id__c does not exist on Salesforce Opportunity",
+        f"destination pipedrive-deals: field {JOB_KEY} does not exist on Pipedrive deals (custom fields are "
+        "written by their 40-character key: Company settings > Data fields)",
+    ]
+    assert_nothing_changed(crms)  # nothing created: `hubspot setup` is the command that creates
+
+
+def test_check_names_an_unset_credential(crms, sandbox, redis_url, tmp_path):
+    result, lines = run_check(crms, sandbox, redis_url, tmp_path, HUBSPOT_ACCESS_TOKEN=None,
+                              SALESFORCE_CLIENT_ID=None, PIPEDRIVE_API_TOKEN=None)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert [line.split(": ", 2)[:2] for line in lines] == [
+        ["destination hubspot-deals", "HUBSPOT_ACCESS_TOKEN is not set"],
+        ["destination hubspot-contacts", "HUBSPOT_ACCESS_TOKEN is not set"],
+        ["destination salesforce-opps", "SALESFORCE_CLIENT_ID is not set"],
+        ["destination pipedrive-deals", "PIPEDRIVE_API_TOKEN is not set"],
+    ]
+    assert all(c["path"] != "/services/oauth2/token" for c in crms["sf"]["calls"])
+
+
+NEEDS_RULES = textwrap.dedent(f"""\
+    version: 1
+    rules:
+      - name: any-event
+        when: {{source: hubspot}}
+        dispatch: {DISPATCH}
+        writeback: [everything]
+      - name: people
+        when: {{source: hubspot, type: [contact.created, "company.*"]}}
+        dispatch: {DISPATCH}
+        writeback: [people, the-deal]
+      - name: deals
+        when: {{source: hubspot, type: [deal.updated, "deal.*"]}}
+        dispatch: {DISPATCH}
+        writeback: [people]
+    destinations:
+      everything: {{kind: hubspot, properties: {{revor_status: "{{{{ data.status }}}}"}}}}
+      people: {{kind: hubspot, properties: {{revor_status: "{{{{ data.status }}}}", revor_last_error: x}}}}
+      the-deal: {{kind: hubspot, record: deal, properties: {{revor_status: "{{{{ data.status }}}}"}}}}
+      notes-only: {{kind: hubspot, activity: {{on: [failed]}}}}
+    """)
+
+
+def test_needs_says_which_objects_a_destination_writes(tmp_path):
+    """`record: event` checks the objects of the event types of the rules that write back to it; a wildcard
+    (or no rule at all) cannot be told apart, so deals and contacts; `record: deal` is the deal alone."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(NEEDS_RULES)
+    ruleset = load_rules(rules, environ={})
+    assert needs(ruleset, "everything") == {"deal": ["revor_status"], "contact": ["revor_status"]}
+    assert needs(ruleset, "people") == {"contact": ["revor_status", "revor_last_error"],
+                                        "company": ["revor_status", "revor_last_error"],
+                                        "deal": ["revor_status", "revor_last_error"]}
+    assert needs(ruleset, "the-deal") == {"deal": ["revor_status"]}
+    assert needs(ruleset, "notes-only") == {"deal": [], "contact": []}
