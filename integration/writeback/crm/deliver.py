@@ -170,10 +170,11 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
                 return outcome
             peers = _peers(ctx, destination, own, writer.batch_size) if write.properties and not probing else []
             try:
-                outcome = _attempt(ctx, destination, writer, own, peers, probing)
+                attempted = _attempt(ctx, destination, writer, own, peers, probing)
             finally:
                 _release(connection, [own, *peers], own)
-            if outcome != "written":
+            if attempted != "written":
+                outcome = attempted
                 return outcome
             head = connection.lindex(outbox, 0)
         return outcome
