@@ -204,3 +204,19 @@ def test_needs_says_which_objects_a_destination_writes(tmp_path):
                                         "deal": ["revor_status", "revor_last_error"]}
     assert needs(ruleset, "the-deal") == {"deal": ["revor_status"]}
     assert needs(ruleset, "notes-only") == {"deal": [], "contact": []}
+
+
+def test_dev_looks_for_local_receivers_among_webhook_destinations_only(tmp_path):
+    """`revor-bridge dev` serves a local receiver for a webhook destination on 127.0.0.1; a CRM destination has
+    no URL (it read `destination["url"]` and failed with KeyError on one)."""
+    from integration.cli.dev import _local_destinations
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES + textwrap.indent(textwrap.dedent("""\
+        local-hook:
+          url: "http://127.0.0.1:8766/revor-status"
+          secret: "whsec_cGlwZWxpbmUtd3JpdGViYWNrLXNlY3JldC0wMDAx"
+        """), "  "))
+    ruleset = load_rules(rules, environ={})
+    assert len(ruleset.crm_destinations) == 4
+    assert [d.name for d in _local_destinations(ruleset)] == ["local-hook"]

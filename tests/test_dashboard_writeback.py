@@ -11,6 +11,7 @@ import textwrap
 import requests
 
 from integration.writeback import destinations
+from tests.conftest import ADMIN_TOKEN
 from tests.test_dashboard_auth import csrf_of, signed_in
 from tests.test_pipeline import (  # noqa: F401 - fixtures
     ZAP_HEADERS,
@@ -165,3 +166,104 @@ def test_enabling_an_unknown_destination_is_not_found(make_bridge, tmp_path):
     bridge = make_bridge(rules_file=path)
     browser = signed_in(bridge.url)
     assert post_form(browser, bridge.url, f"{WRITEBACK}/destinations/elsewhere/enable").status_code == 404
+
+
+CRM_RULES = textwrap.dedent("""\
+    version: 1
+    rules:
+      - name: r
+        when: {source: hubspot, type: ["deal.*"]}
+        dispatch: {account: connect_account_x, channel: email, recipient: {address: a@example.com},
+                   content: {subject: s, text: t}}
+        writeback: [hubspot-deals, crm]
+    destinations:
+      crm:
+        url: "https://crm.example.com/hooks/catch/123/abcsecret"
+        secret: "whsec_cGlwZWxpbmUtd3JpdGViYWNrLXNlY3JldC0wMDAx"
+      hubspot-deals:
+        kind: hubspot
+        on: [succeeded, failed]
+        properties: {revor_status: "{{ data.status }}", revor_last_job_id: "{{ data.revor_job_id }}"}
+        activity: {on: [failed]}
+      sf-contacts:
+        kind: salesforce
+        record: contact
+        properties: {Revor_Status__c: "{{ data.status }}"}
+    """)
+HS_DEAL = "18273645501"  # the HubSpot stand-in's fixture deal
+
+
+def test_crm_destinations_are_shown_like_the_others_with_the_vendors_reason(make_bridge, tmp_path, redis_db):
+    """Issue 13 item 7: kind, what it writes (no URL), health, Enable, and a dead letter from a real delivery
+    to a deleted HubSpot deal, with HubSpot's reason, replayed from the page."""
+    from rq import Queue
+
+    from integration.context import JobContext
+    from integration.dispatches import state
+    from integration.dispatches.state import outbox_key
+    from integration.rules.loader import load_rules
+    from integration.scheduler import units
+    from integration.scheduler.runner import Run
+    from integration.settings import Settings
+    from integration.writeback.crm.deliver import deliver_crm
+    from tests.servers import ThreadServer, hubspot_standin
+    from tests.test_crm_hubspot import revor_fields
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(CRM_RULES)
+    app, hub = hubspot_standin("pat-na1-dashboard")
+    revor_fields(hub, "deals")
+    hub["delete"]("deals", HS_DEAL)
+    with ThreadServer(app) as server:
+        settings = Settings.from_env({"HUBSPOT_ACCESS_TOKEN": "pat-na1-dashboard", "HUBSPOT_API_BASE_URL": server.url})
+        ctx = JobContext(settings, redis_db, Queue("default", connection=redis_db, serializer="json"), load_rules(path))
+        crm = {"source": "hubspot", "account": "24681357", "object_type": "deal", "object_id": HS_DEAL,
+               "event_id": "evt-1"}
+        state.transition(redis_db, "dsp_gone", "pending", create={
+            "rule": "r", "channel": "email", "crm": crm, "writeback": ["hubspot-deals"],
+            "recipient": {"address": "a@example.com"}, "attempt": 0}, destinations={"hubspot-deals": ["succeeded"]})
+        state.transition(redis_db, "dsp_gone", "succeeded", destinations={"hubspot-deals": ["succeeded"]})
+        [(unit, attempt)] = units.claim(redis_db, 1, 5, units=[units.deliver_unit("dsp_gone", "hubspot-deals")])
+        deliver_crm(ctx, Run(units.Unit.parse(unit), attempt), ctx.rules.crm_destinations["hubspot-deals"])
+    [dead] = destinations.dead_letters(redis_db, "hubspot-deals")
+    assert dead["dead_reason"].startswith("HubSpot 404 OBJECT_NOT_FOUND: "), dead
+    destinations.disable(redis_db, "sf-contacts", "disabled for the test")
+
+    bridge = make_bridge(rules_file=path)
+    browser = signed_in(bridge.url)
+    page = browser.get(f"{bridge.url}{WRITEBACK}", timeout=10)
+    assert page.status_code == 200
+    text = html.unescape(page.text)
+    hubspot = re.search(r'<tr id="destination-hubspot-deals">.*?</tr>', text, re.S).group(0)
+    assert "HubSpot" in hubspot and "writes the event's record: revor_status, revor_last_job_id" in hubspot
+    assert "(on succeeded, failed)" in hubspot and "a note on failed" in hubspot
+    assert "closed" in hubspot and ">1</a>" in hubspot  # its circuit, and its one dead letter linked
+    salesforce = re.search(r'<tr id="destination-sf-contacts">.*?</tr>', text, re.S).group(0)
+    assert "Salesforce" in salesforce and "writes the associated contact: Revor_Status__c" in salesforce
+    assert "disabled" in salesforce and ">Enable</button>" in salesforce
+    webhook = re.search(r'<tr id="destination-crm">.*?</tr>', text, re.S).group(0)
+    assert "webhook" in webhook and "https://crm.example.com/…" in webhook and "abcsecret" not in text
+    assert "http" not in hubspot + salesforce  # a CRM destination has no URL to show
+    assert dead["dead_reason"] in text and dead_ids(page.text) == [dead["id"]]
+
+    # Every other page and API that lists destinations takes the CRM ones too.
+    for other in ("/dashboard/", "/dashboard/dispatches/dsp_gone", "/dashboard/rules"):
+        assert browser.get(f"{bridge.url}{other}", timeout=10).status_code == 200, other
+    api = requests.get(f"{bridge.url}/api/v1/destinations", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                       timeout=10)
+    assert [d["destination"] for d in api.json()["items"]] == ["crm", "hubspot-deals", "sf-contacts"]
+    assert 'destination="hubspot-deals"' in requests.get(f"{bridge.url}/metrics", timeout=10).text
+
+    detail = browser.get(f"{bridge.url}{WRITEBACK}/messages/{dead['id']}", timeout=10)
+    assert detail.status_code == 200
+    shown = html.unescape(detail.text)
+    assert "What it writes into HubSpot" in shown and f"deal {HS_DEAL}" in shown
+    assert '"revor_status": "succeeded"' in shown and "Body as it would be sent" not in shown
+    assert dead["dead_reason"] in shown
+
+    enabled = post_form(browser, bridge.url, f"{WRITEBACK}/destinations/sf-contacts/enable")
+    assert enabled.status_code == 302 and destinations.health(redis_db, "sf-contacts")["disabled"] is False
+    replayed = post_form(browser, bridge.url, f"{WRITEBACK}/messages/{dead['id']}/replay", destination="hubspot-deals")
+    assert replayed.headers["Location"] == f"{WRITEBACK}?destination=hubspot-deals&notice=replayed"
+    assert destinations.dead_letters(redis_db, "hubspot-deals") == []
+    assert redis_db.lrange(outbox_key("dsp_gone", "hubspot-deals"), 0, -1) == [f"rb:msg:{dead['id']}".encode()]

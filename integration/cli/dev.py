@@ -82,6 +82,8 @@ class LocalDestination:
 def _local_destinations(ruleset: RuleSet) -> list[LocalDestination]:
     found = []
     for name, destination in ruleset.destinations.items():
+        if destination.get("kind", "webhook") != "webhook":
+            continue  # a CRM destination writes through the CRM's API: nothing to receive here
         parts = urlsplit(destination["url"])
         if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
             found.append(LocalDestination(name, destination["url"], parts.port or 80, parts.path or "/",

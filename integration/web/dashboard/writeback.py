@@ -3,7 +3,9 @@
 The actions are the ones `/api/v1` and `revor-bridge deliveries` use (writeback/destinations.py:
 `replay`, `enable`), so a replay from here keeps the message's webhook-id like any other.
 A destination's URL is shown as scheme, host and port only: its user, password, path and query
-can each hold the receiver's secret (a Zapier catch hook's path is one).
+can each hold the receiver's secret (a Zapier catch hook's path is one). A CRM destination (kind
+hubspot, salesforce or pipedrive) has no URL: it shows which record and which properties it writes,
+and a message's page shows the write it makes instead of a webhook body.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from integration.web.dashboard.listing import FilterError, parse_page
 from integration.web.dashboard.listing import iso as when
 from integration.writeback import destinations
 from integration.writeback.body import render_body
+from integration.writeback.crm.config import CrmDestination, NotWritable, plan
 from schemas.rules import STATES
 
 PAGE_SIZE = 25
 MERGED_PAGES = 200
+
+KIND_NAMES = {"webhook": "webhook", "hubspot": "HubSpot", "salesforce": "Salesforce", "pipedrive": "Pipedrive"}
+RECORD_TEXT = {"event": "the event's record", "contact": "the associated contact", "deal": "the associated deal"}
 
 NOTICES = {
     "replayed": ("Queued again: it is delivered within seconds, with its webhook-id unchanged.", "ok"),
@@ -77,8 +83,14 @@ def _destination_view(connection: Any, name: str, config: dict[str, Any], now: f
     health = destinations.health(connection, name)
     open_until = health["open_until"]
     on = "on every status" if set(config["on"]) >= set(STATES) else "on " + ", ".join(config["on"])
-    return {**health, "name": name, "url": shown_url(config["url"]), "on_text": on,
-            "custom_body": config.get("body") is not None,
+    kind = config.get("kind") or "webhook"
+    activity = config.get("activity") or {}
+    return {**health, "name": name, "kind": kind, "kind_text": KIND_NAMES.get(kind, kind),
+            "url": shown_url(config["url"]) if kind == "webhook" and config.get("url") else "",
+            "record_text": RECORD_TEXT.get(config.get("record") or "event", ""),
+            "properties": list(config.get("properties") or {}),
+            "activity_on": list(activity.get("on") or []),
+            "on_text": on, "custom_body": config.get("body") is not None,
             "open_until_text": when(open_until) if health["circuit"] == "open" else "",
             "open_for": max(0, math.ceil((open_until or 0) - now)),
             "last_success_text": when(health["last_success_at"])}
@@ -122,18 +134,39 @@ def writeback_message(message_id: str) -> ResponseReturnValue:
         not_found("Message")
     ruleset = _ruleset()
     configured = ruleset.destinations if ruleset else {}
-    body_text, body_error = None, None
-    try:
-        sent = render_body(ruleset.destination_bodies.get(item["destination"]) if ruleset else None, item["body"])
-        body_text = sent.decode("ascii")
-        pretty = json.dumps(json.loads(sent), indent=2, ensure_ascii=False)
-    except RenderError as exc:
-        pretty, body_error = None, str(exc)
+    crm = ruleset.crm_destinations.get(item["destination"]) if ruleset else None
+    body_text, body_error, pretty, write = None, None, None, None
+    if crm is not None:
+        write, body_error = _crm_write(connection, crm, message_id)
+    else:
+        try:
+            sent = render_body(ruleset.destination_bodies.get(item["destination"]) if ruleset else None, item["body"])
+            body_text = sent.decode("ascii")
+            pretty = json.dumps(json.loads(sent), indent=2, ensure_ascii=False)
+        except RenderError as exc:
+            body_error = str(exc)
     dead_at = connection.zscore(destinations.dead_key(item["destination"]), message_id)
     return page("dashboard/writeback_message.html", item=item, exact=body_text, pretty=pretty,
-                body_error=body_error, known=item["destination"] in configured,
+                body_error=body_error, known=item["destination"] in configured, crm=crm, write=write,
+                kind_text=KIND_NAMES.get(crm.kind, crm.kind) if crm else "",
                 dead_at_text=when(dead_at), last_attempt_text=when(item["last_attempt_at"]),
                 dispatch_url=dispatch_url(item["dispatch_id"]), **_notice())
+
+
+def _crm_write(connection: Any, destination: CrmDestination,
+               message_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    """What a CRM destination writes for this message (record, properties, activity), or why it cannot."""
+    raw = connection.get(f"rb:msg:{message_id}")
+    if raw is None:
+        return None, "the message expired"
+    try:
+        write = plan(destination, json.loads(raw))
+    except NotWritable as exc:
+        return None, str(exc)
+    activity = write.activity
+    return {"record": f"{write.sobject or write.object} {write.object_id}",
+            "properties": json.dumps(write.properties, indent=2, ensure_ascii=False) if write.properties else "",
+            "activity": {"subject": activity.subject, "body": activity.body} if activity else None}, None
 
 
 def _back(notice: str) -> ResponseReturnValue:
