@@ -20,6 +20,7 @@ from typing import Any
 
 StartResponse = Callable[..., Any]
 DEAL_PATH = re.compile(r"^/crm/v3/objects/deals/(\d+)$")
+BATCH_UPDATE = "/crm/v3/objects/deals/batch/update"
 
 
 def _json(start_response: StartResponse, status: str, body: Any) -> Iterable[bytes]:
@@ -74,5 +75,41 @@ def receiver_app() -> Callable[..., Iterable[bytes]]:
             with lock:
                 return _json(start_response, "200 OK", {"items": list(arrivals)})
         return _json(start_response, "404 Not Found", {})
+
+    return app
+
+
+def hubspot_write_app(latency_ms: float = 0.0) -> Callable[..., Iterable[bytes]]:
+    """HubSpot's deal updates as write-back uses them: `PATCH .../deals/<id>` and the batch update,
+    each answered after `latency_ms` (the round trip to HubSpot); GET /stats counts requests and
+    properties written, POST /stats/reset zeroes them."""
+    counts = {"requests": 0, "writes": 0, "batches": 0}
+    lock = threading.Lock()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
+        if path == "/stats":
+            with lock:
+                if method == "POST":
+                    counts.update(requests=0, writes=0, batches=0)
+                return _json(start_response, "200 OK", dict(counts))
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+        if latency_ms:
+            time.sleep(latency_ms / 1000)
+        found = DEAL_PATH.match(path)
+        if method == "PATCH" and found:
+            with lock:
+                counts["requests"] += 1
+                counts["writes"] += 1
+            return _json(start_response, "200 OK", {"id": found.group(1), "properties": body.get("properties")})
+        if method == "POST" and path == BATCH_UPDATE:
+            inputs = body.get("inputs") or []
+            with lock:
+                counts["requests"] += 1
+                counts["batches"] += 1
+                counts["writes"] += len(inputs)
+            return _json(start_response, "200 OK", {"status": "COMPLETE", "results": [
+                {"id": i["id"], "properties": i.get("properties")} for i in inputs]})
+        return _json(start_response, "404 Not Found", {"status": "error", "category": "OBJECT_NOT_FOUND"})
 
     return app

@@ -234,9 +234,9 @@ CRM_KINDS = DESTINATION_KINDS[1:]
 RECORDS = ("event", "contact", "deal")
 MAX_PROPERTIES = 50
 # HubSpot internal names, Salesforce API names (Field__c), Pipedrive keys (40 hex characters).
-PROPERTY_NAME = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]{0,99}\Z",
-                                error="Use the property's internal name or the field's API name / key "
-                                      "(letters, digits and _, starting with a letter).")
+PROPERTY_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_]{0,99}\Z",
+                                error="Use the property's internal name, the field's API name or the field's "
+                                      "key (letters, digits and _).")
 # Only for one kind or the other: named when a destination mixes them up.
 WEBHOOK_ONLY = ("url", "secret", "body")
 CRM_ONLY = ("record", "properties", "activity")
@@ -305,8 +305,8 @@ class DestinationSchema(Schema):
     properties = Properties()
     activity = fields.Nested(ActivitySchema, allow_none=True)
 
-    @validates_schema(skip_on_field_errors=False)
-    def _by_kind(self, data: dict[str, Any], **_: Any) -> None:
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _by_kind(self, data: dict[str, Any], original: Any, **_: Any) -> None:
         kind = data.get("kind", "webhook")
         errors: dict[str, list[str]] = {}
         if kind == "webhook":
@@ -322,7 +322,8 @@ class DestinationSchema(Schema):
                 if data.get(name) is not None:
                     errors[name] = [f"Not for kind {kind}: it writes through the {kind} API, whose credentials "
                                     f"come from the environment."]
-            if not data.get("properties") and not data.get("activity"):
+            given = original if isinstance(original, dict) else {}
+            if not any(data.get(n) or given.get(n) for n in ("properties", "activity")):
                 errors["properties"] = [f"A {kind} destination sets properties (a mapping of names to templates), "
                                         f"logs an activity, or both."]
         if errors:

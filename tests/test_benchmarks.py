@@ -157,3 +157,16 @@ def test_imports_benchmark_stores_rows_in_bounded_memory_and_times_webhooks_duri
         assert found and float(found.group(1)) > 0 and found.group(3) == found.group(4) == "10", lines
     assert "1,000 rows in" in _field(lines, "import meanwhile")
     assert re.fullmatch(r"ratio during/alone *: p50 \d+\.\d\d, p99 \d+\.\d\d", lines[-1]), lines[-1]
+
+
+def test_crm_writeback_benchmark_writes_every_message_both_ways_and_batches_fewer_requests():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.crm_writeback", "--messages", "60", "--max-rps", "40",
+                             "--latency-ms", "0", "--timeout", "120"], cwd=ROOT, env=cli_env(),
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout
+    lines = result.stdout.strip().splitlines()
+    baseline = re.search(r"one at a time \(baseline\) +(\d+) requests +1\.0 messages/request", lines[1])
+    batched = re.search(r"batched +(\d+) requests +(\d+\.\d) messages/request", lines[2])
+    assert baseline and int(baseline.group(1)) == 60, lines
+    assert batched and int(batched.group(1)) < 60 and float(batched.group(2)) > 1, lines
+    assert re.fullmatch(r"batched / baseline: \d+\.\dx messages/s, \d+\.\dx fewer requests", lines[3].strip()), lines

@@ -56,6 +56,7 @@ def test_a_crm_destination_compiles_with_its_record_properties_and_activity(tmp_
      "destinations.d.properties: Only for kind hubspot, salesforce or pipedrive"),
     ("    kind: zoho\n    properties: {a: b}", "destinations.d.kind: Must be one of: webhook, hubspot"),
     ("    kind: hubspot\n    properties: {\"bad name\": x}", "'bad name': Use the property's internal name"),
+    ("    kind: hubspot\n    properties: {\"_x\": x}", "'_x': Use the property's internal name"),
     ("    kind: hubspot\n    properties: {revor_status: {nested: 1}}", "revor_status: expected a template"),
     ("    kind: hubspot\n    properties: {revor_status: \"{{ data.crm.nothing }}\"}",
      "destinations.d.properties.revor_status: data.crm.nothing has no value"),
@@ -71,3 +72,11 @@ def test_a_rule_cannot_write_one_crms_events_into_another_crm(tmp_path):
     assert "Destination 'd' updates salesforce records, but this rule's events come from hubspot" in message
     # A list import or a generic source may carry that CRM's ids: allowed.
     assert load(tmp_path, "    kind: salesforce\n    properties: {Revor_Status__c: x}", source="csv:leads")
+
+
+def test_a_pipedrive_key_may_start_with_a_digit_and_a_refused_name_is_said_once(tmp_path):
+    rules = load(tmp_path, '    kind: pipedrive\n    properties: {"9f3c0b7e5d1a2c4b6e8f0a1b3c5d7e9f1a2b3c4d": x}',
+                 source="pipedrive")
+    assert list(rules.crm_destinations["d"].properties.leaves) == ["9f3c0b7e5d1a2c4b6e8f0a1b3c5d7e9f1a2b3c4d"]
+    message = refused(tmp_path, '    kind: pipedrive\n    properties: {"bad-key": x}', source="pipedrive")
+    assert "'bad-key'" in message and "sets properties" not in message
