@@ -37,7 +37,7 @@ from integration import logs, metrics
 from integration.context import JobContext
 from integration.dispatches.state import EXPIRE_WITH, event_log_ids, outbox_key
 from integration.scheduler import units
-from integration.scheduler.lock import Lock
+from integration.scheduler.lock import EXTEND, Lock
 from integration.scheduler.runner import HANDLED, Next, Run
 from integration.writeback import destinations
 from integration.writeback.crm.base import DEAD, OK, RETRY, THROTTLED, NotConfigured, Result, Write
@@ -197,7 +197,7 @@ def _start_attempt(connection: Any, attempts_key: str, message_key: str, lock: L
                    lease_seconds: float) -> int:
     """Counted before the first byte leaves, with the lock and the claim pushed ahead (as webhooks)."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.pexpire(lock.key, lock.ms)
+        pipe.eval(EXTEND, 1, lock.key, lock.token, lock.ms)  # only our own lock
         pipe.zadd(units.CLAIMED, {unit: time.time() + lease_seconds}, xx=True)
         pipe.hincrby(attempts_key, "count", 1)
         pipe.hset(attempts_key, mapping={"last": "sending", "at": f"{time.time():.3f}", "sending": 1})
