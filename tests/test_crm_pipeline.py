@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -392,3 +393,57 @@ def test_a_note_is_logged_once_when_it_fails_after_the_properties_were_written(o
     assert run_unit(ctx, unit) == "empty"  # the retry logs the note and does not write the properties again
     assert refused and len(hub["notes"]) == 1
     assert [p["revor_status"] for p in patched(hub)] == ["succeeded"]
+
+
+def test_a_slow_write_keeps_its_record_so_a_newer_status_waits_and_wins(order):
+    """The CRM answers A's write after 1.5 leases: A's locks are kept alive meanwhile, so B (a newer
+    state change of the same deal) cannot write until A is done, and then writes over it."""
+    ctx, hub, app = order
+    slowed: list[int] = []
+
+    @app.before_request
+    def first_write_is_slow() -> None:
+        if request.method == "PATCH" and not slowed:
+            slowed.append(1)
+            time.sleep(ctx.settings.lease_seconds * 1.5)
+
+    older = change(ctx, "dsp_a", "accepted", at=T0)
+    newer = change(ctx, "dsp_b", "succeeded", at=T0 + 1000)
+    outcome: dict[str, str] = {}
+    writer_a = threading.Thread(target=lambda: outcome.setdefault("a", run_unit(ctx, older)))
+    writer_a.start()
+    time.sleep(ctx.settings.lease_seconds * 1.1)  # past A's lease: without the heartbeat, its locks are gone
+    assert run_unit(ctx, newer) == "record_busy"  # B waits for the record
+    writer_a.join()
+    assert outcome["a"] == "empty"
+    assert run_unit(ctx, newer) == "empty"
+    assert hub["records"]["deals"][HS_DEAL]["revor_status"] == "succeeded"
+    assert [p["revor_status"] for p in patched(hub)] == ["accepted", "succeeded"]
+
+
+def test_the_newest_stamp_only_moves_forward(order):
+    ctx, _, _ = order
+    from integration.storage import run_script
+    from integration.writeback.crm.deliver import SHOWN
+
+    key = last_key("hs", "deal", "1")
+    assert run_script(ctx.redis, SHOWN, (key,), (f"{T0 + 5:.6f}|msg_b", 60)) == 1
+    assert run_script(ctx.redis, SHOWN, (key,), (f"{T0 + 1:.6f}|msg_a", 60)) == 0
+    assert run_script(ctx.redis, SHOWN, (key,), (f"{T0 + 5:.6f}|msg_a", 60)) == 0  # same time: the id decides
+    assert ctx.redis.get(key).decode() == f"{T0 + 5:.6f}|msg_b"
+
+
+def test_a_writer_that_raises_on_an_odd_answer_is_a_retry_not_a_crash(order):
+    ctx, hub, _ = order
+    unit = change(ctx, "dsp_f", "accepted", at=T0)
+    writer = ctx.crm_writer("hubspot")
+    original = writer.update
+    writer.update = lambda writes: (_ for _ in ()).throw(TypeError("odd answer"))  # one thread's writer
+    try:
+        assert run_unit(ctx, unit).startswith("retry_in_")
+    finally:
+        writer.update = original
+    attempts = {k.decode(): v.decode() for k, v in ctx.redis.hgetall("rb:msg:msg_dsp_f_2_hs:attempts").items()}
+    assert attempts["last"] == "unexpected answer from hubspot (TypeError)"
+    assert run_unit(ctx, unit) == "empty"
+    assert hub["records"]["deals"][HS_DEAL]["revor_status"] == "accepted"

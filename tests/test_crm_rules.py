@@ -62,6 +62,9 @@ def test_a_crm_destination_compiles_with_its_record_properties_and_activity(tmp_
      "destinations.d.properties.revor_status: data.crm.nothing has no value"),
     ("    kind: hubspot\n    properties: {revor_status: \"{{ data.status\"}", "template error"),
     ("    kind: hubspot\n    record: company\n    properties: {a: b}", "destinations.d.record: Must be one of"),
+    ("    kind: hubspot\n    properties: {revor_status: \"{{ data }}\"}",
+     "destinations.d.properties.revor_status: gives a mapping; a CRM property takes text"),
+    ("    kind: hubspot\n    properties: {revor_status: \"{{ [data.status] }}\"}", "gives a list"),
 ])
 def test_a_wrong_crm_destination_is_refused_naming_the_field(tmp_path, destination, words):
     assert words in refused(tmp_path, destination)
@@ -80,3 +83,13 @@ def test_a_pipedrive_key_may_start_with_a_digit_and_a_refused_name_is_said_once(
     assert list(rules.crm_destinations["d"].properties.leaves) == ["9f3c0b7e5d1a2c4b6e8f0a1b3c5d7e9f1a2b3c4d"]
     message = refused(tmp_path, '    kind: pipedrive\n    properties: {"bad-key": x}', source="pipedrive")
     assert "'bad-key'" in message and "sets properties" not in message
+
+
+def test_two_destinations_of_one_crm_may_not_set_one_property_of_one_record(tmp_path):
+    second = "\n  e:\n    kind: hubspot\n    properties: {revor_status: y, other: z}"
+    message = refused(tmp_path, "    kind: hubspot\n    properties: {revor_status: x}" + second)
+    assert "destinations.e.properties: revor_status also set by destination 'd' on the same hubspot records" in message
+    # Contacts and deals are different records; other property names never meet.
+    assert load(tmp_path, "    kind: hubspot\n    record: deal\n    properties: {revor_status: x}"
+                + second.replace("kind: hubspot", "kind: hubspot\n    record: contact"))
+    assert load(tmp_path, "    kind: hubspot\n    properties: {mine: x}" + second)

@@ -377,7 +377,7 @@ def _compile(clean: dict[str, Any], path: Path, report: _Reporter) -> RuleSet:
         if problem:
             report.add((*where, *problem.path), problem.reason)
         bodies[name] = body
-    from integration.writeback.crm.config import compile_destination, sample_problem
+    from integration.writeback.crm.config import compile_destination, sample_problem, shared_properties
 
     crm = {}
     for name, destination in clean["destinations"].items():
@@ -397,6 +397,10 @@ def _compile(clean: dict[str, Any], path: Path, report: _Reporter) -> RuleSet:
         if problem:
             report.add((*where, *problem[0]), problem[1])
         crm[name] = compiled
+    for first, second, common in shared_properties(crm):
+        report.add(("destinations", second, "properties"),
+                   f"{', '.join(common)} also set by destination {first!r} on the same {crm[first].kind} records: "
+                   f"which status is newest is kept per destination, so merge the two or set different properties.")
     return RuleSet(str(path), rules, clean["accounts"], defaults, clean["destinations"], bodies, crm)
 
 

@@ -52,7 +52,10 @@ def sample_problem(destination: CrmDestination) -> tuple[tuple[Any, ...], str] |
     """(where, why) when a template fails on a sample message; the loader refuses the file then."""
     try:
         if destination.properties:
-            destination.properties.render(_context(SAMPLE))
+            for name, value in destination.properties.render(_context(SAMPLE)).items():
+                if isinstance(value, dict | list):
+                    return ("properties", name), (f"gives a {'mapping' if isinstance(value, dict) else 'list'}; "
+                                                  f"a CRM property takes text, a number or true/false")
         context = _context(SAMPLE)
         for part, template in (("subject", destination.subject), ("body", destination.body)):
             if template is not None:
@@ -150,3 +153,22 @@ def needs(ruleset: Any, name: str) -> dict[str, list[str]]:
             found = kind.split(".", 1)[0]
             objects.extend([found] if found in OBJECTS else UNCLEAR_OBJECTS)
     return {obj: list(properties) for obj in dict.fromkeys(objects or UNCLEAR_OBJECTS)}
+
+
+def shared_properties(compiled: dict[str, CrmDestination]) -> list[tuple[str, str, list[str]]]:
+    """Pairs of destinations of one CRM that could set the same property on the same record.
+
+    The newest state change wins per destination (crm/deliver.py); two destinations writing one
+    property of one record would each keep their own "newest", and an older status could win.
+    """
+    found = []
+    names = sorted(compiled)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = compiled[first], compiled[second]
+            if a.kind != b.kind or not a.properties or not b.properties or {a.record, b.record} == {"contact", "deal"}:
+                continue
+            common = sorted(set(a.properties.leaves) & set(b.properties.leaves))
+            if common:
+                found.append((first, second, common))
+    return found

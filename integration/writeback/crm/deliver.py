@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +40,7 @@ from integration.dispatches.state import EXPIRE_WITH, event_log_ids, outbox_key
 from integration.scheduler import units
 from integration.scheduler.lock import EXTEND, Lock
 from integration.scheduler.runner import HANDLED, Next, Run
+from integration.storage import run_script
 from integration.writeback import destinations
 from integration.writeback.crm.base import DEAD, OK, RETRY, THROTTLED, NotConfigured, Result, Write
 from integration.writeback.crm.config import CrmDestination, NotWritable, plan
@@ -53,6 +55,58 @@ DEFAULT_THROTTLE_WAIT = 10.0
 
 def last_key(destination: str, object_type: str, object_id: str) -> str:
     return f"rb:crm:last:{destination}:{object_type}:{object_id}"
+
+
+# KEYS: the record's last-written key. ARGV: the new stamp ("<time>|<message id>"), seconds to keep it.
+# Set only when newer than what is there: whatever order two writers finish in, the stamp only moves forward.
+SHOWN = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local at, id = string.match(current, '^([^|]*)|(.*)$')
+  local new_at, new_id = string.match(ARGV[1], '^([^|]*)|(.*)$')
+  if tonumber(at) > tonumber(new_at) or (tonumber(at) == tonumber(new_at) and id >= new_id) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+class Heartbeat:
+    """While an attempt waits on the CRM: keeps its locks (the outbox's, the records', the peers')
+    and its claims from lapsing, so no other run writes the same record meanwhile (newest-wins
+    depends on it). It stops after MAX_HOLD at the latest: a call that never ends must not hold a
+    record for ever. A killed worker's heartbeat dies with it, and its locks lapse as they should.
+    """
+
+    MAX_HOLD = 300.0
+
+    def __init__(self, connection: Any, lease_seconds: float, locks: list[Lock], claims: list[str]) -> None:
+        self.connection, self.lease, self.locks, self.claims = connection, lease_seconds, locks, claims
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="crm-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        ends = time.monotonic() + self.MAX_HOLD
+        while not self.stopped.wait(max(0.2, self.lease / 3)) and time.monotonic() < ends:
+            try:
+                with self.connection.pipeline(transaction=False) as pipe:
+                    for lock in self.locks:
+                        pipe.eval(EXTEND, 1, lock.key, lock.token, lock.ms)
+                    if self.claims:
+                        pipe.zadd(units.CLAIMED, dict.fromkeys(self.claims, time.time() + self.lease), xx=True)
+                    pipe.execute()
+            except Exception:  # noqa: BLE001 - Redis away for a moment: the next beat tries again
+                log.debug("crm heartbeat: could not extend the locks", exc_info=True)
 
 
 @dataclass
@@ -289,27 +343,43 @@ def _attempt(ctx: JobContext, destination: CrmDestination, writer: Any, own: _It
     attempts_key = f"{own.message_key}:attempts"
     attempts = _start_attempt(connection, attempts_key, own.message_key, own.lock, own.unit, settings.lease_seconds)
     sending = [i for i in writable if not i.superseded]
-    results = writer.update([i.write for i in sending]) if sending else []
-    by_item = dict(zip([id(i) for i in sending], results, strict=True))
-    for peer in [p for p in items[1:] if p in writable]:
-        _finish_peer(ctx, destination, peer, by_item.get(id(peer), Result(OK)))
-    own_result = by_item.get(id(own), Result(OK))
-    if own_result.outcome == OK and own in writable:
-        _shown(ctx, destination, own)
-        connection.hset(attempts_key, "properties_done", 1)
-    if own_result.outcome == OK and own.write.activity is not None:
-        own_result = writer.log_activity(own.write)
-        if own_result.outcome == OK:
-            connection.hset(attempts_key, "activity_done", 1)
+    locks = [own.lock, *(p.lock for p in items[1:]), *(i.record_lock for i in writable if i.record_lock)]
+    with Heartbeat(connection, settings.lease_seconds, locks, [i.unit for i in items]):
+        results = _safely(destination.kind, lambda: writer.update([i.write for i in sending]), len(sending))
+        by_item = dict(zip([id(i) for i in sending], results, strict=True))
+        for peer in [p for p in items[1:] if p in writable]:
+            _finish_peer(ctx, destination, peer, by_item.get(id(peer), Result(OK)))
+        own_result = by_item.get(id(own), Result(OK))
+        if own_result.outcome == OK and own in writable:
+            _shown(ctx, destination, own)
+            connection.hset(attempts_key, "properties_done", 1)
+        if own_result.outcome == OK and own.write.activity is not None:
+            [own_result] = _safely(destination.kind, lambda: [writer.log_activity(own.write)], 1)
+            if own_result.outcome == OK:
+                connection.hset(attempts_key, "activity_done", 1)
     return _settle(ctx, destination, own, own_result, attempts, probing)
+
+
+def _safely(kind: str, call: Any, count: int) -> list[Result]:
+    """A writer's results; an answer it could not make sense of (it raised) is a retry, not a crash."""
+    if not count:
+        return []
+    try:
+        results = call()
+    except Exception as exc:  # noqa: BLE001 - one odd answer must not cost the worker thread its run
+        log.warning("write-back to %s: unexpected answer (%s)", kind, type(exc).__name__)
+        return [Result(RETRY, f"unexpected answer from {kind} ({type(exc).__name__})")] * count
+    if len(results) != count:
+        return [Result(RETRY, f"{kind}: {len(results)} results for {count} writes")] * count
+    return results
 
 
 def _shown(ctx: JobContext, destination: CrmDestination, item: _Item) -> None:
     """The record now shows this state change (kept as long as a dispatch is)."""
     if item.superseded or not item.stamp:
         return
-    ctx.redis.set(last_key(destination.name, item.write.object, item.write.object_id), item.stamp,
-                  ex=ctx.settings.dispatch_retention_seconds)
+    run_script(ctx.redis, SHOWN, (last_key(destination.name, item.write.object, item.write.object_id),),
+               (item.stamp, ctx.settings.dispatch_retention_seconds))
 
 
 def _finish_peer(ctx: JobContext, destination: CrmDestination, peer: _Item, result: Result) -> None:
