@@ -251,7 +251,8 @@ def test_crm_destinations_are_shown_like_the_others_with_the_vendors_reason(make
         assert browser.get(f"{bridge.url}{other}", timeout=10).status_code == 200, other
     api = requests.get(f"{bridge.url}/api/v1/destinations", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                        timeout=10)
-    assert [d["destination"] for d in api.json()["items"]] == ["crm", "hubspot-deals", "sf-contacts"]
+    assert [(d["destination"], d["kind"]) for d in api.json()["items"]] == [
+        ("crm", "webhook"), ("hubspot-deals", "hubspot"), ("sf-contacts", "salesforce")]
     assert 'destination="hubspot-deals"' in requests.get(f"{bridge.url}/metrics", timeout=10).text
 
     detail = browser.get(f"{bridge.url}{WRITEBACK}/messages/{dead['id']}", timeout=10)

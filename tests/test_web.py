@@ -75,7 +75,7 @@ def test_the_status_api_answers_numbers_as_numbers_and_times_as_iso(make_bridge,
     assert listed["polls"] == 2 and re.match(ISO, listed["updated_at"])
     [health] = requests.get(f"{bridge.url}/api/v1/destinations", headers=headers, timeout=10).json()["items"]
     assert re.match(ISO, health["open_until"]) and re.match(ISO, health["last_success_at"]), health
-    assert health["consecutive_failures"] == destinations.FAILURES_TO_OPEN
+    assert health["consecutive_failures"] == destinations.FAILURES_TO_OPEN and health["kind"] == "webhook"
     [dead] = requests.get(f"{bridge.url}/api/v1/deliveries/dead", headers=headers, timeout=10).json()["items"]
     assert re.match(ISO, dead["dead_at"]), dead
 

@@ -129,7 +129,10 @@ def _public(record: dict) -> dict:
 def _health(name: str) -> dict:
     """A destination's health with its times as ISO 8601 UTC."""
     found = destinations.health(_redis(), name)
-    return {**found, "open_until": _iso(found["open_until"]), "last_success_at": _iso(found["last_success_at"])}
+    rules = current_app.extensions.get("revor_bridge.rules")
+    config = rules.destinations.get(name, {}) if rules else {}
+    return {**found, "kind": config.get("kind", "webhook"), "open_until": _iso(found["open_until"]),
+            "last_success_at": _iso(found["last_success_at"])}
 
 
 @status_api.get("/dispatches")
