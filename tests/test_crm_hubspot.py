@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from integration.dispatches.limits import Limiter
@@ -248,3 +251,141 @@ def test_hubspot_setup_without_or_with_a_refused_token_exits_2(hub, tmp_path):
                           env=cli_env(HUBSPOT_ACCESS_TOKEN=TOKEN, HUBSPOT_API_BASE_URL=server.url), cwd=tmp_path)
     assert scoped.returncode == 2 and "needs scope crm.schemas.deals.write" in scoped.stderr, scoped.stderr
     assert "revor" not in state["groups"]["deals"]
+
+
+# ---- hostile answers (issue 13 attack review) ---------------------------------------------------------
+
+
+def answering(status: int, body: str, content_type: str = "application/json") -> ThreadServer:
+    """A server that gives every request the same answer (what a broken proxy or a changed API might)."""
+    from flask import Flask, Response
+
+    app = Flask("hostile_hubspot")
+
+    @app.route("/<path:path>", methods=["GET", "POST", "PATCH"])
+    def any_path(path: str) -> Response:
+        return Response(body, status, content_type=content_type)
+
+    return ThreadServer(app)
+
+
+def test_a_batch_answer_is_trusted_only_for_the_ids_it_names(hub, redis_db):
+    """A 200/207 batch answer confirms a write only when its `results` name the record (and its `errors`
+    do not): an empty `results`, errors without ids or of the wrong type leave every write unconfirmed, and
+    each is sent as its own PATCH (whose answer must be the record) instead of being called written."""
+    server, state = hub
+    revor_fields(state, "contacts")
+    for answer in [(200, {}, {"status": "COMPLETE", "results": []}),
+                   (207, {}, {"status": "COMPLETE", "results": [], "errors": [{"status": "error", "message": "boom"}]}),
+                   (207, {}, {"status": "COMPLETE", "errors": 7}),
+                   (207, {}, {"status": "COMPLETE", "results": [{"id": DANA}], "errors": [{"context": {"ids": 9}}]})]:
+        state["calls"].clear()
+        for contact in (DANA, SAM):
+            state["records"]["contacts"][contact].pop("revor_status", None)
+        state["fail_next"] = [answer]
+        writes = [status_write(DANA, "scheduled", "contact", "rb:msg:1"),
+                  status_write(SAM, "failed", "contact", "rb:msg:2")]
+        results = writer(server, redis_db).update(writes)
+        assert [r.outcome for r in results] == [OK, OK], answer
+        assert [(c["method"], c["path"]) for c in state["calls"]] == [
+            ("POST", "/crm/v3/objects/contacts/batch/update"), ("PATCH", f"/crm/v3/objects/contacts/{DANA}"),
+            ("PATCH", f"/crm/v3/objects/contacts/{SAM}")], answer
+        assert state["records"]["contacts"][DANA]["revor_status"] == "scheduled"  # really written now
+        assert state["records"]["contacts"][SAM]["revor_status"] == "failed"
+    # a 207 that confirms one record and names the other's id under errors: only that one again
+    state["calls"].clear()
+    state["fail_next"] = [(207, {}, {"status": "COMPLETE", "results": [{"id": DANA}],
+                                     "errors": [{"status": "error", "context": {"ids": [SAM]}}]})]
+    results = writer(server, redis_db).update([status_write(DANA, "succeeded", "contact", "rb:msg:1"),
+                                               status_write(SAM, "succeeded", "contact", "rb:msg:2")])
+    assert [r.outcome for r in results] == [OK, OK]
+    assert [c["method"] for c in state["calls"]] == ["POST", "PATCH"] and state["calls"][1]["path"].endswith(SAM)
+
+
+def test_a_throttled_answer_while_writing_one_by_one_stops_the_rest(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "contacts")
+    state["fail_next"] = [(200, {}, {"status": "COMPLETE", "results": []}), (429, {"Retry-After": "2"})]
+    results = writer(server, redis_db).update([status_write(DANA, "x", "contact", "rb:msg:1"),
+                                               status_write(SAM, "y", "contact", "rb:msg:2")])
+    assert [r.outcome for r in results] == [THROTTLED, THROTTLED]
+    assert [c["method"] for c in state["calls"]] == ["POST", "PATCH"]  # not a call more into the 429
+
+
+def test_an_answer_that_is_not_json_confirms_nothing(redis_db):
+    with answering(200, "<html>ok</html>", "text/html") as server:
+        w = HubSpotWriter(server.url, TOKEN, redis_db, max_rps=50)
+        batch = w.update([status_write(DEAL, "x", key="rb:msg:1"), status_write("18273645502", "x", key="rb:msg:2")])
+        one = w.update([status_write(DEAL, "x")])
+    assert [r.outcome for r in batch] == [RETRY, RETRY] and one[0].outcome == RETRY
+    assert "without the updated record" in one[0].reason and "HTTP 200" in batch[0].reason
+
+
+@pytest.mark.parametrize(("status", "body", "outcome", "reason"), [
+    (400, {"message": "PROPERTY_DOESNT_EXIST", "errors": 5}, DEAD, "property (unnamed) does not exist"),
+    (400, {"status": "error", "message": "Property values were not valid", "category": "VALIDATION_ERROR",
+           "errors": [{"code": "PROPERTY_DOESNT_EXIST", "context": {"propertyName": "revor_status"}}]},
+     DEAD, "property revor_status does not exist on HubSpot deals (400 VALIDATION_ERROR PROPERTY_DOESNT_EXIST)"),
+    (400, {"message": "x [1, {\"name\": 5}] [", "errors": [{"code": "PROPERTY_DOESNT_EXIST", "context": 3}]},
+     DEAD, "property (unnamed) does not exist"),
+    (403, {"category": "MISSING_SCOPES", "errors": [{"context": {"requiredScopes": 5}}]}, RETRY,
+     "HubSpot refused HUBSPOT_ACCESS_TOKEN (403 MISSING_SCOPES: needs scope crm.objects.deals.write)"),
+    (403, {"category": "MISSING_SCOPES", "errors": [{"context": {"requiredScopes": "crm.objects.deals.write"}}]},
+     RETRY, "HubSpot refused HUBSPOT_ACCESS_TOKEN (403 MISSING_SCOPES: needs scope crm.objects.deals.write)"),
+    (400, [1, 2], DEAD, "HubSpot 400: [1, 2]"),
+    (400, "[" * 5000 + "]" * 5000, DEAD, "HubSpot 400: [[["),
+])
+def test_answers_of_the_wrong_shape_are_outcomes_never_exceptions(hub, redis_db, status, body, outcome, reason):
+    """Whatever JSON (or not) comes back, each write gets a Result; nothing raises (it raised TypeError)."""
+    server, state = hub
+    revor_fields(state, "deals")
+    with answering(status, body if isinstance(body, str) else json.dumps(body)) as hostile:
+        w = HubSpotWriter(hostile.url, TOKEN, redis_db, max_rps=50)
+        [result] = w.update([status_write(DEAL, "x")])
+        lines = w.check({"deal": ["revor_status"]})
+    assert result.outcome == outcome and result.reason.startswith(reason), result
+    assert len(lines) == 1 and lines[0].startswith("HubSpot"), lines
+
+
+def test_check_reads_a_property_list_of_the_wrong_shape_without_raising(hub, redis_db):
+    server, state = hub
+    state["fail_next"] = [(200, {}, {"results": 5})]
+    assert writer(server, redis_db).check({"deal": ["revor_status"]}) == [
+        "property revor_status does not exist on HubSpot deals"]
+
+
+def test_the_token_is_in_no_reason_and_no_check_line_whatever_hubspot_echoes(hub, redis_db):
+    server, state = hub
+    revor_fields(state, "deals")
+    state["fail_next"] = [(429, {"Retry-After": "1"}, {"category": f"RATE {TOKEN}", "message": TOKEN}),
+                          (401, {}, {"category": f"BAD {TOKEN}"}),
+                          (400, {}, {"status": "error", "message": "x" * 230 + TOKEN}),
+                          (403, {}, {"category": f"MISSING_SCOPES {TOKEN}"}),
+                          (429, {}, {"category": f"RATE {TOKEN}"})]
+    w = writer(server, redis_db)
+    throttled = w.update([status_write(DEAL, "x")])[0]
+    redis_db.flushdb()
+    refused = w.update([status_write(DEAL, "x")])[0]
+    cut = w.update([status_write(DEAL, "x")])[0]  # the token where the reason is cut short
+    lines = w.check({"deal": []}) + w.check({"deal": []})
+    redis_db.flushdb()
+    said = [throttled.reason, refused.reason, cut.reason, *lines]
+    assert (throttled.outcome, refused.outcome, cut.outcome) == (THROTTLED, RETRY, DEAD)
+    assert len(lines) == 2 and all(TOKEN[:8] not in text for text in said), said
+    assert "***" in throttled.reason and "***" in lines[0]
+
+
+def test_an_id_with_a_trailing_newline_is_not_a_hubspot_id(hub, redis_db):
+    server, state = hub
+    write = status_write(DEAL + "\n", "x")
+    results = writer(server, redis_db).update([write])
+    note = writer(server, redis_db).log_activity(
+        replace(write, activity=Activity("s", "b", "2026-01-01T00:00:00Z")))
+    assert results[0].outcome == DEAD and results[0].reason.startswith("not a HubSpot id")
+    assert note.outcome == DEAD and state["calls"] == []
+    # hydration's client (the same id pattern) refuses it too, before any call
+    from integration.hydrate.hubspot import HubSpotClient, HubSpotError
+
+    with pytest.raises(HubSpotError, match="not a HubSpot id"):
+        HubSpotClient(server.url, TOKEN).get_deal(DEAL + "\n")
+    assert HubSpotClient(server.url, TOKEN).read_contacts([DANA + "\n"]) == [] and state["calls"] == []

@@ -21,7 +21,7 @@ DEAL_PROPERTIES = ("dealname", "dealstage", "pipeline", "amount", "closedate", "
 CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "mobilephone", "hs_language", "jobtitle",
                       "company", "hs_email_optout", "hs_linkedin_url")
 COMPANY_PROPERTIES = ("name", "domain", "industry", "country")
-HUBSPOT_ID = re.compile(r"^[0-9]{1,20}$")
+HUBSPOT_ID = re.compile(r"^[0-9]{1,20}\Z")  # \Z: "$" would let a trailing newline through
 MAX_RESPONSE_BYTES = 2 << 20
 
 

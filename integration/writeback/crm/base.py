@@ -20,7 +20,8 @@ Outcomes:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import requests
@@ -121,10 +122,12 @@ class Answer:
 
 
 def call(s: requests.Session, method: str, url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-         **kwargs: Any) -> Answer | Result:
+         secrets: Iterable[str | None] = (), **kwargs: Any) -> Answer | Result:
     """One HTTP call: an Answer, or a RETRY Result when there was no (whole) answer.
 
-    Redirects are never followed; the body is read up to MAX_RESPONSE_BYTES.
+    Redirects are never followed; the body is read up to MAX_RESPONSE_BYTES. Each of `secrets`
+    (the credentials this call carries) is blanked out of the body before it is parsed, so no
+    reason built from the answer, however it is cut short, can hold one that the API echoed.
     """
     try:
         response = s.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
@@ -132,10 +135,10 @@ def call(s: requests.Session, method: str, url: str, timeout: tuple[float, float
         response.close()
     except requests.RequestException as exc:
         return Result(RETRY, f"no answer ({type(exc).__name__})")
-    text = raw[:MAX_RESPONSE_BYTES].decode("utf-8", "replace")
+    text = scrub(raw[:MAX_RESPONSE_BYTES].decode("utf-8", "replace"), secrets)
     try:
         body = json.loads(text) if text.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         body = None
     return Answer(response.status_code, response.headers, body, text)
 
@@ -145,6 +148,21 @@ def pace(limiter: Limiter | None, max_wait: float = MAX_PACE_WAIT) -> Result | N
     if limiter is None or limiter.acquire(max_wait):
         return None
     return Result(THROTTLED, "rate limit: waiting for the shared limiter", wait=max(1.0, limiter.paused_for()))
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every (non-empty) secret replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def scrub_results(results: list[Result], secrets: Iterable[str | None]) -> list[Result]:
+    """What a writer hands back, with no secret in any reason (the last line of defence)."""
+    secrets = [s for s in secrets if s]
+    return [r if not any(s in r.reason for s in secrets) else replace(r, reason=scrub(r.reason, secrets))
+            for r in results]
 
 
 def short(text: Any, limit: int = 300) -> str:

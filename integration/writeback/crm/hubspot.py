@@ -34,6 +34,8 @@ from integration.writeback.crm.base import (
     Write,
     call,
     pace,
+    scrub,
+    scrub_results,
     session,
     short,
 )
@@ -105,10 +107,10 @@ class HubSpotWriter:
                          else self._update_batch(object_type, [writes[i] for i in chunk]))
                 for index, result in zip(chunk, found, strict=True):
                     results[index] = result
-                whole = next((r for r in found if r.outcome == THROTTLED or r.status in (401, 403)), None)
+                whole = next((r for r in found if _stops_all(r)), None)
                 if whole is not None:
                     stopped[portal] = whole
-        return [r if r is not None else Result(RETRY, "not tried") for r in results]
+        return scrub_results([r if r is not None else Result(RETRY, "not tried") for r in results], [self._token])
 
     def log_activity(self, write: Write) -> Result:
         refused = _refuse(write)
@@ -127,9 +129,12 @@ class HubSpotWriter:
                                          "associationTypeId": NOTE_ASSOCIATION[write.object]}]}],
         }
         answer = self._request("POST", "/crm/v3/objects/notes", write.account, json=payload)
-        return self._result(answer, write.account, OBJECT_TYPES[write.object])
+        return scrub_results([self._result(answer, write.account, OBJECT_TYPES[write.object])], [self._token])[0]
 
     def check(self, needs: dict[str, list[str]]) -> list[str]:
+        return [scrub(line, [self._token]) for line in self._check(needs)]
+
+    def _check(self, needs: dict[str, list[str]]) -> list[str]:
         problems: list[str] = []
         wanted = dict(needs) or {"deal": []}  # nothing mapped: still prove the token works
         for name, properties in wanted.items():
@@ -154,7 +159,7 @@ class HubSpotWriter:
             if not 200 <= answer.status < 300 or not isinstance(answer.body, dict):
                 problems.append(f"HubSpot answered HTTP {answer.status} listing {object_type} properties")
                 continue
-            existing = {p.get("name") for p in answer.body.get("results") or [] if isinstance(p, dict)}
+            existing = {p.get("name") for p in _list(answer.body.get("results")) if isinstance(p, dict)}
             problems.extend(f"property {p} does not exist on HubSpot {object_type}"
                             for p in properties if p not in existing)
         return problems
@@ -180,7 +185,8 @@ class HubSpotWriter:
         waited = pace(limiter) if max_wait is None else pace(limiter, max_wait)
         if waited is not None:
             return waited
-        answer = call(self._session, method, self.base_url + path, timeout=self.timeout, **kwargs)
+        answer = call(self._session, method, self.base_url + path, timeout=self.timeout, secrets=[self._token],
+                      **kwargs)
         if isinstance(answer, Answer) and answer.status == 429:
             wait = rate_limit_wait(answer)
             if limiter is not None:
@@ -191,7 +197,25 @@ class HubSpotWriter:
         object_type = OBJECT_TYPES[write.object]
         answer = self._request("PATCH", f"/crm/v3/objects/{object_type}/{write.object_id}", write.account,
                                json={"properties": _values(write.properties)})
+        if isinstance(answer, Answer) and 200 <= answer.status < 300 and not (
+                isinstance(answer.body, dict) and _id(answer.body.get("id")) is not None):
+            # HubSpot answers an update with the updated record; anything else (a proxy's page, an
+            # empty body) does not say the write happened. The id may differ: a merged record answers
+            # with the record it was merged into.
+            return [Result(RETRY, f"HubSpot answered HTTP {answer.status} without the updated record "
+                                  f"({_message(answer)})", answer.status)]
         return [self._result(answer, write.account, object_type)]
+
+    def _one_by_one(self, writes: list[Write]) -> list[Result]:
+        """One PATCH per write; an answer that concerns every write (429, 401/403, no answer) is
+        given to the rest without calling again."""
+        results: list[Result] = []
+        for write in writes:
+            if results and _stops_all(results[-1]):
+                results.append(results[-1])
+            else:
+                results.append(self._update_one(write)[0])
+        return results
 
     def _update_batch(self, object_type: str, writes: list[Write]) -> list[Result]:
         account = writes[0].account
@@ -200,13 +224,21 @@ class HubSpotWriter:
         if isinstance(answer, Result):
             return [answer] * len(writes)
         if answer.status in (200, 207):
-            failed = _failed_ids(answer.body) if answer.status == 207 else set()
-            return [self._update_one(w)[0] if w.object_id in failed else Result(OK, status=answer.status)
-                    for w in writes]
+            if not isinstance(answer.body, dict):
+                return [Result(RETRY, f"HubSpot answered the batch update with HTTP {answer.status} but no JSON "
+                                      f"results ({_message(answer)})", answer.status)] * len(writes)
+            # A write is written when the answer's `results` name its record and its `errors` do not;
+            # errors whose ids cannot be read could concern any write. Every write not confirmed so
+            # goes again as its own PATCH, whose answer says what became of it.
+            failed = _failed_ids(answer.body)
+            confirmed = set() if failed is None else _result_ids(answer.body) - failed
+            unconfirmed = [w for w in writes if w.object_id not in confirmed]
+            again = iter(self._one_by_one(unconfirmed))
+            return [Result(OK, status=answer.status) if w.object_id in confirmed else next(again) for w in writes]
         if 400 <= answer.status < 500 and answer.status not in (401, 403, 408, 429):
             # The whole batch refused for one input's fault (a deleted record, a missing property):
             # one request per write, so that only the faulty one goes to the dead letters.
-            return [self._update_one(w)[0] for w in writes]
+            return self._one_by_one(writes)
         return [self._result(answer, account, object_type)] * len(writes)
 
     def _result(self, answer: Answer | Result, account: str | None, object_type: str) -> Result:
@@ -217,7 +249,8 @@ class HubSpotWriter:
         if 200 <= status < 300:
             return Result(OK, status=status)
         if status == 429:
-            return Result(THROTTLED, f"HubSpot rate limit ({_code(answer)})", status, rate_limit_wait(answer))
+            return Result(THROTTLED, self._clean(f"HubSpot rate limit ({_code(answer)})"), status,
+                          rate_limit_wait(answer))
         if status in (401, 403):
             hint = _scopes_hint(answer, f"crm.objects.{object_type}.write") if status == 403 else ""
             return Result(RETRY, self._clean(f"HubSpot refused HUBSPOT_ACCESS_TOKEN ({_code(answer)}{hint})"), status)
@@ -253,7 +286,7 @@ def rate_limit_wait(answer: Answer) -> float:
 def _refuse(write: Write) -> Result | None:
     if write.object not in OBJECT_TYPES:
         return Result(DEAD, f"HubSpot has no object {short(write.object, 40)!r} (deal, contact or company)")
-    if not HUBSPOT_ID.match(str(write.object_id)):
+    if not HUBSPOT_ID.fullmatch(str(write.object_id)):
         return Result(DEAD, f"not a HubSpot id: {short(write.object_id, 40)!r}")
     return None
 
@@ -287,6 +320,24 @@ def _chunks(indexes: list[int], writes: list[Write]) -> Iterable[list[int]]:
         yield chunk
 
 
+def _stops_all(result: Result) -> bool:
+    """An answer about the portal, not the record: every further call would get it too."""
+    return result.outcome == THROTTLED or result.status in (401, 403) or (
+        result.outcome == RETRY and result.status is None)
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON list as it is; anything else (a number, a string, an object, null): no items."""
+    return value if isinstance(value, list) else []
+
+
+def _id(value: Any) -> str | None:
+    """A record id as HubSpot sends it (a string, sometimes a number), as text; else None."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
+
+
 def _code(answer: Answer) -> str:
     body = answer.body if isinstance(answer.body, dict) else {}
     category = body.get("category") or body.get("errorType") or body.get("policyName")
@@ -302,33 +353,54 @@ def _missing_properties(answer: Answer) -> list[str]:
     """The properties a 400 VALIDATION_ERROR says do not exist (PROPERTY_DOESNT_EXIST)."""
     body = answer.body if isinstance(answer.body, dict) else {}
     message = str(body.get("message") or "")
-    if "PROPERTY_DOESNT_EXIST" not in message and "PROPERTY_DOESNT_EXIST" not in json.dumps(body.get("errors") or []):
+    errors = _list(body.get("errors"))
+    if "PROPERTY_DOESNT_EXIST" not in message and "PROPERTY_DOESNT_EXIST" not in json.dumps(errors):
         return []
     names: list[str] = []
     found = _PROPERTY_ERRORS.search(message)
     if found:
         try:
-            entries = json.loads(found.group(0))
-        except ValueError:
+            entries = _list(json.loads(found.group(0)))
+        except (ValueError, RecursionError):
             entries = []
         names += [str(e.get("name")) for e in entries if isinstance(e, dict)
                   and e.get("error") == "PROPERTY_DOESNT_EXIST" and e.get("name")]
-    for error in body.get("errors") or []:
+    for error in errors:
         if isinstance(error, dict) and error.get("code") == "PROPERTY_DOESNT_EXIST":
-            context = error.get("context") or {}
-            names += [str(n) for n in (context.get("propertyName") or [])] if isinstance(context, dict) else []
+            context = error.get("context")
+            named = context.get("propertyName") if isinstance(context, dict) else None
+            names += _names(named)
     if not names:  # the code without a readable name: still name what we can
         names = re.findall(r'Property \\?"([A-Za-z0-9_]+)\\?" does not exist', message)
     return list(dict.fromkeys(short(n, 100) for n in names)) or ["(unnamed)"]
 
 
-def _failed_ids(body: Any) -> set[str]:
-    """The ids a 207 multi-status batch answer lists under `errors` (their context's ids)."""
+def _names(value: Any) -> list[str]:
+    """A name, or a list of names, as HubSpot's error context gives them (one string or a list)."""
+    items = [value] if isinstance(value, str) else _list(value)
+    return [str(i) for i in items if isinstance(i, str | int) and not isinstance(i, bool) and str(i)]
+
+
+def _result_ids(body: dict[str, Any]) -> set[str]:
+    """The record ids a batch answer's `results` name: the writes it confirms."""
+    return {i for r in _list(body.get("results")) if isinstance(r, dict) and (i := _id(r.get("id"))) is not None}
+
+
+def _failed_ids(body: dict[str, Any]) -> set[str] | None:
+    """The ids a multi-status batch answer lists under `errors` (their context's ids); None when
+    it has errors whose ids cannot be read, so that any write may be among them."""
+    errors = body.get("errors")
+    if errors is None:
+        return set()
+    if not isinstance(errors, list):
+        return None
     ids: set[str] = set()
-    for error in (body.get("errors") or []) if isinstance(body, dict) else []:
+    for error in errors:
         context = error.get("context") if isinstance(error, dict) else None
-        if isinstance(context, dict):
-            ids.update(str(i) for i in context.get("ids") or [])
+        named = context.get("ids") if isinstance(context, dict) else None
+        if not isinstance(named, list) or not named or any(_id(i) is None for i in named):
+            return None
+        ids.update(str(i) for i in named)
     return ids
 
 
@@ -336,11 +408,11 @@ def _scopes_hint(answer: Answer, default: str) -> str:
     """`: needs scope X` from a 403 MISSING_SCOPES body, else the scope this call documents."""
     scopes: list[str] = []
     body = answer.body if isinstance(answer.body, dict) else {}
-    for error in body.get("errors") or []:
+    for error in _list(body.get("errors")):
         context = error.get("context") if isinstance(error, dict) else None
         if isinstance(context, dict):
             for key in ("requiredGranularScopes", "requiredScopes", "missingScopes"):
-                scopes += [str(s) for s in context.get(key) or []]
+                scopes += _names(context.get(key))
     return f": needs scope {', '.join(dict.fromkeys(scopes)) if scopes else default}"
 
 
