@@ -447,3 +447,23 @@ def test_a_writer_that_raises_on_an_odd_answer_is_a_retry_not_a_crash(order):
     assert attempts["last"] == "unexpected answer from hubspot (TypeError)"
     assert run_unit(ctx, unit) == "empty"
     assert hub["records"]["deals"][HS_DEAL]["revor_status"] == "accepted"
+
+
+def test_an_activity_that_cannot_be_rendered_still_lets_the_properties_be_written(order, tmp_path):
+    """A WhatsApp dispatch has no recipient address: a note about the address cannot be written,
+    but the deal still gets its status, and the dead letter says both."""
+    ctx, hub, _ = order
+    rules_file = tmp_path / "note.yaml"
+    rules_file.write_text(ORDER_RULES + '    activity: {on: [succeeded], body: "To {{ data.recipient.address }}"}\n')
+    ctx.rules = load_rules(rules_file)
+    crm = {"source": "hubspot", "account": "24681357", "object_type": "deal", "object_id": HS_DEAL, "event_id": "e"}
+    state.transition(ctx.redis, "dsp_w", "pending", create={
+        "rule": "r", "channel": "whatsapp", "crm": crm, "writeback": ["hs"], "recipient": {"phone": "+14155550100"},
+        "attempt": 0}, destinations=ctx.destinations(), now=T0)
+    state.transition(ctx.redis, "dsp_w", "succeeded", destinations=ctx.destinations(), now=T0 + 1)
+    assert run_unit(ctx, units.deliver_unit("dsp_w", "hs")) == "empty"
+    assert hub["records"]["deals"][HS_DEAL]["revor_status"] == "succeeded"
+    assert not hub["notes"]
+    [dead] = destinations.dead_letters(ctx.redis, "hs")
+    assert dead["dead_reason"] == (f"deal {HS_DEAL}: activity: data.recipient.address has no value "
+                                   "(the properties were written)")

@@ -96,8 +96,12 @@ def target(destination: CrmDestination, message: dict[str, Any]) -> tuple[str, s
     return str(object_type), str(object_id), sobject
 
 
-def plan(destination: CrmDestination, message: dict[str, Any]) -> Write:
-    """The write for one status message (NotWritable with the reason when there is none)."""
+def plan(destination: CrmDestination, message: dict[str, Any], activity_errors: list[str] | None = None) -> Write:
+    """The write for one status message (NotWritable with the reason when there is none).
+
+    With `activity_errors`, an activity that cannot be rendered is left out and its reason added
+    there, so that the properties are still written (a note is no reason to leave a stale status).
+    """
     data = message["body"].get("data") or {}
     object_type, object_id, sobject = target(destination, message)
     context = _context(message["body"])
@@ -117,7 +121,9 @@ def plan(destination: CrmDestination, message: dict[str, Any]) -> Write:
             activity = Activity((destination.subject.render(context) if destination.subject else "").strip(),
                                 destination.body.render(context), str(message["body"].get("timestamp") or ""))
         except RenderError as exc:
-            raise NotWritable(f"activity: {exc}") from None
+            if activity_errors is None:
+                raise NotWritable(f"activity: {exc}") from None
+            activity_errors.append(f"activity: {exc}")
     if data.get("status") not in destination.on:
         properties = {}
     return Write(key=f"rb:msg:{message['id']}", object=object_type, object_id=object_id, properties=properties,

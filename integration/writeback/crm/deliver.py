@@ -123,6 +123,7 @@ class _Item:
     record_lock: Lock | None = None
     superseded: bool = False
     stamp: str = ""
+    activity_error: str = ""  # the activity could not be rendered: a dead letter once the properties are written
 
 
 def _stamp(message: dict[str, Any]) -> tuple[float, str]:
@@ -193,8 +194,9 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
                 units.again(connection, unit, time.time() + PROBE_WAIT, counted=False, attempt=claim)
                 outcome = "circuit_half_open"
                 return outcome
+            activity_errors: list[str] = []
             try:
-                write = plan(destination, message)
+                write = plan(destination, message, activity_errors)
             except NotWritable as exc:
                 _give_up(connection, outbox, name, message_key, str(exc))
                 head = connection.lindex(outbox, 0)
@@ -213,7 +215,8 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
                 outcome = _failed(connection, outbox, name, unit, message, message_key, attempts, None, None,
                                   result, settings.writeback_retry_scale, claim)
                 return outcome
-            own = _Item(unit, claim, outbox, message_key, message, write, lock)
+            own = _Item(unit, claim, outbox, message_key, message, write, lock,
+                        activity_error=" ".join(activity_errors))
             try:
                 writer = ctx.crm_writer(destination.kind)
             except NotConfigured as exc:
@@ -357,6 +360,9 @@ def _attempt(ctx: JobContext, destination: CrmDestination, writer: Any, own: _It
             [own_result] = _safely(destination.kind, lambda: [writer.log_activity(own.write)], 1)
             if own_result.outcome == OK:
                 connection.hset(attempts_key, "activity_done", 1)
+        if own_result.outcome == OK and own.activity_error:
+            written = " (the properties were written)" if own in writable else ""
+            own_result = Result(DEAD, own.activity_error + written)
     return _settle(ctx, destination, own, own_result, attempts, probing)
 
 
@@ -388,7 +394,8 @@ def _finish_peer(ctx: JobContext, destination: CrmDestination, peer: _Item, resu
         _shown(ctx, destination, peer)
         _delivered(connection, name, peer, "superseded" if peer.superseded else "delivered")
     elif result.outcome == DEAD:
-        _give_up(connection, peer.outbox, name, peer.message_key, result.reason or "refused")
+        _give_up(connection, peer.outbox, name, peer.message_key,
+                 f"{peer.write.object} {peer.write.object_id}: {result.reason or 'refused'}")
         units.again(connection, peer.unit, time.time(), counted=False, attempt=peer.claim)
     else:  # not written now: its own run tries, with its own attempts and schedule
         units.again(connection, peer.unit, time.time() + (result.wait or 1.0), counted=False, attempt=peer.claim)
@@ -433,11 +440,12 @@ def _settle(ctx: JobContext, destination: CrmDestination, own: _Item, result: Re
     if probing:
         connection.delete(destinations.probe_key(name))
     if result.outcome == DEAD:
+        reason = f"{own.write.object} {own.write.object_id}: {result.reason or 'refused'}"
         with connection.pipeline(transaction=False) as pipe:
-            pipe.hset(attempts_key, mapping={"last": result.reason or "refused", "sending": 0})
+            pipe.hset(attempts_key, mapping={"last": reason, "sending": 0})
             metrics.count(pipe, metrics.writeback_field(name, "dead"))
             pipe.execute()
-        _give_up(connection, own.outbox, name, own.message_key, result.reason or "refused")
+        _give_up(connection, own.outbox, name, own.message_key, reason)
         return "written"  # the outbox goes on with the next message
     if result.outcome == THROTTLED:
         wait = result.wait if result.wait is not None else DEFAULT_THROTTLE_WAIT
@@ -452,6 +460,8 @@ def _settle(ctx: JobContext, destination: CrmDestination, own: _Item, result: Re
         log.info("write-back %s to %s: throttled; next in %.1f s", own.message["id"], name, wait)
         return "throttled"
     outcome = result.reason or RETRY
+    if result.status in (401, 403):  # the credentials: nothing will be written until someone acts
+        log.error("write-back to %s: %s refused the credentials: %s", name, destination.kind, outcome)
     _record_failed_attempt(connection, attempts_key, outcome, name, result.status, attempts)
     return _failed(connection, own.outbox, name, own.unit, own.message, own.message_key, attempts, result.status,
                    result.wait, outcome, settings.writeback_retry_scale, own.claim, honour_wait=True)
