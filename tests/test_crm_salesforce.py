@@ -299,3 +299,107 @@ def test_from_settings_names_what_is_missing(redis_db):
                                                 salesforce_client_secret=Secret(CLIENT_SECRET)), redis_db)
     assert CLIENT_SECRET not in repr(w) and (w.kind, w.batch_size) == ("salesforce", 200)
     w.close()
+
+
+# ---- hostile answers (issue 13 attack review) ---------------------------------------------------------
+
+ACCESS = "00DHOSTILE!AQ.access-token-value-0123456789"
+
+
+def hostile_org(status: int, body: object, headers: dict[str, str] | None = None) -> ThreadServer:
+    """A token endpoint that works, and an API that gives every call the same answer."""
+    import json
+
+    from flask import Flask, Response, request
+
+    app = Flask("hostile_salesforce")
+
+    @app.post("/services/oauth2/token")
+    def token() -> Response:
+        return Response(json.dumps({"access_token": ACCESS, "instance_url": request.host_url}), 200,
+                        mimetype="application/json")
+
+    @app.route("/services/data/<path:path>", methods=["GET", "POST", "PATCH"])
+    def api(path: str) -> Response:
+        return Response(body if isinstance(body, str) else json.dumps(body), status, headers=headers or {},
+                        mimetype="application/json")
+
+    return ThreadServer(app)
+
+
+def hostile_writer(server: ThreadServer, redis_db, name: str = "salesforce") -> SalesforceWriter:
+    return SalesforceWriter(server.url, CLIENT_ID, CLIENT_SECRET, "62.0", Limiter(redis_db, name, 1000.0))
+
+
+@pytest.mark.parametrize(("retry_after", "wait"), [("1e9", 3600.0), ("inf", 3600.0), ("1e400", 3600.0),
+                                                   ("nan", 60.0), ("-5", 1.0), ("garbage", 60.0), ("7", 7.0)])
+def test_a_429_wait_is_finite_and_at_most_an_hour(redis_db, retry_after, wait):
+    """Retry-After: 1e9 paused the shared limiter for 31 years, `inf` raised OverflowError."""
+    with hostile_org(429, [{"errorCode": "REQUEST_LIMIT", "message": "slow down"}], {"Retry-After": retry_after}) as s:
+        w = hostile_writer(s, redis_db)
+        [result] = w.update([deal()])
+    assert (result.outcome, result.wait) == ("throttled", wait)
+    assert wait - 2 < w.limiter.paused_for() <= wait
+
+
+def test_the_limiter_pause_takes_only_a_finite_bounded_wait(redis_db):
+    limiter = Limiter(redis_db, "bounded", 10.0)
+    for nonsense in (float("inf"), float("nan"), -5.0, 0.0):
+        limiter.pause(nonsense)  # `inf` raised OverflowError
+        assert limiter.paused_for() == 0, nonsense
+    limiter.pause(1e9)
+    assert 86000 < limiter.paused_for() <= 86400  # a day at most, whatever a caller asks
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (400, [{"errorCode": "INVALID_FIELD", "message": f"Bearer {ACCESS}"}]),
+    (400, [{"errorCode": "INVALID_FIELD", "message": "x" * 270 + ACCESS}]),  # where the reason is cut short
+    (500, f"upstream said Authorization: Bearer {ACCESS}"),
+    (429, [{"errorCode": "X", "message": ACCESS}]),
+    (200, [{"success": False, "errors": [{"statusCode": "FIELD_INTEGRITY_EXCEPTION", "message": ACCESS}]},
+           {"success": False, "errors": [{"statusCode": "X", "message": "y" * 280 + ACCESS}]}]),
+])
+def test_the_access_token_is_in_no_reason_and_no_check_line(redis_db, status, body):
+    with hostile_org(status, body) as s:
+        w = hostile_writer(s, redis_db, f"sf-{status}")
+        said = [r.reason for r in w.update([deal()]) + w.update([deal(), deal(object_id=ACCOUNT_ID, object="company")])]
+        said += [w.log_activity(deal(activity=Activity("s", "b", "2026-01-01T00:00:00Z"))).reason]
+        said += w.check({"deal": ["Revor_Status__c"]})
+    assert said and all(ACCESS[:10] not in text for text in said), said
+
+
+@pytest.mark.parametrize("body", [
+    [{"errorCode": "INVALID_FIELD", "message": "m", "fields": 5}],
+    [{"errorCode": 5, "message": {"a": 1}, "fields": "Revor_Status__c"}],
+    {"fields": 5},
+    [1, 2],
+    "[" * 5000 + "]" * 5000,
+])
+def test_answers_of_the_wrong_shape_are_outcomes_never_exceptions(redis_db, body):
+    """`fields: 5` raised TypeError in describe_error (and in check's describe)."""
+    for status in (400, 200, 404):
+        with hostile_org(status, body) as s:
+            w = hostile_writer(s, redis_db)
+            one = w.update([deal()])
+            two = w.update([deal(), deal(object_id=ACCOUNT_ID, object="company")])
+            lines = w.check({"deal": ["Revor_Status__c"]})
+        assert len(one) == 1 and len(two) == 2 and all(r.reason or r.outcome == OK for r in one + two)
+        assert all(isinstance(line, str) for line in lines)
+
+
+def test_a_batch_answer_whose_errors_are_of_the_wrong_shape_is_dead_per_record(redis_db):
+    answer = [{"success": False, "errors": 5}, {"success": False, "errors": [{"statusCode": "X", "fields": 3}]}]
+    with hostile_org(200, answer) as s:
+        results = hostile_writer(s, redis_db).update([deal(), deal(object_id=ACCOUNT_ID, object="company")])
+    # the batch goes sorted by sObject (Account first), each answer back to its own write
+    assert [r.outcome for r in results] == [DEAD, DEAD]
+    assert (results[0].reason, results[1].reason) == ("X", "no error detail")
+
+
+def test_an_instance_url_with_a_fragment_query_or_userinfo_is_not_trusted():
+    ours = "https://acme.my.salesforce.com"
+    for bad in ("https://x.my.salesforce.com#@evil.example.com", "https://x.my.salesforce.com#",
+                "https://x.my.salesforce.com?", "https://x.my.salesforce.com?a=1",
+                "https://evil.example.com\\@x.my.salesforce.com", "https://:pw@x.my.salesforce.com",
+                "https://x.my.salesforce.com:99999", "https://x.my.salesforce.com\n", "https://[x.my.salesforce.com"):
+        assert trusted_instance_url(ours, bad) is None, bad

@@ -7,6 +7,7 @@ which every other worker then honours before its next call.
 
 from __future__ import annotations
 
+import math
 import time
 
 import redis
@@ -30,6 +31,9 @@ redis.call('HSET', key, 'tokens', tokens, 'at', now)
 redis.call('EXPIRE', key, 3600)
 return tostring((1 - tokens) / rate)
 """
+
+
+MAX_PAUSE = 86400.0  # seconds: the longest any caller may pause a limiter
 
 
 # KEYS: the pause key. ARGV: until (epoch seconds), its TTL in ms. The longest pause wins.
@@ -66,7 +70,14 @@ class Limiter:
             time.sleep(min(wait, 1.0))
 
     def pause(self, seconds: float) -> None:
-        """Everyone stops calling for `seconds` (the longest pause asked for wins)."""
+        """Everyone stops calling for `seconds` (the longest pause asked for wins).
+
+        At most MAX_PAUSE: a wait read from an API's header (`Retry-After: 1e9`) must not stop every
+        worker for years; a wait that is not a positive finite number pauses nothing.
+        """
+        if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
+            return
+        seconds = min(float(seconds), MAX_PAUSE)
         until = time.time() + seconds
         run_script(self.connection, PAUSE, (self.pause_key,), (until, int(seconds * 1000) + 1000))
 

@@ -21,6 +21,7 @@ per-record results map back to each write. What each vendor answer means for a m
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import redis
 import requests
 
 from integration.dispatches.limits import Limiter
+from integration.revor.client import parse_retry_after
 from integration.writeback.crm import base
 from integration.writeback.crm.base import DEAD, OK, RETRY, THROTTLED, Answer, Result, Write
 
@@ -45,6 +47,8 @@ BATCH_SIZE = 200  # sObject Collections: up to 200 records per request
 # REQUEST_LIMIT_EXCEEDED / api-usage at its limit: the 24-hour window frees calls only as old
 # ones age out, so ask again in a quarter of an hour rather than every few seconds.
 LIMIT_WAIT = 900.0
+# A 429's Retry-After, bounded: at least a second, at most an hour (the limiter is shared by every worker).
+THROTTLE_WAIT, MIN_WAIT, MAX_WAIT = 60.0, 1.0, 3600.0
 SUBJECT_MAX = 255
 DESCRIPTION_MAX = 32000
 API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
@@ -80,16 +84,21 @@ def trusted_instance_url(base_url: str, instance_url: Any) -> str | None:
     """
     if not isinstance(instance_url, str) or not instance_url:
         return None
+    # A fragment, query, userinfo or backslash has no place in an API root, and parsers disagree on
+    # where the host of `https://x.my.salesforce.com#@evil` or `https://evil\@x...` ends.
+    if any(c in instance_url for c in "#?@\\") or any(c.isspace() or not c.isprintable() for c in instance_url):
+        return None
     try:
         parts, ours = urlsplit(instance_url), urlsplit(base_url)
         host = (parts.hostname or "").lower()
+        port = parts.port
     except ValueError:
         return None
-    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
         return None
     if parts.scheme == ours.scheme and parts.netloc.lower() == ours.netloc.lower():
         return instance_url.rstrip("/")
-    if parts.scheme == "https" and host.endswith(".my.salesforce.com") and parts.port in (None, 443):
+    if parts.scheme == "https" and host.endswith(".my.salesforce.com") and port in (None, 443):
         return instance_url.rstrip("/")
     return None
 
@@ -121,9 +130,11 @@ def describe_error(errors: list[dict[str, Any]], sobject: str) -> str:
     """`CODE: message` for each error, naming the field(s) when Salesforce names them."""
     parts = []
     for e in errors[:3]:
-        code = e.get("errorCode") or e.get("statusCode") or "ERROR"
+        code = str(e.get("errorCode") or e.get("statusCode") or "ERROR")
         message = str(e.get("message") or "")
-        fields = [f for f in (e.get("fields") or []) if isinstance(f, str)]
+        named = e.get("fields")
+        fields = [named] if isinstance(named, str) and named else \
+            [f for f in named if isinstance(f, str)] if isinstance(named, list) else []
         if not fields:
             fields = NO_SUCH_COLUMN.findall(message)
         named = f" (field {', '.join(fields)} on {sobject})" if fields else ""
@@ -143,6 +154,7 @@ class SalesforceWriter:
         self.api_version = api_version
         self.limiter = limiter
         self.http: requests.Session = base.session()
+        self._accesses: set[str] = set()  # every access token this writer was given: blanked from reasons
         # The secret's digest (never the secret) is part of the key: another secret for the
         # same app must not be answered with a token the old one got.
         self._key = (self.base_url, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
@@ -177,10 +189,12 @@ class SalesforceWriter:
         with _TOKENS_LOCK:
             cached = _TOKENS.get(self._key)
             if cached is not None and cached.access != stale:
+                self._accesses.add(cached.access)
                 return cached
             fetched = self._fetch_token()
             if isinstance(fetched, _Token):
                 _TOKENS[self._key] = fetched
+                self._accesses.add(fetched.access)
             else:
                 _TOKENS.pop(self._key, None)
             return fetched
@@ -191,7 +205,7 @@ class SalesforceWriter:
             return paced
         answer = base.call(self.http, "POST", f"{self.base_url}/services/oauth2/token",
                            data={"grant_type": "client_credentials", "client_id": self.client_id,
-                                 "client_secret": self._secret})
+                                 "client_secret": self._secret}, secrets=[self._secret])
         if isinstance(answer, Result):
             return Result(RETRY, f"Salesforce token request: {answer.reason}")
         body = answer.body if isinstance(answer.body, dict) else {}
@@ -216,9 +230,14 @@ class SalesforceWriter:
                     f"({said}): use the org's My Domain and enable the client credentials flow with a Run As user")
         return f"Salesforce refused the token request for SALESFORCE_CLIENT_ID / SALESFORCE_CLIENT_SECRET ({said})"
 
+    def _secrets(self) -> list[str]:
+        """The client secret and every access token this writer used or the process holds for the app."""
+        cached = _TOKENS.get(self._key)  # no lock: this is called while _token holds it
+        return [self._secret, *self._accesses, cached.access if cached else ""]
+
     def _scrub(self, text: str) -> str:
         """Never a secret in a reason, whatever a vendor message echoes back."""
-        return base.short(text.replace(self._secret, "***") if self._secret else text)
+        return base.short(base.scrub(text, self._secrets()))
 
     # ---- API calls ------------------------------------------------------------------------
 
@@ -235,7 +254,8 @@ class SalesforceWriter:
             kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bearer {token.access}"}}
             if body is not None:
                 kwargs["json"] = body
-            answer = base.call(self.http, method, f"{token.api}/services/data/v{self.api_version}{path}", **kwargs)
+            answer = base.call(self.http, method, f"{token.api}/services/data/v{self.api_version}{path}",
+                               secrets=self._secrets(), **kwargs)
             if isinstance(answer, Result):
                 return answer
             self._note_usage(answer)
@@ -264,7 +284,7 @@ class SalesforceWriter:
                 self.limiter.pause(LIMIT_WAIT)
             return Result(RETRY, f"Salesforce API allocation used up ({said})", answer.status, wait=LIMIT_WAIT)
         if answer.status == 429:
-            wait = _retry_after(answer) or 60.0
+            wait = _retry_after(answer) or THROTTLE_WAIT
             if self.limiter is not None:
                 self.limiter.pause(wait)
             return Result(THROTTLED, f"Salesforce: {said}", answer.status, wait=wait)
@@ -275,6 +295,9 @@ class SalesforceWriter:
     # ---- the CrmWriter protocol -----------------------------------------------------------
 
     def update(self, writes: list[Write]) -> list[Result]:
+        return base.scrub_results(self._update(writes), self._secrets())
+
+    def _update(self, writes: list[Write]) -> list[Result]:
         results: list[Result | None] = [None] * len(writes)
         due: list[int] = []
         for i, write in enumerate(writes):
@@ -337,6 +360,9 @@ class SalesforceWriter:
         return Result(DEAD, reason, status)
 
     def log_activity(self, write: Write) -> Result:
+        return base.scrub_results([self._log_activity(write)], self._secrets())[0]
+
+    def _log_activity(self, write: Write) -> Result:
         refused = _refuse(write)
         if refused is not None:
             return refused
@@ -356,6 +382,9 @@ class SalesforceWriter:
 
     def check(self, needs: dict[str, list[str]]) -> list[str]:
         """A new token (the credentials as they are now), then each sObject's describe."""
+        return [base.scrub(line, self._secrets()) for line in self._check(needs)]
+
+    def _check(self, needs: dict[str, list[str]]) -> list[str]:
         token = self._token(stale=self._cached_access())
         if isinstance(token, Result):
             return [token.reason]
@@ -375,7 +404,9 @@ class SalesforceWriter:
             if not 200 <= answer.status < 300 or not isinstance(answer.body, dict):
                 problems.append(f"Salesforce describe {sobject}: {self._failure(answer, sobject).reason}")
                 continue
-            known = {str(f.get("name", "")).lower(): f for f in answer.body.get("fields") or [] if isinstance(f, dict)}
+            listed = answer.body.get("fields")
+            known = {str(f.get("name", "")).lower(): f for f in (listed if isinstance(listed, list) else [])
+                     if isinstance(f, dict)}
             for name in fields:
                 found = known.get(name.lower())
                 if found is None:
@@ -415,8 +446,11 @@ def _date(at: str) -> str:
 
 
 def _retry_after(answer: Answer) -> float | None:
-    value = answer.headers.get("Retry-After")
-    try:
-        return max(1.0, float(value)) if value else None
-    except ValueError:
+    """A 429's Retry-After (seconds or an HTTP date) within MIN_WAIT..MAX_WAIT; None when unreadable."""
+    value = (answer.headers.get("Retry-After") or "").strip()
+    if not value or "nan" in value.lower():
         return None
+    wait = parse_retry_after(value)
+    if wait is None or math.isnan(wait):
+        return None
+    return min(MAX_WAIT, max(MIN_WAIT, wait))
