@@ -278,3 +278,65 @@ def test_an_empty_write_makes_no_call_and_a_missing_token_is_named(standin, redi
     assert state["calls"] == []
     with pytest.raises(NotConfigured, match="PIPEDRIVE_API_TOKEN"):
         PipedriveWriter.from_settings(Settings(), redis_db)
+
+
+# ---- hostile answers (issue 13 attack review) ---------------------------------------------------------
+
+
+def answering(status: int, body: Any, seen: list[str] | None = None) -> ThreadServer:
+    """A server that gives every request the same answer, noting each request's path and query."""
+    import json
+
+    from flask import Flask, Response, request
+
+    app = Flask("hostile_pipedrive")
+
+    @app.route("/<path:path>", methods=["GET", "POST", "PATCH"])
+    def any_path(path: str) -> Response:
+        if seen is not None:
+            seen.append(request.full_path)
+        return Response(body if isinstance(body, str) else json.dumps(body), status, mimetype="application/json")
+
+    return ThreadServer(app)
+
+
+def test_the_token_is_in_no_check_line_or_reason_whatever_pipedrive_echoes(redis_db) -> None:
+    """check() put Pipedrive's error text in its line as it came, token and all."""
+    for body in ({"success": False, "error": f"unauthorized {TOKEN}"},
+                 {"success": False, "error": "x" * 180 + TOKEN}):  # the token where the text is cut short
+        with answering(401, body) as server:
+            w = PipedriveWriter(server.url, Secret(TOKEN), Limiter(redis_db, "pd-echo", 1000.0))
+            said = w.check({"deal": []}) + [w.update([write("deal", "12", {"a" * 40: "x"})])[0].reason]
+            said.append(w.log_activity(write("deal", "12", {}, Activity("s", "b", "2026-01-01T00:00:00Z"))).reason)
+        assert said[0].startswith("Pipedrive refused PIPEDRIVE_API_TOKEN (401")
+        assert all(TOKEN[:8] not in text for text in said), said
+
+
+@pytest.mark.parametrize("body", [{"data": 5}, {"data": "fields"},
+                                  {"data": [], "additional_data": {"next_cursor": {"a": 1}}},
+                                  {"data": [], "additional_data": {"next_cursor": "same"}}, [1, 2], {"data": None}])
+def test_a_field_list_of_the_wrong_shape_is_retried_never_an_exception(redis_db, body) -> None:
+    """`data: 5` raised TypeError; a cursor that is not text was sent as `cursor=a`; one that repeats was
+    followed page after page."""
+    PipedriveWriter.forget_fields()
+    seen: list[str] = []
+    with answering(200, body, seen) as server:
+        w = PipedriveWriter(server.url, Secret(TOKEN), Limiter(redis_db, "pd-fields", 1000.0))
+        [result] = w.update([write("deal", "12", {"a" * 40: "x"})])
+        lines = w.check({"deal": ["a" * 40]})
+    PipedriveWriter.forget_fields()
+    assert result.outcome in (RETRY, DEAD) and isinstance(lines, list) and len(lines) == 1
+    if body == {"data": None}:  # no fields at all: the key is not one of them
+        assert result.outcome == DEAD
+    else:
+        assert result.outcome == RETRY and "Pipedrive deal fields" in result.reason, result
+    assert not any("cursor=a" in path for path in seen)
+    assert len([p for p in seen if "dealFields" in p]) <= 2 * 2  # update (with one second look) + check
+
+
+def test_an_id_with_a_trailing_newline_is_not_a_pipedrive_id(standin, redis_db) -> None:
+    server, state = standin
+    key = state["add_field"]("deal", "Revor status")
+    [result] = make_writer(server, redis_db).update([write("deal", "1001\n", {key: "x"})])
+    assert result.outcome == DEAD and "is not a Pipedrive deal id" in result.reason
+    assert not patches(state)

@@ -45,7 +45,7 @@ OBJECTS: dict[str, tuple[str, str, str, str]] = {
     "contact": ("persons", "personFields", "person_id", "person"),
     "company": ("organizations", "organizationFields", "org_id", "organization"),
 }
-PIPEDRIVE_ID = re.compile(r"^[0-9]{1,18}$")
+PIPEDRIVE_ID = re.compile(r"[0-9]{1,18}")  # always fullmatch: "$" would let "12\n" through
 FIELDS_TTL = 300.0  # seconds a field list is trusted before it is read again
 # A key missing from a list older than this makes the writer read the list again once: the field
 # may have been created a minute ago.
@@ -104,9 +104,15 @@ class PipedriveWriter:
     # ---- the CrmWriter protocol -------------------------------------------------------------
 
     def update(self, writes: list[Write]) -> list[Result]:
-        return [self._update_one(write) for write in writes]
+        return base.scrub_results([self._update_one(write) for write in writes], [self._token.get()])
 
     def log_activity(self, write: Write) -> Result:
+        return base.scrub_results([self._log_activity(write)], [self._token.get()])[0]
+
+    def check(self, needs: dict[str, list[str]]) -> list[str]:
+        return [self._clean(line) for line in self._check(needs)]
+
+    def _log_activity(self, write: Write) -> Result:
         if write.activity is None:
             return Result(OK)
         target = self._target(write)
@@ -123,7 +129,7 @@ class PipedriveWriter:
             return Result(OK, status=answer.status)
         return self._error(answer, f"note on {label} {record_id}")
 
-    def check(self, needs: dict[str, list[str]]) -> list[str]:
+    def _check(self, needs: dict[str, list[str]]) -> list[str]:
         answer = self._request("GET", "/v1/users/me", max_wait=base.MAX_PACE_WAIT)
         if isinstance(answer, Result):
             return [f"Pipedrive API at {self.base_url} did not answer: {answer.reason}"]
@@ -182,7 +188,7 @@ class PipedriveWriter:
         spec = OBJECTS.get(write.object)
         if spec is None:
             return Result(DEAD, f"Pipedrive has no {write.object} records (use deal, contact or company)")
-        if not PIPEDRIVE_ID.match(str(write.object_id)):
+        if not PIPEDRIVE_ID.fullmatch(str(write.object_id)):
             return Result(DEAD, base.short(f"{write.object_id!r} is not a Pipedrive {spec[3]} id (digits only)"))
         return spec, int(write.object_id)
 
@@ -210,6 +216,7 @@ class PipedriveWriter:
         label = OBJECTS[obj][3]
         fields: dict[str, Field] = {}
         cursor: str | None = None
+        seen: set[str] = set()
         for _ in range(MAX_FIELD_PAGES):
             params: dict[str, Any] = {"limit": FIELDS_PAGE}
             if cursor:
@@ -221,15 +228,24 @@ class PipedriveWriter:
                 failed = self._error(answer, f"{label} fields")
                 # A field list that cannot be read is never this message's fault.
                 return failed if failed.outcome != DEAD else Result(RETRY, failed.reason, status=answer.status)
-            body = answer.body if isinstance(answer.body, dict) else {}
-            for item in body.get("data") or []:
+            # A list that cannot be read is no proof that a key does not exist: tried again later.
+            unreadable = Result(RETRY, f"Pipedrive {label} fields: unexpected answer (HTTP {answer.status})",
+                                status=answer.status)
+            body = answer.body
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or not isinstance(data, list | None):
+                return unreadable
+            for item in data or []:
                 if isinstance(item, dict) and isinstance(item.get("field_code"), str):
                     fields[item["field_code"]] = Field(item["field_code"], str(item.get("field_name") or ""),
                                                        bool(item.get("is_custom_field")))
-            more = body.get("additional_data") or {}
+            more = body.get("additional_data")
             cursor = more.get("next_cursor") if isinstance(more, dict) else None
             if not cursor:
                 return fields
+            if not isinstance(cursor, str) or cursor in seen:  # a cursor that is no text, or goes round
+                return unreadable
+            seen.add(cursor)
         return Result(RETRY, f"Pipedrive {label} fields: more than {MAX_FIELD_PAGES} pages")
 
     # ---- HTTP -------------------------------------------------------------------------------
@@ -239,7 +255,7 @@ class PipedriveWriter:
         if paced is not None:
             return paced
         answer = base.call(self.session, method, self.base_url + path,
-                           headers={"x-api-token": self._token.get()}, **kwargs)
+                           headers={"x-api-token": self._token.get()}, secrets=[self._token.get()], **kwargs)
         if isinstance(answer, Answer) and answer.status < 400:
             remaining = _number(answer.headers.get("x-ratelimit-remaining"))
             if remaining is not None and remaining <= 0 and self.limiter is not None:
