@@ -45,6 +45,7 @@ RULES = textwrap.dedent(f"""\
     destinations:
       hubspot-deals:
         kind: hubspot
+        record: deal
         properties: {{revor_status: "{{{{ data.status }}}}", revor_last_job_id: "{{{{ data.revor_job_id }}}}"}}
       hubspot-contacts:
         kind: hubspot
@@ -186,8 +187,8 @@ NEEDS_RULES = textwrap.dedent(f"""\
         writeback: [people]
     destinations:
       everything: {{kind: hubspot, properties: {{revor_status: "{{{{ data.status }}}}"}}}}
-      people: {{kind: hubspot, properties: {{revor_status: "{{{{ data.status }}}}", revor_last_error: x}}}}
-      the-deal: {{kind: hubspot, record: deal, properties: {{revor_status: "{{{{ data.status }}}}"}}}}
+      people: {{kind: hubspot, properties: {{revor_people_status: "{{{{ data.status }}}}", revor_last_error: x}}}}
+      the-deal: {{kind: hubspot, record: deal, properties: {{revor_deal_status: "{{{{ data.status }}}}"}}}}
       notes-only: {{kind: hubspot, activity: {{on: [failed]}}}}
     """)
 
@@ -199,10 +200,10 @@ def test_needs_says_which_objects_a_destination_writes(tmp_path):
     rules.write_text(NEEDS_RULES)
     ruleset = load_rules(rules, environ={})
     assert needs(ruleset, "everything") == {"deal": ["revor_status"], "contact": ["revor_status"]}
-    assert needs(ruleset, "people") == {"contact": ["revor_status", "revor_last_error"],
-                                        "company": ["revor_status", "revor_last_error"],
-                                        "deal": ["revor_status", "revor_last_error"]}
-    assert needs(ruleset, "the-deal") == {"deal": ["revor_status"]}
+    assert needs(ruleset, "people") == {"contact": ["revor_people_status", "revor_last_error"],
+                                        "company": ["revor_people_status", "revor_last_error"],
+                                        "deal": ["revor_people_status", "revor_last_error"]}
+    assert needs(ruleset, "the-deal") == {"deal": ["revor_deal_status"]}
     assert needs(ruleset, "notes-only") == {"deal": [], "contact": []}
 
 
@@ -220,3 +221,91 @@ def test_dev_looks_for_local_receivers_among_webhook_destinations_only(tmp_path)
     ruleset = load_rules(rules, environ={})
     assert len(ruleset.crm_destinations) == 4
     assert [d.name for d in _local_destinations(ruleset)] == ["local-hook"]
+
+
+def test_a_writer_check_that_raises_is_one_failing_line_and_the_rest_are_still_checked(tmp_path, monkeypatch, capsys):
+    """An answer no writer foresaw must not end `check` with a traceback before the other destinations."""
+    from integration.cli.processes import _check_crm_destinations
+    from integration.settings import Settings
+    from integration.writeback.crm import writers
+
+    class Writer:
+        def __init__(self, kind: str) -> None:
+            self.kind, self.closed = kind, False
+
+        def check(self, needs: dict[str, list[str]]) -> list[str]:
+            if self.kind == "hubspot":
+                raise TypeError("'int' object is not iterable")
+            return []
+
+        def close(self) -> None:
+            self.closed = True
+
+    built: list[Writer] = []
+    monkeypatch.setattr(writers, "build", lambda kind, settings, connection: built.append(Writer(kind)) or built[-1])
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    assert _check_crm_destinations(load_rules(rules, environ={}), Settings(), None) is True
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [
+        "destination hubspot-deals: unexpected answer from HubSpot (TypeError)",
+        "destination hubspot-contacts: unexpected answer from HubSpot (TypeError)",
+        "destination salesforce-opps: ok (Salesforce, deal: Revor_Status__c, Revor_Last_Job_Id__c)",
+        f"destination pipedrive-deals: ok (Pipedrive, deal: {STATUS_KEY}, {JOB_KEY})",
+    ]
+    assert "Traceback" not in out.out + out.err and all(w.closed for w in built)
+
+
+def hostile_crm():
+    """One server answering as all three CRMs would not: bodies of the wrong shape, the credential echoed."""
+    import json
+
+    from flask import Flask, Response, request
+
+    app = Flask("hostile_crm")
+    access = "00DHOSTILE!AQ.check-access-token"
+
+    def answer(status: int, body: object) -> Response:
+        return Response(json.dumps(body), status, mimetype="application/json")
+
+    @app.post("/services/oauth2/token")
+    def token() -> Response:
+        return answer(200, {"access_token": access, "instance_url": request.host_url})
+
+    @app.get("/services/data/<path:path>")
+    def describe(path: str) -> Response:
+        return answer(403, [{"errorCode": "API_DISABLED_FOR_ORG", "message": f"token {access} refused"}])
+
+    @app.get("/crm/v3/properties/<object_type>")
+    def properties(object_type: str) -> Response:
+        return answer(403, {"category": f"MISSING_SCOPES {HUBSPOT_TOKEN}",
+                            "errors": [{"context": {"requiredGranularScopes": 5}}]})
+
+    @app.get("/v1/users/me")
+    def me() -> Response:
+        return answer(200, {"success": True, "data": {}})
+
+    @app.get("/api/v2/<fields>")
+    def fields(fields: str) -> Response:
+        return answer(200, {"success": True, "data": 5})
+
+    return app, access
+
+
+def test_check_against_answers_of_the_wrong_shape_names_each_destination_without_a_secret(crms, sandbox, redis_url,
+                                                                                          tmp_path):
+    app, access = hostile_crm()
+    with ThreadServer(app) as hostile:
+        result, lines = run_check(crms, sandbox, redis_url, tmp_path, HUBSPOT_API_BASE_URL=hostile.url,
+                                  SALESFORCE_DOMAIN=hostile.url, PIPEDRIVE_API_BASE_URL=hostile.url)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and access not in output and HUBSPOT_TOKEN not in output
+    by_destination = {line.split(":", 1)[0]: line for line in lines}
+    assert by_destination["destination hubspot-deals"] == (
+        "destination hubspot-deals: HubSpot refused HUBSPOT_ACCESS_TOKEN for deals properties (403 MISSING_SCOPES *** "
+        "needs scope crm.schemas.deals.read)".replace("*** needs", "***: needs"))
+    assert "API_DISABLED_FOR_ORG" in by_destination["destination salesforce-opps"]
+    assert by_destination["destination pipedrive-deals"] == (
+        "destination pipedrive-deals: could not read Pipedrive deal fields: Pipedrive deal fields: unexpected answer "
+        "(HTTP 200)")

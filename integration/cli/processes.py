@@ -312,6 +312,8 @@ def _check_crm_destinations(ruleset: object, settings: Settings, connection: red
             continue
         try:
             problems = writer.check(wanted)
+        except Exception as exc:  # noqa: BLE001 - an answer no writer foresaw: one line, then the next destination
+            problems = [f"unexpected answer from {CRM_NAMES[destination.kind]} ({type(exc).__name__})"]
         finally:
             writer.close()
         for problem in problems:
