@@ -381,7 +381,7 @@ def test_an_id_with_a_trailing_newline_is_not_a_hubspot_id(hub, redis_db):
     results = writer(server, redis_db).update([write])
     note = writer(server, redis_db).log_activity(
         replace(write, activity=Activity("s", "b", "2026-01-01T00:00:00Z")))
-    assert results[0].outcome == DEAD and results[0].reason.startswith("not a HubSpot id")
+    assert (results[0].outcome, results[0].reason) == (DEAD, f"not a HubSpot id: '{DEAL}\\n'")
     assert note.outcome == DEAD and state["calls"] == []
     # hydration's client (the same id pattern) refuses it too, before any call
     from integration.hydrate.hubspot import HubSpotClient, HubSpotError

@@ -287,7 +287,7 @@ def _refuse(write: Write) -> Result | None:
     if write.object not in OBJECT_TYPES:
         return Result(DEAD, f"HubSpot has no object {short(write.object, 40)!r} (deal, contact or company)")
     if not HUBSPOT_ID.fullmatch(str(write.object_id)):
-        return Result(DEAD, f"not a HubSpot id: {short(write.object_id, 40)!r}")
+        return Result(DEAD, f"not a HubSpot id: {short(repr(str(write.object_id)), 42)}")  # repr: a newline shows
     return None
 
 
