@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from integration.rules.loader import load_rules
+from integration.storage import free_port
 from integration.writeback.crm.config import needs
 from tests.conftest import cli_env, revor_bridge
 from tests.servers import ThreadServer, hubspot_standin
@@ -309,3 +310,18 @@ def test_check_against_answers_of_the_wrong_shape_names_each_destination_without
     assert by_destination["destination pipedrive-deals"] == (
         "destination pipedrive-deals: could not read Pipedrive deal fields: Pipedrive deal fields: unexpected answer "
         "(HTTP 200)")
+
+
+def test_the_crms_are_checked_even_when_revor_does_not_answer(crms, redis_url, tmp_path):
+    """A release that fails on Revor still says what is wrong with the CRMs (it used to stop first)."""
+    crms["hub"]["properties"]["deals"].pop("revor_last_job_id")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    env = cli_env(REVOR_BASE_URL=f"http://127.0.0.1:{free_port()}/api/v1", REDIS_URL=f"{redis_url}/2",
+                  RULES_FILE=str(rules), LOG_FORMAT="text", **crms["env"])
+    result = revor_bridge("check", env=env, cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr  # Revor unreachable decides the exit code
+    lines = [line for line in result.stdout.splitlines() if line.startswith("destination ")]
+    assert "destination hubspot-deals: property revor_last_job_id does not exist on HubSpot deals" in lines, lines
+    assert "destination salesforce-opps: ok (Salesforce, deal: Revor_Status__c, Revor_Last_Job_Id__c)" in lines
+    assert "accounts: not checked (Revor did not answer)" in result.stdout + result.stderr
