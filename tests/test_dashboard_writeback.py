@@ -226,7 +226,7 @@ def test_crm_destinations_are_shown_like_the_others_with_the_vendors_reason(make
         [(unit, attempt)] = units.claim(redis_db, 1, 5, units=[units.deliver_unit("dsp_gone", "hubspot-deals")])
         deliver_crm(ctx, Run(units.Unit.parse(unit), attempt), ctx.rules.crm_destinations["hubspot-deals"])
     [dead] = destinations.dead_letters(redis_db, "hubspot-deals")
-    assert dead["dead_reason"].startswith("HubSpot 404 OBJECT_NOT_FOUND: "), dead
+    assert dead["dead_reason"].startswith(f"deal {HS_DEAL}: HubSpot 404 OBJECT_NOT_FOUND: "), dead
     destinations.disable(redis_db, "sf-contacts", "disabled for the test")
 
     bridge = make_bridge(rules_file=path)

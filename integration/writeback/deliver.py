@@ -255,22 +255,13 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             # The status message holds the dispatch's event (its `crm` part): on this delivery's lines.
             data = message["body"].get("data") or {}
             logs.add(revor_job_id=data.get("revor_job_id"), **event_log_ids(data))
-            if health.get(b"disabled") == b"1":
-                reason = (health.get(b"disabled_reason") or b"410 Gone").decode()
-                _give_up(connection, outbox, destination, message_key, "destination disabled: " + reason)
+            verdict, probing = health_gate(connection, destination, health, outbox, message_key, unit, claim,
+                                           member, timeout + 5)
+            if verdict == "next":
                 head = connection.lindex(outbox, 0)
                 continue
-            open_until = float(health.get(b"open_until") or 0)
-            if open_until > time.time():
-                units.again(connection, unit, open_until, counted=False, attempt=claim)
-                outcome = "circuit_open"
-                return outcome
-            probing = int(health.get(b"failures") or 0) >= destinations.FAILURES_TO_OPEN
-            if probing and not connection.set(destinations.probe_key(destination), member, nx=True,
-                                              px=int((timeout + 5) * 1000)):
-                # Half open: one delivery probes the destination, every other outbox waits for its answer.
-                units.again(connection, unit, time.time() + PROBE_WAIT, counted=False, attempt=claim)
-                outcome = "circuit_half_open"
+            if verdict is not None:
+                outcome = verdict
                 return outcome
             try:
                 body = render_body(body_template, message["body"])
@@ -337,6 +328,31 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             if outcome == "empty":
                 units.finish(pipe, unit, claim)
             pipe.execute()
+
+
+def health_gate(connection: Any, destination: str, health: dict[bytes, bytes], outbox: str, message_key: str,
+                unit: str, claim: int | None, member: str, probe_seconds: float) -> tuple[str | None, bool]:
+    """What the destination's health says about sending the outbox's head now (webhook and CRM kinds).
+
+    ("next", False): the destination is disabled, the message went to its dead letters, go on
+    with the next one; ("circuit_open" or "circuit_half_open", False): the unit waits, scheduled
+    here; (None, probing): send it, `probing` when this delivery is the half-open circuit's probe.
+    """
+    if health.get(b"disabled") == b"1":
+        reason = (health.get(b"disabled_reason") or b"410 Gone").decode()
+        _give_up(connection, outbox, destination, message_key, "destination disabled: " + reason)
+        return "next", False
+    open_until = float(health.get(b"open_until") or 0)
+    if open_until > time.time():
+        units.again(connection, unit, open_until, counted=False, attempt=claim)
+        return "circuit_open", False
+    probing = int(health.get(b"failures") or 0) >= destinations.FAILURES_TO_OPEN
+    if probing and not connection.set(destinations.probe_key(destination), member, nx=True,
+                                      px=int(probe_seconds * 1000)):
+        # Half open: one delivery probes the destination, every other outbox waits for its answer.
+        units.again(connection, unit, time.time() + PROBE_WAIT, counted=False, attempt=claim)
+        return "circuit_half_open", False
+    return None, probing
 
 
 def _record_failed_attempt(connection: Any, attempts_key: str, result: str, destination: str, status: int | None,

@@ -44,7 +44,7 @@ from integration.storage import run_script
 from integration.writeback import destinations
 from integration.writeback.crm.base import DEAD, OK, RETRY, THROTTLED, NotConfigured, Result, Write
 from integration.writeback.crm.config import CrmDestination, NotWritable, plan
-from integration.writeback.deliver import PROBE_WAIT, _failed, _give_up, _record_failed_attempt
+from integration.writeback.deliver import _drop_and_next, _failed, _give_up, _record_failed_attempt, health_gate
 
 log = logging.getLogger(__name__)
 # How far into `rb:due` a run looks for other outboxes of its destination to batch with.
@@ -173,26 +173,18 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
                 pipe.hgetall(destinations.health_key(name))
                 raw, attempts_raw, health = pipe.execute()
             if raw is None:
-                head = _drop(connection, outbox, message_key)
+                head = _drop_and_next(connection, outbox, message_key)
                 continue
             message = json.loads(raw)
             data = message["body"].get("data") or {}
             logs.add(revor_job_id=data.get("revor_job_id"), **event_log_ids(data))
-            if health.get(b"disabled") == b"1":
-                reason = (health.get(b"disabled_reason") or b"disabled").decode()
-                _give_up(connection, outbox, name, message_key, "destination disabled: " + reason)
+            verdict, probing = health_gate(connection, name, health, outbox, message_key, unit, claim, unit,
+                                           settings.writeback_timeout_seconds + 5)
+            if verdict == "next":
                 head = connection.lindex(outbox, 0)
                 continue
-            open_until = float(health.get(b"open_until") or 0)
-            if open_until > time.time():
-                units.again(connection, unit, open_until, counted=False, attempt=claim)
-                outcome = "circuit_open"
-                return outcome
-            probing = int(health.get(b"failures") or 0) >= destinations.FAILURES_TO_OPEN
-            if probing and not connection.set(destinations.probe_key(name), unit, nx=True,
-                                              px=int((settings.writeback_timeout_seconds + 5) * 1000)):
-                units.again(connection, unit, time.time() + PROBE_WAIT, counted=False, attempt=claim)
-                outcome = "circuit_half_open"
+            if verdict is not None:
+                outcome = verdict
                 return outcome
             activity_errors: list[str] = []
             try:
@@ -241,13 +233,6 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
             if outcome == "empty":
                 units.finish(pipe, unit, claim)
             pipe.execute()
-
-
-def _drop(connection: Any, outbox: str, message_key: str) -> bytes | None:
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.lrem(outbox, 1, message_key)
-        pipe.lindex(outbox, 0)
-        return pipe.execute()[-1]
 
 
 def _start_attempt(connection: Any, attempts_key: str, message_key: str, lock: Lock, unit: str,
