@@ -259,7 +259,7 @@ def order(tmp_path, redis_db):
     rules_file.write_text(ORDER_RULES)
     with ThreadServer(app) as server:
         settings = Settings.from_env({"HUBSPOT_ACCESS_TOKEN": TOKEN, "HUBSPOT_API_BASE_URL": server.url,
-                                      "WRITEBACK_RETRY_SCALE": "0.002", "BRIDGE_LEASE_SECONDS": "5",
+                                      "WRITEBACK_RETRY_SCALE": "0.002", "BRIDGE_LEASE_SECONDS": "2",
                                       "HUBSPOT_MAX_RPS": "100"})
         ctx = JobContext(settings, redis_db, Queue("default", connection=redis_db, serializer="json"),
                          load_rules(rules_file))
