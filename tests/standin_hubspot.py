@@ -316,6 +316,17 @@ def build(token: str, deal: dict[str, Any], contacts: dict[str, dict[str, Any]])
             return answer({"status": "COMPLETE", "results": [stored(object_type, i) for i in wanted],
                            "startedAt": started, "completedAt": datetime.now().astimezone().isoformat()})
 
+    @app.post("/oauth/v2/private-apps/get/access-token-info")
+    def token_info() -> Response:
+        """A private app token's portal and granted scopes (HubSpot's private apps page)."""
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or body.get("tokenKey") != token:
+            return error(400, "VALIDATION_ERROR", "tokenKey is not a valid private app access token")
+        every = {f"crm.{kind}.{name}.{access}" for kind in ("objects", "schemas")
+                 for name in ("deals", "contacts", "companies") for access in ("read", "write")}
+        return answer({"userId": 4150001, "hubId": 24681357, "appId": 2250001,
+                       "scopes": sorted(every if state["scopes"] is None else state["scopes"])})
+
     @app.post("/crm/v3/objects/notes")
     def create_note() -> Response:
         body = request.get_json(silent=True)

@@ -15,6 +15,7 @@ from integration.writeback.crm.hubspot_setup import revor_properties
 from tests.conftest import cli_env, revor_bridge
 from tests.servers import ThreadServer, hubspot_standin
 
+TOKEN_INFO = "/oauth/v2/private-apps/get/access-token-info"
 TOKEN = "pat-na1-writeback-token"
 DEAL = "18273645501"
 DANA, SAM = "98765432101", "98765432102"
@@ -157,13 +158,26 @@ def test_check_names_each_missing_property_and_a_missing_scope(hub, redis_db):
     assert good.check({"deal": ["revor_status", "revor_colour"], "contact": ["revor_status"]}) == [
         "property revor_colour does not exist on HubSpot deals",
         "property revor_status does not exist on HubSpot contacts"]
-    assert all(c["method"] == "GET" for c in state["calls"])  # check never changes anything
+    # check never changes anything: it lists properties and reads the token's scopes
+    assert all(c["method"] == "GET" or c["path"] == TOKEN_INFO for c in state["calls"])
     state["scopes"] = {"crm.objects.deals.write"}
     assert good.check({"deal": ["revor_status"]}) == [
         "HubSpot refused HUBSPOT_ACCESS_TOKEN for deals properties (403 MISSING_SCOPES: needs scope "
         "crm.schemas.deals.read)"]
     down = HubSpotWriter("http://127.0.0.1:9", TOKEN, None)
     assert down.check({"deal": ["revor_status"]})[0].startswith("HubSpot API unreachable at http://127.0.0.1:9")
+
+
+def test_check_names_a_write_scope_the_token_lacks(hub, redis_db):
+    """A token that may read properties but not write deals passed check, then every write met a 403."""
+    server, state = hub
+    revor_fields(state, "deals", "contacts")
+    state["scopes"] = {"crm.schemas.deals.read", "crm.schemas.contacts.read", "crm.objects.contacts.write"}
+    assert writer(server, redis_db).check({"deal": ["revor_status"], "contact": ["revor_status"]}) == [
+        "HUBSPOT_ACCESS_TOKEN lacks the scope crm.objects.deals.write: HubSpot would refuse every write (grant it "
+        "in the private app's Scopes tab)"]
+    [info] = [c for c in state["calls"] if c["path"] == TOKEN_INFO]
+    assert info["method"] == "POST" and info["json"] == {"tokenKey": TOKEN}
 
 
 def test_the_note_is_logged_on_the_deal_with_the_deal_association(hub, redis_db):

@@ -162,7 +162,24 @@ class HubSpotWriter:
             existing = {p.get("name") for p in _list(answer.body.get("results")) if isinstance(p, dict)}
             problems.extend(f"property {p} does not exist on HubSpot {object_type}"
                             for p in properties if p not in existing)
+        granted = self._granted_scopes()
+        if granted is not None:
+            for name in wanted:
+                scope = f"crm.objects.{OBJECT_TYPES.get(name, name)}.write"
+                if name in OBJECT_TYPES and scope not in granted:
+                    problems.append(f"HUBSPOT_ACCESS_TOKEN lacks the scope {scope}: HubSpot would refuse every "
+                                    f"write (grant it in the private app's Scopes tab)")
         return problems
+
+    def _granted_scopes(self) -> set[str] | None:
+        """The token's scopes, from HubSpot's private-app token info; None when it cannot say (an
+        OAuth token, an older portal): `check` then cannot see the write scopes, the first write will."""
+        answer = self._request("POST", "/oauth/v2/private-apps/get/access-token-info", None, max_wait=2.0,
+                               json={"tokenKey": self._token})
+        if isinstance(answer, Result) or answer.status != 200 or not isinstance(answer.body, dict):
+            return None
+        scopes = answer.body.get("scopes")
+        return {s for s in scopes if isinstance(s, str)} if isinstance(scopes, list) else None
 
     # ---- requests -----------------------------------------------------------------------
 
