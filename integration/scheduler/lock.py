@@ -30,7 +30,11 @@ class Lock:
             return True
         return bool(self.connection.set(self.key, self.token, nx=True, px=self.ms))
 
-    def extend(self) -> None:
+    def extend(self, pipe: redis.client.Pipeline | None = None) -> None:
+        """Push our own lock's lease ahead (never another holder's); with `pipe`, queued there."""
+        if pipe is not None:
+            pipe.eval(EXTEND, 1, self.key, self.token, self.ms)
+            return
         run_script(self.connection, EXTEND, (self.key,), (self.token, self.ms))
 
     def release(self, pipe: redis.client.Pipeline | None = None) -> None:

@@ -218,8 +218,8 @@ def claim(connection: redis.Redis, limit: int, hold_seconds: float, units: list[
     return [(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 
-def extend(connection: redis.Redis, units: list[str], hold_seconds: float) -> None:
-    """Push the claims on `units` ahead (only those still claimed: XX)."""
+def extend(connection: Any, units: list[str], hold_seconds: float) -> None:
+    """Push the claims on `units` ahead (only those still claimed: XX); works in a pipeline too."""
     if units:
         deadline = time.time() + hold_seconds
         connection.zadd(CLAIMED, dict.fromkeys(units, deadline), xx=True)

@@ -43,7 +43,7 @@ from integration.dispatches.state import EXPIRE_WITH, event_log_ids, expire_with
 from integration.revor.client import parse_retry_after
 from integration.rules.templates import RenderError, Template
 from integration.scheduler import units
-from integration.scheduler.lock import EXTEND, Lock
+from integration.scheduler.lock import Lock
 from integration.scheduler.runner import HANDLED, Next, Run
 from integration.writeback import destinations
 from integration.writeback.body import render_body
@@ -217,12 +217,8 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
 
     def keepalive(pipe: Any = None) -> None:
         """While an attempt waits on the receiver: keep this run's lock and claim from lapsing."""
-        if pipe is None:
-            lock.extend()
-            units.extend(connection, [unit], lease_seconds)
-            return
-        pipe.eval(EXTEND, 1, lock.key, lock.token, lock.ms)
-        pipe.zadd(units.CLAIMED, {unit: time.time() + lease_seconds}, xx=True)
+        lock.extend(pipe)
+        units.extend(pipe if pipe is not None else connection, [unit], lease_seconds)
 
     outcome = "empty"
     try:

@@ -38,7 +38,7 @@ from integration import logs, metrics
 from integration.context import JobContext
 from integration.dispatches.state import EXPIRE_WITH, event_log_ids, outbox_key
 from integration.scheduler import units
-from integration.scheduler.lock import EXTEND, Lock
+from integration.scheduler.lock import Lock
 from integration.scheduler.runner import HANDLED, Next, Run
 from integration.storage import run_script
 from integration.writeback import destinations
@@ -101,9 +101,8 @@ class Heartbeat:
             try:
                 with self.connection.pipeline(transaction=False) as pipe:
                     for lock in self.locks:
-                        pipe.eval(EXTEND, 1, lock.key, lock.token, lock.ms)
-                    if self.claims:
-                        pipe.zadd(units.CLAIMED, dict.fromkeys(self.claims, time.time() + self.lease), xx=True)
+                        lock.extend(pipe)
+                    units.extend(pipe, self.claims, self.lease)
                     pipe.execute()
             except Exception:  # noqa: BLE001 - Redis away for a moment: the next beat tries again
                 log.debug("crm heartbeat: could not extend the locks", exc_info=True)
@@ -239,8 +238,8 @@ def _start_attempt(connection: Any, attempts_key: str, message_key: str, lock: L
                    lease_seconds: float) -> int:
     """Counted before the first byte leaves, with the lock and the claim pushed ahead (as webhooks)."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.eval(EXTEND, 1, lock.key, lock.token, lock.ms)  # only our own lock
-        pipe.zadd(units.CLAIMED, {unit: time.time() + lease_seconds}, xx=True)
+        lock.extend(pipe)
+        units.extend(pipe, [unit], lease_seconds)
         pipe.hincrby(attempts_key, "count", 1)
         pipe.hset(attempts_key, mapping={"last": "sending", "at": f"{time.time():.3f}", "sending": 1})
         pipe.eval(EXPIRE_WITH, 2, attempts_key, message_key)
