@@ -204,13 +204,8 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
     timeout = min(timeout, budget)
     member = f"{dispatch_id}|{destination}"
     unit = units.deliver_unit(dispatch_id, destination)
-    lock = Lock(connection, f"deliver:{member}", lease_seconds)
     outbox = outbox_key(dispatch_id, destination)
-    with connection.pipeline(transaction=False) as pipe:  # one round trip: the lock, the wait, the head
-        lock.acquire(pipe)
-        pipe.get(f"{outbox}:not_before")
-        pipe.lindex(outbox, 0)
-        locked, not_before_raw, head = pipe.execute()
+    lock, locked, not_before, head = open_outbox(connection, dispatch_id, destination, lease_seconds)
     if not locked:
         units.again(connection, unit, time.time() + 1.0, counted=False, attempt=claim)
         return "busy"
@@ -222,7 +217,6 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
 
     outcome = "empty"
     try:
-        not_before = float(not_before_raw or 0)
         if not_before > time.time():
             # A retry is scheduled: a newer state change must not jump the queue or the wait.
             units.again(connection, unit, not_before, counted=False, attempt=claim)
@@ -266,12 +260,9 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 head = connection.lindex(outbox, 0)
                 continue
             if unfinished == b"1":
-                # The worker of the last attempt died or was killed mid-send: that attempt failed.
                 attempts = int(connection.hget(attempts_key, "count") or 1)
-                result = "no answer: the attempt was interrupted"
-                _record_failed_attempt(connection, attempts_key, result, destination, None, attempts)
-                outcome = _failed(connection, outbox, destination, unit, message, message_key, attempts,
-                                  None, None, result, retry_scale, claim)
+                outcome = interrupted(connection, outbox, destination, unit, message, message_key, attempts,
+                                      retry_scale, claim)
                 return outcome
             if attempted and time.monotonic() + timeout > job_deadline:
                 # Due again at once, for a fresh run.
@@ -295,11 +286,7 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
                 # Delivered: the message and its attempts go (the dispatch's timeline keeps the
                 # state change); only messages still waiting and dead letters stay in Redis.
                 with connection.pipeline(transaction=True) as pipe:
-                    destinations.record_success(pipe, destination)
-                    pipe.delete(destinations.probe_key(destination))  # closed: the probe is over
-                    pipe.lrem(outbox, 1, message_key)
-                    pipe.delete(f"{outbox}:not_before", message_key, attempts_key)
-                    metrics.count(pipe, metrics.writeback_field(destination, "delivered"))
+                    mark_delivered(pipe, destination, outbox, message_key)
                     pipe.lindex(outbox, 0)
                     head = pipe.execute()[-1]
                 continue
@@ -324,6 +311,40 @@ def deliver_outbox(connection: Any, dispatch_id: str, destination: str, config: 
             if outcome == "empty":
                 units.finish(pipe, unit, claim)
             pipe.execute()
+
+
+def open_outbox(connection: Any, dispatch_id: str, destination: str,
+                lease_seconds: float) -> tuple[Lock, bool, float, bytes | None]:
+    """A delivery run's start on one outbox, in one round trip: its lock (and whether it was
+    taken), its retry wait (epoch seconds, 0 when there is none) and its head."""
+    lock = Lock(connection, f"deliver:{dispatch_id}|{destination}", lease_seconds)
+    outbox = outbox_key(dispatch_id, destination)
+    with connection.pipeline(transaction=False) as pipe:
+        lock.acquire(pipe)
+        pipe.get(f"{outbox}:not_before")
+        pipe.lindex(outbox, 0)
+        locked, not_before, head = pipe.execute()
+    return lock, bool(locked), float(not_before or 0), head
+
+
+def mark_delivered(pipe: Any, destination: str, outbox: str, message_key: str, outcome: str = "delivered") -> None:
+    """Queue on `pipe` what a delivered message leaves behind: the destination healthy (the probe
+    over), the message and its attempts gone (the dispatch's timeline keeps the state change), its
+    retry wait gone, and the count in /metrics."""
+    destinations.record_success(pipe, destination)
+    pipe.delete(destinations.probe_key(destination))
+    pipe.lrem(outbox, 1, message_key)
+    pipe.delete(f"{outbox}:not_before", message_key, f"{message_key}:attempts")
+    metrics.count(pipe, metrics.writeback_field(destination, outcome))
+
+
+def interrupted(connection: Any, outbox: str, destination: str, unit: str, message: dict[str, Any],
+                message_key: str, attempts: int, retry_scale: float, claim: int | None) -> str:
+    """The worker of the last attempt died or was killed mid-send: that attempt failed."""
+    result = "no answer: the attempt was interrupted"
+    _record_failed_attempt(connection, f"{message_key}:attempts", result, destination, None, attempts)
+    return _failed(connection, outbox, destination, unit, message, message_key, attempts, None, None, result,
+                   retry_scale, claim)
 
 
 def health_gate(connection: Any, destination: str, health: dict[bytes, bytes], outbox: str, message_key: str,

@@ -39,12 +39,21 @@ from integration.context import JobContext
 from integration.dispatches.state import EXPIRE_WITH, event_log_ids, outbox_key
 from integration.scheduler import units
 from integration.scheduler.lock import Lock
-from integration.scheduler.runner import HANDLED, Next, Run
+from integration.scheduler.runner import Run
 from integration.storage import run_script
 from integration.writeback import destinations
 from integration.writeback.crm.base import DEAD, OK, RETRY, THROTTLED, NotConfigured, Result, Write
 from integration.writeback.crm.config import CrmDestination, NotWritable, plan
-from integration.writeback.deliver import _drop_and_next, _failed, _give_up, _record_failed_attempt, health_gate
+from integration.writeback.deliver import (
+    _drop_and_next,
+    _failed,
+    _give_up,
+    _record_failed_attempt,
+    health_gate,
+    interrupted,
+    mark_delivered,
+    open_outbox,
+)
 
 log = logging.getLogger(__name__)
 # How far into `rb:due` a run looks for other outboxes of its destination to batch with.
@@ -144,19 +153,14 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
     dispatch_id, _, name = run.unit.ref.partition("|")
     claim, unit = run.attempt, run.unit.id
     outbox = outbox_key(dispatch_id, name)
-    lock = Lock(connection, f"deliver:{dispatch_id}|{name}", settings.lease_seconds)
-    with connection.pipeline(transaction=False) as pipe:
-        lock.acquire(pipe)
-        pipe.get(f"{outbox}:not_before")
-        pipe.lindex(outbox, 0)
-        locked, not_before_raw, head = pipe.execute()
+    lock, locked, not_before, head = open_outbox(connection, dispatch_id, name, settings.lease_seconds)
     if not locked:
         units.again(connection, unit, time.time() + 1.0, counted=False, attempt=claim)
         return "busy"
     outcome = "empty"
     try:
-        if float(not_before_raw or 0) > time.time():
-            units.again(connection, unit, float(not_before_raw), counted=False, attempt=claim)
+        if not_before > time.time():
+            units.again(connection, unit, not_before, counted=False, attempt=claim)
             outcome = "waiting"
             return outcome
         started = time.monotonic()
@@ -199,12 +203,8 @@ def deliver_crm(ctx: JobContext, run: Run, destination: CrmDestination) -> str:
                 write = replace(write, activity=None)
             attempts_key = f"{message_key}:attempts"
             if done.get("sending") == "1":
-                # The worker of the last attempt died mid-call: that attempt failed.
-                attempts = int(done.get("count") or 1)
-                result = "no answer: the attempt was interrupted"
-                _record_failed_attempt(connection, attempts_key, result, name, None, attempts)
-                outcome = _failed(connection, outbox, name, unit, message, message_key, attempts, None, None,
-                                  result, settings.writeback_retry_scale, claim)
+                outcome = interrupted(connection, outbox, name, unit, message, message_key,
+                                      int(done.get("count") or 1), settings.writeback_retry_scale, claim)
                 return outcome
             own = _Item(unit, claim, outbox, message_key, message, write, lock,
                         activity_error=" ".join(activity_errors))
@@ -267,14 +267,9 @@ def _peers(ctx: JobContext, destination: CrmDestination, own: _Item, size: int) 
     for unit, claim in units.claim(connection, size - 1, ctx.settings.lease_seconds, units=wanted[: size - 1]):
         dispatch_id = unit.split("|")[1]
         outbox = outbox_key(dispatch_id, name)
-        lock = Lock(connection, f"deliver:{dispatch_id}|{name}", ctx.settings.lease_seconds)
+        lock, locked, not_before, head = open_outbox(connection, dispatch_id, name, ctx.settings.lease_seconds)
         item = None
-        with connection.pipeline(transaction=False) as pipe:
-            lock.acquire(pipe)
-            pipe.get(f"{outbox}:not_before")
-            pipe.lindex(outbox, 0)
-            locked, not_before, head = pipe.execute()
-        if locked and not float(not_before or 0) > time.time() and head is not None:
+        if locked and not not_before > time.time() and head is not None:
             key = head.decode()
             with connection.pipeline(transaction=False) as pipe:
                 pipe.get(key)
@@ -392,11 +387,7 @@ def _put_back(connection: Any, item: _Item) -> None:
 def _delivered(connection: Any, name: str, item: _Item, outcome: str) -> None:
     """Written (or left out as superseded): the message and its attempts go, the next is due."""
     with connection.pipeline(transaction=True) as pipe:
-        destinations.record_success(pipe, name)
-        pipe.delete(destinations.probe_key(name))
-        pipe.lrem(item.outbox, 1, item.message_key)
-        pipe.delete(f"{item.outbox}:not_before", item.message_key, f"{item.message_key}:attempts")
-        metrics.count(pipe, metrics.writeback_field(name, outcome))
+        mark_delivered(pipe, name, item.outbox, item.message_key, outcome)
         pipe.llen(item.outbox)
         left = pipe.execute()[-1]
     if left:  # its own run goes on with the next message
@@ -411,11 +402,7 @@ def _settle(ctx: JobContext, destination: CrmDestination, own: _Item, result: Re
     attempts_key = f"{own.message_key}:attempts"
     if result.outcome == OK:
         with connection.pipeline(transaction=True) as pipe:
-            destinations.record_success(pipe, name)
-            pipe.delete(destinations.probe_key(name))
-            pipe.lrem(own.outbox, 1, own.message_key)
-            pipe.delete(f"{own.outbox}:not_before", own.message_key, attempts_key)
-            metrics.count(pipe, metrics.writeback_field(name, "superseded" if own.superseded else "delivered"))
+            mark_delivered(pipe, name, own.outbox, own.message_key, "superseded" if own.superseded else "delivered")
             pipe.execute()
         if own.superseded:
             log.info("write-back %s to %s: the record shows a newer state change; properties left out",
@@ -461,8 +448,3 @@ def _release(connection: Any, items: list[_Item], own: _Item) -> None:
                 item.lock.release(pipe)
         pipe.execute()
 
-
-def deliver(ctx: JobContext, run: Run, destination: CrmDestination) -> Next:
-    """The engine's handler for a `deliver|<dispatch>|<destination>` unit of a CRM destination."""
-    deliver_crm(ctx, run, destination)
-    return HANDLED
