@@ -20,7 +20,7 @@ Outcomes:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
@@ -141,6 +141,22 @@ def call(s: requests.Session, method: str, url: str, timeout: tuple[float, float
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         body = None
     return Answer(response.status_code, response.headers, body, text)
+
+
+def triage(writes: list[Write], refuse: Callable[[Write], Result | None]) -> tuple[list[Result | None], list[int]]:
+    """Before a batch: each write's result where it is known without a call (refused by the
+    writer's own checks, or nothing to set), and the indexes of the writes to send, in order."""
+    results: list[Result | None] = [None] * len(writes)
+    due: list[int] = []
+    for index, write in enumerate(writes):
+        refused = refuse(write)
+        if refused is not None:
+            results[index] = refused
+        elif not write.properties:
+            results[index] = Result(OK, "nothing to set")
+        else:
+            due.append(index)
+    return results, due
 
 
 def pace(limiter: Limiter | None, max_wait: float = MAX_PACE_WAIT) -> Result | None:

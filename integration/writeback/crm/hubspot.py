@@ -38,6 +38,7 @@ from integration.writeback.crm.base import (
     scrub_results,
     session,
     short,
+    triage,
 )
 
 # The bridge's object name -> HubSpot's object type in paths.
@@ -86,16 +87,11 @@ class HubSpotWriter:
     # ---- the protocol -------------------------------------------------------------------
 
     def update(self, writes: list[Write]) -> list[Result]:
-        results: list[Result | None] = [None] * len(writes)
+        results, due = triage(writes, _refuse)
         groups: dict[tuple[str, str], list[int]] = {}
-        for index, write in enumerate(writes):
-            refused = _refuse(write)
-            if refused is not None:
-                results[index] = refused
-            elif not write.properties:
-                results[index] = Result(OK, "nothing to set")
-            else:
-                groups.setdefault((OBJECT_TYPES[write.object], write.account or "default"), []).append(index)
+        for index in due:
+            write = writes[index]
+            groups.setdefault((OBJECT_TYPES[write.object], write.account or "default"), []).append(index)
         stopped: dict[str, Result] = {}  # portal -> the answer that concerns every further call (429, 401)
         for (object_type, portal), indexes in groups.items():
             for chunk in _chunks(indexes, writes):

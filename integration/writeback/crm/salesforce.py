@@ -298,16 +298,7 @@ class SalesforceWriter:
         return base.scrub_results(self._update(writes), self._secrets())
 
     def _update(self, writes: list[Write]) -> list[Result]:
-        results: list[Result | None] = [None] * len(writes)
-        due: list[int] = []
-        for i, write in enumerate(writes):
-            refused = _refuse(write)
-            if refused is not None:
-                results[i] = refused
-            elif not write.properties:
-                results[i] = Result(OK, "nothing to set")
-            else:
-                due.append(i)
+        results, due = base.triage(writes, _refuse)
         if len(due) == 1:
             results[due[0]] = self._update_one(writes[due[0]])
         elif due:
