@@ -33,12 +33,6 @@ class CrmDestination:
     subject: Template | None = None
     body: Template | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """For the dashboard and `check`: what it writes, in the rules file's words."""
-        return {"kind": self.kind, "record": self.record,
-                "properties": sorted(self.properties.leaves) if self.properties else [],
-                "activity_on": list(self.activity_on)}
-
 
 def compile_destination(name: str, spec: dict[str, Any], properties: dict[str, Any] | None,
                         subject: Template | None, body: Template | None) -> CrmDestination:
@@ -126,12 +120,9 @@ def plan(destination: CrmDestination, message: dict[str, Any], activity_errors: 
             activity_errors.append(f"activity: {exc}")
     if data.get("status") not in destination.on:
         properties = {}
+    account = (data.get("crm") or {}).get("account")
     return Write(key=f"rb:msg:{message['id']}", object=object_type, object_id=object_id, properties=properties,
-                 activity=activity, account=str(crm_account(data)) if crm_account(data) else None, sobject=sobject)
-
-
-def crm_account(data: dict[str, Any]) -> Any:
-    return (data.get("crm") or {}).get("account")
+                 activity=activity, account=str(account) if account else None, sobject=sobject)
 
 
 
