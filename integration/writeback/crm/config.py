@@ -16,6 +16,7 @@ from integration.writeback.body import SAMPLE, BodyError, BodyTemplate, _records
 from integration.writeback.crm.base import Activity, Write
 
 CRM_SOURCES = ("hubspot", "salesforce", "pipedrive")
+OBJECTS = ("deal", "contact", "company")  # the records a CRM destination updates
 
 
 class NotWritable(Exception):
@@ -44,13 +45,13 @@ def compile_destination(name: str, spec: dict[str, Any], properties: dict[str, A
 
 def sample_problem(destination: CrmDestination) -> tuple[tuple[Any, ...], str] | None:
     """(where, why) when a template fails on a sample message; the loader refuses the file then."""
+    context = _context(SAMPLE)
     try:
         if destination.properties:
-            for name, value in destination.properties.render(_context(SAMPLE)).items():
-                if isinstance(value, dict | list):
-                    return ("properties", name), (f"gives a {'mapping' if isinstance(value, dict) else 'list'}; "
-                                                  f"a CRM property takes text, a number or true/false")
-        context = _context(SAMPLE)
+            nested = _nested(destination.properties.render(context))
+            if nested:
+                return ("properties", nested[0]), (f"gives a {nested[1]}; a CRM property takes text, a number "
+                                                   f"or true/false")
         for part, template in (("subject", destination.subject), ("body", destination.body)):
             if template is not None:
                 try:
@@ -61,6 +62,14 @@ def sample_problem(destination: CrmDestination) -> tuple[tuple[Any, ...], str] |
         return ("properties", *exc.path), exc.reason
     except RenderError as exc:
         return ("properties",), str(exc)
+    return None
+
+
+def _nested(properties: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, "mapping" or "list") of the first rendered value a CRM property cannot take."""
+    for name, value in properties.items():
+        if isinstance(value, dict | list):
+            return name, "mapping" if isinstance(value, dict) else "list"
     return None
 
 
@@ -85,7 +94,7 @@ def target(destination: CrmDestination, message: dict[str, Any]) -> tuple[str, s
             object_id, sobject = crm.get("object_id"), links.get("sobject")
     if not object_id:
         raise NotWritable(f"the event has no associated {destination.record} to update")
-    if object_type not in ("deal", "contact", "company"):
+    if object_type not in OBJECTS:
         raise NotWritable(f"the event's record is a {object_type}: only deals, contacts and companies are updated")
     return str(object_type), str(object_id), sobject
 
@@ -99,16 +108,18 @@ def plan(destination: CrmDestination, message: dict[str, Any], activity_errors: 
     data = message["body"].get("data") or {}
     object_type, object_id, sobject = target(destination, message)
     context = _context(message["body"])
-    try:
-        properties = destination.properties.render(context) if destination.properties else {}
-    except BodyError as exc:
-        raise NotWritable(f"properties.{'.'.join(str(p) for p in exc.path)}: {exc.reason}") from None
-    except RenderError as exc:
-        raise NotWritable(f"properties: {exc}") from None
-    for name, value in properties.items():
-        if isinstance(value, dict | list):
-            raise NotWritable(f"properties.{name}: a CRM property takes text, a number or true/false, "
-                              f"not a {'mapping' if isinstance(value, dict) else 'list'}")
+    properties: dict[str, Any] = {}
+    if destination.properties and data.get("status") in destination.on:  # else only its activity is due
+        try:
+            properties = destination.properties.render(context)
+        except BodyError as exc:
+            raise NotWritable(f"properties.{'.'.join(str(p) for p in exc.path)}: {exc.reason}") from None
+        except RenderError as exc:
+            raise NotWritable(f"properties: {exc}") from None
+        nested = _nested(properties)
+        if nested:
+            raise NotWritable(f"properties.{nested[0]}: a CRM property takes text, a number or true/false, "
+                              f"not a {nested[1]}")
     activity = None
     if data.get("status") in destination.activity_on and destination.body is not None:
         try:
@@ -118,15 +129,11 @@ def plan(destination: CrmDestination, message: dict[str, Any], activity_errors: 
             if activity_errors is None:
                 raise NotWritable(f"activity: {exc}") from None
             activity_errors.append(f"activity: {exc}")
-    if data.get("status") not in destination.on:
-        properties = {}
     account = (data.get("crm") or {}).get("account")
     return Write(key=f"rb:msg:{message['id']}", object=object_type, object_id=object_id, properties=properties,
                  activity=activity, account=str(account) if account else None, sobject=sobject)
 
 
-
-OBJECTS = ("deal", "contact", "company")
 # When the rules do not say which records an `event` destination meets (`*.*`, another object): the usual two.
 UNCLEAR_OBJECTS = ("deal", "contact")
 
