@@ -388,8 +388,7 @@ def _crossed_crm(rule: dict[str, Any], destinations: dict[str, Any]) -> list[str
     problems = []
     for name in rule["writeback"]:
         kind = (destinations.get(name) or {}).get("kind", "webhook")
-        others = sorted(s for s in sources if s in CRM_KINDS and s != kind)
-        if kind in CRM_KINDS and others and not (sources - set(CRM_KINDS)) and kind not in sources:
+        if kind in CRM_KINDS and sources and kind not in sources and sources <= set(CRM_KINDS):
             problems.append(f"Destination {name!r} updates {kind} records, but this rule's events come from "
-                            f"{', '.join(others)}: their record ids are not {kind} ids.")
+                            f"{', '.join(sorted(sources))}: their record ids are not {kind} ids.")
     return problems

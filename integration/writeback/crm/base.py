@@ -31,7 +31,6 @@ from integration import __version__
 from integration.dispatches.limits import Limiter
 
 OK, RETRY, THROTTLED, DEAD = "ok", "retry", "throttled", "dead"
-KINDS = ("hubspot", "salesforce", "pipedrive")
 # One API call, connect and read (seconds): below the delivery run's budget and the lease.
 DEFAULT_TIMEOUT = (5.0, 15.0)
 MAX_RESPONSE_BYTES = 2 << 20

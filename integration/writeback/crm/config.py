@@ -14,8 +14,8 @@ from typing import Any
 from integration.rules.templates import RenderError, Template
 from integration.writeback.body import SAMPLE, BodyError, BodyTemplate, _records
 from integration.writeback.crm.base import Activity, Write
+from schemas.rules import CRM_KINDS
 
-CRM_SOURCES = ("hubspot", "salesforce", "pipedrive")
 OBJECTS = ("deal", "contact", "company")  # the records a CRM destination updates
 
 
@@ -83,7 +83,7 @@ def target(destination: CrmDestination, message: dict[str, Any]) -> tuple[str, s
     crm = (message["body"].get("data") or {}).get("crm") or {}
     links = message.get("links") or {}
     source = str(crm.get("source") or "")
-    if source in CRM_SOURCES and source != destination.kind:
+    if source in CRM_KINDS and source != destination.kind:
         raise NotWritable(f"the event came from {source}: its records are not {destination.kind} records")
     if destination.record == "event":
         object_type, object_id = crm.get("object_type"), crm.get("object_id")
