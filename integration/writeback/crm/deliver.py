@@ -130,12 +130,17 @@ class _Item:
     lock: Lock
     record_lock: Lock | None = None
     superseded: bool = False
-    stamp: str = ""
     activity_error: str = ""  # the activity could not be rendered: a dead letter once the properties are written
 
 
 def _stamp(message: dict[str, Any]) -> tuple[float, str]:
+    """When the message's state change happened, and its id (which decides a tie)."""
     return float(message.get("created_at") or 0), str(message["id"])
+
+
+def _stamp_text(message: dict[str, Any]) -> str:
+    at, message_id = _stamp(message)
+    return f"{at:.6f}|{message_id}"
 
 
 def _older(stamp: tuple[float, str], shown: bytes | None) -> bool:
@@ -319,9 +324,7 @@ def _attempt(ctx: JobContext, destination: CrmDestination, writer: Any, own: _It
         writable.append(item)
     shown = connection.mget([last_key(name, i.write.object, i.write.object_id) for i in writable]) if writable else []
     for item, value in zip(writable, shown, strict=True):
-        stamp = _stamp(item.message)
-        item.stamp = f"{stamp[0]:.6f}|{stamp[1]}"
-        item.superseded = _older(stamp, value)
+        item.superseded = _older(_stamp(item.message), value)
     attempts_key = f"{own.message_key}:attempts"
     attempts = _start_attempt(connection, attempts_key, own.message_key, own.lock, own.unit, settings.lease_seconds)
     sending = [i for i in writable if not i.superseded]
@@ -361,10 +364,10 @@ def _safely(kind: str, call: Any, count: int) -> list[Result]:
 
 def _shown(ctx: JobContext, destination: CrmDestination, item: _Item) -> None:
     """The record now shows this state change (kept as long as a dispatch is)."""
-    if item.superseded or not item.stamp:
+    if item.superseded:
         return
     run_script(ctx.redis, SHOWN, (last_key(destination.name, item.write.object, item.write.object_id),),
-               (item.stamp, ctx.settings.dispatch_retention_seconds))
+               (_stamp_text(item.message), ctx.settings.dispatch_retention_seconds))
 
 
 def _finish_peer(ctx: JobContext, destination: CrmDestination, peer: _Item, result: Result) -> None:
